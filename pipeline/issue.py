@@ -1,0 +1,207 @@
+"""Issue folder -> Issue: read issue.yaml and the Markdown articles, validate all, report every problem."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from markdown_it import MarkdownIt
+
+from pipeline.config import Config
+from pipeline.errors import IssueError, Problem, raise_if_blocking
+from pipeline.schema import parse_yaml, read_yaml
+
+ISSUE_FILE = "issue.yaml"
+ALLOWED_LINK = re.compile(r"^(https?://[^\s]+|mailto:[^\s@]+@[^\s@]+)$")
+_FRONT_MATTER = re.compile(r"\A---\r?\n(.*?)^---\r?\n", re.S | re.M)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    path: Path  # relative to the issue folder, e.g. images/chart.png
+    alt: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Article:
+    file: Path
+    title: str
+    subtitle: str = ""
+    date: dt.date | None = None
+    source: str = ""
+    link: str = ""
+    image: Image | None = None
+    body: str  # Markdown source; the renderer turns it into HTML and text
+
+
+@dataclass(frozen=True, kw_only=True)
+class LiteratureEntry:
+    title: str
+    subtitle: str = ""
+    authors: str = ""
+    details: str = ""
+    link: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Section:
+    title: str
+    kicker: str = ""
+    numbered: bool = False
+    articles: tuple[Article, ...] = ()
+    literature: tuple[LiteratureEntry, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Issue:
+    folder: Path
+    number: int
+    date: dt.date
+    subject: str
+    preheader: str
+    language: str
+    masthead: str
+    sections: tuple[Section, ...]
+
+    @property
+    def slug(self) -> str:
+        """The folder name: the build folder, the archive URL and the send log key."""
+        return self.folder.name
+
+    @property
+    def images(self) -> tuple[Image, ...]:
+        return tuple(a.image for s in self.sections for a in s.articles if a.image is not None)
+
+    @property
+    def links(self) -> tuple[str, ...]:
+        found = [a.link for s in self.sections for a in s.articles if a.link]
+        found += [e.link for s in self.sections for e in s.literature if e.link]
+        for s in self.sections:
+            for a in s.articles:
+                found += markdown_links(a.body)
+        return tuple(found)
+
+
+_md = MarkdownIt("commonmark")
+
+
+def markdown_links(text: str) -> list[str]:
+    links: list[str] = []
+    for token in _md.parse(text):
+        for child in token.children or ():
+            if child.type == "link_open":
+                links.append(str(child.attrGet("href") or ""))
+            elif child.type == "image":
+                links.append(str(child.attrGet("src") or ""))
+    return links
+
+
+def _date(value: str, file: Path, field: str, problems: list[Problem]) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        problems.append(Problem(message=f"{field} {value!r} is not a real date", file=file,
+                                fix="write the date as YYYY-MM-DD, e.g. 2022-04-01"))
+        return None
+
+
+def _link_problem(link: str, file: Path, where: str) -> Problem | None:
+    if ALLOWED_LINK.match(link):
+        return None
+    return Problem(message=f"{where}: link {link!r} is not an http(s) or mailto link", file=file,
+                   fix="use a full https:// URL or mailto:address")
+
+
+def _load_article(folder: Path, name: str, problems: list[Problem]) -> Article | None:
+    file = folder / "articles" / name
+    try:
+        text = file.read_text("utf-8")
+    except FileNotFoundError:
+        problems.append(Problem(message=f"article articles/{name} does not exist", file=folder / ISSUE_FILE,
+                                fix=f"create articles/{name} or remove it from the sections list"))
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(message=f"not valid UTF-8 (byte {exc.start})", file=file,
+                                fix="save the file as UTF-8"))
+        return None
+    match = _FRONT_MATTER.match(text)
+    if not match:
+        problems.append(Problem(message="no front matter", file=file, line=1,
+                                fix="start the file with a --- block holding at least `title:`"))
+        return None
+    meta, found = parse_yaml(match.group(1), file=file, schema="article", line_offset=1)
+    problems += found
+    if found or not isinstance(meta, dict):
+        return None
+    image = None
+    if "image" in meta:
+        if not (folder / meta["image"]).is_file():
+            problems.append(Problem(message=f"image {meta['image']} does not exist", file=file,
+                                    fix="add the file to the issue folder or correct the path"))
+        if not meta.get("image_alt", "").strip():
+            problems.append(Problem(message=f"image {meta['image']} has no image_alt", file=file,
+                                    fix="describe the image in image_alt for screen readers and blocked images"))
+        image = Image(path=Path(meta["image"]), alt=meta.get("image_alt", ""))
+    article = Article(
+        file=file,
+        title=meta["title"],
+        subtitle=meta.get("subtitle", ""),
+        date=_date(meta["date"], file, "date", problems) if "date" in meta else None,
+        source=meta.get("source", ""),
+        link=meta.get("link", ""),
+        image=image,
+        body=text[match.end():].strip(),
+    )
+    for link in ([article.link] if article.link else []) + markdown_links(article.body):
+        if not link.startswith(("http", "mailto:")) and (folder / link).is_file():
+            continue  # a local image referenced from the body
+        problem = _link_problem(link, file, "body" if link != article.link else "link")
+        if problem:
+            problems.append(problem)
+    return article
+
+
+def load_issue(folder: Path, config: Config) -> Issue:
+    """Read and validate everything first (Pelican style); raise once with every problem found."""
+    folder = folder.resolve()
+    if not folder.is_dir():
+        raise IssueError(f"{folder} is not a folder — pass the path of an issue folder, e.g. issues/027")
+    file = folder / ISSUE_FILE
+    data, problems = read_yaml(file, schema="issue")
+    raise_if_blocking(problems, IssueError, f"issue {folder.name} is not valid:")
+    assert isinstance(data, dict)
+    date = _date(data["date"], file, "date", problems)
+    sections = []
+    for raw in data["sections"]:
+        articles = [_load_article(folder, name, problems) for name in raw.get("articles", [])]
+        literature = [LiteratureEntry(**entry) for entry in raw.get("literature", [])]
+        for entry in literature:
+            if entry.link and (p := _link_problem(entry.link, file, f"literature {entry.title!r}")):
+                problems.append(p)
+        if not articles and not literature:
+            problems.append(Problem(message=f"section {raw['title']!r} has no articles and no literature",
+                                    file=file, fix="add `articles:` or `literature:` to it, or remove it"))
+        sections.append(Section(title=raw["title"], kicker=raw.get("kicker", ""),
+                                numbered=raw.get("numbered", False),
+                                articles=tuple(a for a in articles if a is not None),
+                                literature=tuple(literature)))
+    raise_if_blocking(problems, IssueError, f"issue {folder.name} is not valid:")
+    assert date is not None
+    return Issue(
+        folder=folder,
+        number=data["number"],
+        date=date,
+        subject=data["subject"],
+        preheader=data.get("preheader", ""),
+        language=data.get("language", config.language),
+        masthead=data.get("masthead", ""),
+        sections=tuple(sections),
+    )
+
+
+def as_dict(issue: Issue) -> dict[str, Any]:
+    """Convenience for templates that prefer plain data."""
+    return {"number": issue.number, "date": issue.date, "subject": issue.subject}

@@ -1,0 +1,189 @@
+"""Issue -> Email: Jinja2 renders MJML, mjml-python compiles it, premailer inlines the theme's inline.css.
+
+Per-recipient values are left as SendGrid substitution tags (see PLACEHOLDERS); the send stage fills them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from pipeline.config import Config
+from pipeline.errors import IssueError, Problem
+from pipeline.issue import Image, Issue
+
+
+def placeholder(field: str) -> str:
+    """The substitution tag for one per-recipient field, e.g. %%unsubscribe_url%%."""
+    return f"%%{field}%%"
+
+
+UNSUBSCRIBE = placeholder("unsubscribe_url")
+PLACEHOLDER_RE = re.compile(r"%%([A-Za-z0-9_]+)%%")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Email:
+    subject: str
+    preheader: str
+    language: str
+    html: str
+    text: str
+    mjml: str
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for part in (self.subject, self.preheader, self.html, self.text):
+            digest.update(part.encode("utf-8") + b"\0")
+        return digest.hexdigest()
+
+    @property
+    def placeholders(self) -> set[str]:
+        return set(PLACEHOLDER_RE.findall(self.subject + self.html + self.text))
+
+
+class _Recipient:
+    """`{{ recipient.name }}` in a template becomes the tag %%name%%; any CSV column works the same way."""
+
+    def __getattr__(self, field: str) -> str:
+        return placeholder(field)
+
+
+_md = MarkdownIt("commonmark", {"typographer": False}).enable("table")
+
+
+def markdown_to_html(text: str) -> Markup:
+    return Markup(_md.render(text))
+
+
+def markdown_to_text(text: str) -> str:
+    """Markdown for the text part: paragraphs kept, links written as `label <url>`."""
+    out: list[str] = []
+    for token in _md.parse(text):
+        if token.type == "inline":
+            line: list[str] = []
+            href = ""
+            for child in token.children or ():
+                if child.type == "link_open":
+                    href = str(child.attrGet("href") or "")
+                elif child.type == "link_close":
+                    line.append(f" <{href}>")
+                elif child.type in ("text", "code_inline"):
+                    line.append(child.content)
+                elif child.type == "image":
+                    line.append(f"[{child.content}]")
+                elif child.type in ("softbreak", "hardbreak"):
+                    line.append("\n")
+            out.append("".join(line))
+        elif token.type == "list_item_open":
+            out.append("- " if token.markup in "-*+" else f"{token.info}. ")
+        elif token.type in ("paragraph_close", "heading_close", "bullet_list_close", "ordered_list_close"):
+            out.append("\n\n" if token.level == 0 else "\n")
+    joined = re.sub(r"(- |\d+\. )\n*", r"\1", "".join(out))
+    return re.sub(r"\n{3,}", "\n\n", joined).strip()
+
+
+def dotdate(value: dt.date | None) -> str:
+    """The newsletter's own date style: 2022.04.01."""
+    return value.strftime("%Y.%m.%d.") if value else ""
+
+
+def environment(theme_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(theme_dir),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate)
+    return env
+
+
+def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
+    name = getattr(exc, "filename", None) or getattr(exc, "name", None)
+    line = getattr(exc, "lineno", None)
+    return Problem(message=f"template error: {exc.message or exc}",
+                   file=Path(name) if name else theme_dir, line=line,
+                   fix="fix the template; every variable it uses must exist (see README, Templates)")
+
+
+def _mjml_problem(exc: ValueError, source: str) -> Problem:
+    """mjml-python reports byte offsets; turn the first one into a line and column of email.mjml."""
+    message = str(exc)
+    match = re.search(r"position (\d+)", message)
+    line = column = None
+    if match:
+        prefix = source.encode("utf-8")[: int(match.group(1))].decode("utf-8", "replace")
+        line = prefix.count("\n") + 1
+        column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    return Problem(message=f"MJML error: {message}", file=Path("email.mjml"), line=line, column=column,
+                   fix="fix the MJML the templates produce (build writes email.mjml only on success; "
+                   "run `newsletter build --debug` to keep it)")
+
+
+def inline_css(html: str, css: str) -> str:
+    """Inline only the theme's inline.css; MJML's own <style> blocks stay as they are.
+
+    premailer would otherwise copy MJML's table rules into every cell, drops a lower-case doctype,
+    and must never reach the network.
+    """
+    from premailer import Premailer
+
+    if "@import" in css or re.search(r"url\(\s*['\"]?(https?:)?//", css):
+        raise IssueError("inline.css may not use @import or remote url(): premailer would fetch them")
+    marked = html.replace("<style", '<style data-premailer="ignore"')
+    inlined = Premailer(
+        marked, css_text=css, keep_style_tags=True, disable_validation=True, allow_network=False,
+        remove_classes=False, strip_important=False, cssutils_logging_level=logging.CRITICAL,
+        disable_link_rewrites=True,
+    ).transform()
+    inlined = inlined.replace(' data-premailer="ignore"', "")
+    if not inlined.lstrip().lower().startswith("<!doctype"):
+        inlined = "<!DOCTYPE html>\n" + inlined
+    return inlined
+
+
+def render_email(issue: Issue, config: Config, *, asset_base: str | None = None) -> Email:
+    """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it)."""
+    import mjml
+
+    theme_dir = config.theme_dir
+    base = (asset_base or config.base_url).rstrip("/")
+    web_url = f"{base}/archive/{issue.slug}/"
+
+    def asset_url(image: Image | str) -> str:
+        path = image.path.as_posix() if isinstance(image, Image) else image
+        return f"{web_url}{path}"
+
+    env = environment(theme_dir)
+    context: dict[str, Any] = {
+        "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
+        "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
+    }
+    try:
+        source = env.get_template("email.mjml.j2").render(context)
+        text = env.get_template("email.txt.j2").render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise IssueError(f"theme {config.theme!r} is incomplete:", problems=[Problem(
+            message=f"template {exc.name} not found", file=theme_dir,
+            fix="every theme needs email.mjml.j2, email.txt.j2 and inline.css")]) from None
+    except jinja2.TemplateError as exc:
+        raise IssueError("a template failed to render:", problems=[_template_problem(exc, theme_dir)]) from None
+    try:
+        compiled = mjml.mjml2html(source, fonts={})
+    except ValueError as exc:
+        raise IssueError("the MJML did not compile:", problems=[_mjml_problem(exc, source)]) from None
+    css_file = theme_dir / "inline.css"
+    css = css_file.read_text("utf-8") if css_file.is_file() else ""
+    return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,
+                 html=inline_css(compiled, css), text=text, mjml=source)

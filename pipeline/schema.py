@@ -1,0 +1,97 @@
+"""YAML files validated against the published JSON Schemas in pipeline/schemas/, with line numbers."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from pipeline.errors import Problem
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as strings, so the schema (not PyYAML) decides what a date is."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    text = resources.files("pipeline.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _line_of(node: yaml.Node | None, path: list[str | int]) -> int | None:
+    """Walk the composed YAML tree along a JSON path; return the 1-based line of the deepest node found."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    field = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown field in {field}: {error.message}", f"remove it or fix its spelling (allowed: {allowed})"
+    if error.validator == "required":
+        return f"{field}: {error.message}", "add the field"
+    hint = error.schema.get("description", "")
+    return f"field {field}: {error.message}", f"expected {hint}" if hint else "correct the value"
+
+
+def parse_yaml(text: str, *, file: Path, schema: str, line_offset: int = 0) -> tuple[Any, list[Problem]]:
+    """Parse and validate; returns (data, problems). Data is None when the YAML itself is broken."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 + line_offset if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        return None, [Problem(message=f"invalid YAML: {reason}", file=file, line=line,
+                              fix="fix the YAML syntax (indentation, quotes, a missing colon)")]
+    if data is None:
+        data = {}
+    problems = []
+    validator = Draft202012Validator(load_schema(schema))
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        line = _line_of(node, list(error.absolute_path))
+        message, fix = _describe(error)
+        problems.append(Problem(message=message, file=file,
+                                line=line + line_offset if line is not None else None, fix=fix))
+    return data, problems
+
+
+def read_yaml(path: Path, *, schema: str) -> tuple[Any, list[Problem]]:
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        return None, [Problem(message="file not found", file=path, fix=f"create {path.name}")]
+    except UnicodeDecodeError as exc:
+        return None, [Problem(message=f"not valid UTF-8 (byte {exc.start})", file=path,
+                              fix="save the file as UTF-8")]
+    return parse_yaml(text, file=path, schema=schema)
