@@ -6,7 +6,6 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from markdown_it import MarkdownIt
 
@@ -201,7 +200,3 @@ def load_issue(folder: Path, config: Config) -> Issue:
         sections=tuple(sections),
     )
 
-
-def as_dict(issue: Issue) -> dict[str, Any]:
-    """Convenience for templates that prefer plain data."""
-    return {"number": issue.number, "date": issue.date, "subject": issue.subject}

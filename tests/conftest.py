@@ -1,0 +1,31 @@
+"""Shared fixtures: small real newsletter folders copied to a temporary place for each test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A copy of tests/fixtures/site: newsletter.yaml, the `plain` theme, issue 001-hello, a 3-row list."""
+    root = tmp_path / "site"
+    shutil.copytree(FIXTURES / "site", root)
+    return root
+
+
+@pytest.fixture
+def sample_root(tmp_path: Path) -> Path:
+    """A copy of the repository's own newsletter (config, templates, sample issue No. 27, sample list)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(REPO / "newsletter.yaml", root)
+    for folder in ("templates", "issues", "subscribers"):
+        shutil.copytree(REPO / folder, root / folder)
+    return root
