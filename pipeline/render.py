@@ -142,7 +142,7 @@ def inline_css(html: str, css: str) -> str:
     if "@import" in css or re.search(r"url\(\s*['\"]?(https?:)?//", css):
         raise IssueError("inline.css may not use @import or remote url(): premailer would fetch them")
     marked = html.replace("<style", '<style data-premailer="ignore"')
-    inlined = Premailer(
+    inlined: str = Premailer(
         marked, css_text=css, keep_style_tags=True, disable_validation=True, allow_network=False,
         remove_classes=False, strip_important=False, cssutils_logging_level=logging.CRITICAL,
         disable_link_rewrites=True,
