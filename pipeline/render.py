@@ -117,8 +117,8 @@ def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
 
 
-def _mjml_problem(exc: ValueError, source: str) -> Problem:
-    """mjml-python reports byte offsets; turn the first one into a line and column of email.mjml."""
+def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
+    """mjml-python reports byte offsets; turn the first one into a line and column of the rendered MJML."""
     message = str(exc)
     match = re.search(r"position (\d+)", message)
     line = column = None
@@ -126,9 +126,8 @@ def _mjml_problem(exc: ValueError, source: str) -> Problem:
         prefix = source.encode("utf-8")[: int(match.group(1))].decode("utf-8", "replace")
         line = prefix.count("\n") + 1
         column = len(prefix) - (prefix.rfind("\n") + 1) + 1
-    return Problem(message=f"MJML error: {message}", file=Path("email.mjml"), line=line, column=column,
-                   fix="fix the MJML the templates produce (build writes email.mjml only on success; "
-                   "run `newsletter build --debug` to keep it)")
+    return Problem(message=f"MJML error: {message}", file=file, line=line, column=column,
+                   fix="look at that line of the rendered MJML and fix the template that produced it")
 
 
 def inline_css(html: str, css: str) -> str:
@@ -153,8 +152,12 @@ def inline_css(html: str, css: str) -> str:
     return inlined
 
 
-def render_email(issue: Issue, config: Config, *, asset_base: str | None = None) -> Email:
-    """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it)."""
+def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
+                 failed_mjml: Path | None = None) -> Email:
+    """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it).
+
+    When the MJML does not compile it is written to failed_mjml, so the line:column in the error is real.
+    """
     import mjml
 
     theme_dir = config.theme_dir
@@ -182,7 +185,11 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None)
     try:
         compiled = mjml.mjml2html(source, fonts={})
     except ValueError as exc:
-        raise IssueError("the MJML did not compile:", problems=[_mjml_problem(exc, source)]) from None
+        if failed_mjml is not None:
+            failed_mjml.parent.mkdir(parents=True, exist_ok=True)
+            failed_mjml.write_text(source, "utf-8")
+        problem = _mjml_problem(exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
+        raise IssueError("the MJML did not compile:", problems=[problem]) from None
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
     return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,
