@@ -91,9 +91,10 @@ def _write_atomically(out: Path, files: dict[str, str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def render_checked(issue: Issue, config: Config, *, failed_mjml: Path | None = None) -> tuple[Email, list[Problem]]:
+def render_checked(issue: Issue, config: Config, *, failed_mjml: Path | None = None,
+                   asset_base: str | None = None) -> tuple[Email, list[Problem]]:
     """Render and check; raise IssueError with every blocking problem, return the warnings."""
-    email = render_email(issue, config, failed_mjml=failed_mjml)
+    email = render_email(issue, config, failed_mjml=failed_mjml, asset_base=asset_base)
     problems = check_email(issue, email, config)
     raise_if_blocking(problems, IssueError, f"issue {issue.slug} cannot be built:")
     return email, problems
