@@ -112,6 +112,11 @@ def environment(theme_dir: Path) -> jinja2.Environment:
 def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
     name = getattr(exc, "filename", None) or getattr(exc, "name", None)
     line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while tb is not None:  # runtime errors: Jinja rewrites the traceback to point at template lines
+        if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
+            name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        tb = tb.tb_next
     return Problem(message=f"template error: {exc.message or exc}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
@@ -126,6 +131,15 @@ def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
         prefix = source.encode("utf-8")[: int(match.group(1))].decode("utf-8", "replace")
         line = prefix.count("\n") + 1
         column = len(prefix) - (prefix.rfind("\n") + 1) + 1
+    else:  # some MRML errors carry no position: the XML parser usually finds the same mistake
+        from xml.parsers import expat
+
+        parser = expat.ParserCreate()
+        try:
+            parser.Parse(source, True)
+        except expat.ExpatError as xml_error:
+            line, column = xml_error.lineno, xml_error.offset + 1
+            message += f" (the XML parser first stumbles here: {expat.ErrorString(xml_error.code)})"
     return Problem(message=f"MJML error: {message}", file=file, line=line, column=column,
                    fix="look at that line of the rendered MJML and fix the template that produced it")
 
