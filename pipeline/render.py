@@ -115,14 +115,36 @@ def environment(theme_dir: Path) -> jinja2.Environment:
 def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
     name = getattr(exc, "filename", None) or getattr(exc, "name", None)
     line = getattr(exc, "lineno", None)
-    tb = exc.__traceback__
-    while tb is not None:  # runtime errors: Jinja rewrites the traceback to point at template lines
-        if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
-            name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
-        tb = tb.tb_next
+    if line is None:
+        # Runtime errors (an undefined variable) carry no location; Jinja's rewritten traceback does:
+        # its innermost frame inside the theme is the template file and line that failed.
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
+                name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+            tb = tb.tb_next
     return Problem(message=f"template error: {exc.message or exc}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
+
+
+_MJ_TAG = re.compile(r"<(/?)(mjml|mj-[a-z-]+)\b[^>]*?(/?)>")
+
+
+def _unclosed_tag(source: str) -> int | None:
+    """Offset of the first MJML element left open, found with a stack of mj- tags."""
+    stack: list[tuple[str, int]] = []
+    for match in _MJ_TAG.finditer(source):
+        closing, name, self_closing = match.groups()
+        if self_closing:
+            continue
+        if not closing:
+            stack.append((name, match.start()))
+        elif stack and stack[-1][0] == name:
+            stack.pop()
+        elif stack:
+            return stack[-1][1]  # a parent closes while this element is still open
+    return stack[-1][1] if stack else None
 
 
 def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
@@ -130,8 +152,13 @@ def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
     message = str(exc)
     match = re.search(r"position (\d+)", message)
     line = column = None
+    prefix = None
     if match:
         prefix = source.encode("utf-8")[: int(match.group(1))].decode("utf-8", "replace")
+    elif "end of stream" in message and (start := _unclosed_tag(source)) is not None:
+        prefix = source[:start]  # mjml-python gives no position for a tag left open: point at that tag
+        message += f" (this tag is never closed: {source[start:].split('>', 1)[0]}>)"
+    if prefix is not None:
         line = prefix.count("\n") + 1
         column = len(prefix) - (prefix.rfind("\n") + 1) + 1
     else:  # some MRML errors carry no position: the XML parser usually finds the same mistake
