@@ -6,6 +6,7 @@ Per-recipient values are left as SendGrid substitution tags (see PLACEHOLDERS); 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import importlib
 import logging
@@ -17,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
-from pipeline.issue import Image, Issue
+from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
 
 
 def placeholder(field: str) -> str:
@@ -62,17 +62,16 @@ class _Recipient:
         return placeholder(field)
 
 
-_md = MarkdownIt("commonmark", {"typographer": False}).enable("table")
 
 
 def markdown_to_html(text: str) -> Markup:
-    return Markup(_md.render(text))
+    return Markup(MARKDOWN.renderer.render(list(parse_markdown(text)), MARKDOWN.options, {}))
 
 
 def markdown_to_text(text: str) -> str:
     """Markdown for the text part: paragraphs kept, links written as `label <url>`."""
     out: list[str] = []
-    for token in _md.parse(text):
+    for token in parse_markdown(text):
         if token.type == "inline":
             line: list[str] = []
             href = ""
@@ -101,7 +100,9 @@ def dotdate(value: dt.date | None) -> str:
     return value.strftime("%Y.%m.%d.") if value else ""
 
 
+@functools.cache
 def environment(theme_dir: Path) -> jinja2.Environment:
+    """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(theme_dir),
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
