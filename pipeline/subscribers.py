@@ -308,6 +308,15 @@ def check_list(path: Path, *, suppressed: Callable[[str], bool] | None = None) -
     return reader
 
 
+def __getattr__(name: str) -> Any:
+    """`from pipeline.subscribers import ImportResult` works, without loading the import code up front."""
+    if name == "ImportResult":
+        from pipeline.subscribers_import import ImportResult
+
+        return ImportResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def import_export(src: Path, dest: Path) -> ImportResult:
     """Append a Mailchimp or Substack export (or a plain CSV) to a list; see pipeline.subscribers_import."""
     from pipeline.subscribers_import import import_export as run

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
+from pipeline import subscribers
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
 from pipeline.subscribers import (
@@ -253,6 +254,7 @@ def test_missing_list_names_the_available_ones(site: Path) -> None:
 def test_mailchimp_export_becomes_a_list_without_system_columns(tmp_path: Path) -> None:
     dest = tmp_path / "news.csv"
     result = import_export(LISTS / "mailchimp_subscribed.csv", dest)
+    assert isinstance(result, subscribers.ImportResult)
     assert (result.source_format, result.added, result.already_present, result.invalid) == ("mailchimp", 3, 1, 1)
     assert result.to_suppress == [] and result.problems[0].line == 5 and "alan@example" in result.problems[0].message
     rows = dest.read_text(encoding="utf-8").splitlines()
