@@ -269,6 +269,7 @@ class ListReader:
             raise RuntimeError("a ListReader iterates once; make a new one")
         self._used = True
         seen: set[int] = set()
+        seen_add = seen.add
         width, email_at, name_at, fields = len(self._csv.header), self._email_at, self._name_at, self._fields
         is_suppressed = self._is_suppressed
         total = invalid = duplicates = suppressed = 0
@@ -284,11 +285,11 @@ class ListReader:
                     invalid += 1
                     note_invalid(self.problems, invalid, self.path, line, why)
                     continue
-                key = hash(email.lower())  # dedupe_key, inlined: this loop runs a million times
-                if key in seen:
+                before = len(seen)
+                seen_add(hash(email.lower()))  # dedupe_key, inlined; one probe of the set, not two
+                if len(seen) == before:
                     duplicates += 1
                     continue
-                seen.add(key)
                 if is_suppressed is not None and is_suppressed(email):
                     suppressed += 1
                     continue

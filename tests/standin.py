@@ -5,7 +5,7 @@ connection dropped before or after the mail went out, a slow answer) and against
 limits, without ever reaching the network. It enforces `sendgrid_mail_send.schema.json` (written from
 SendGrid's published spec) plus the limits a schema cannot express, and records what it accepted.
 
-In a test::
+In a test (pytest puts tests/ on sys.path, so `from standin import StandIn`)::
 
     with StandIn(api_key="SG.test") as sg:
         client = SendGridAPIClient("SG.test", host=sg.url)

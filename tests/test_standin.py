@@ -22,8 +22,7 @@ import pytest
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Asm, Category, CustomArg, Mail
-
-from tests.standin import MAX_BODY_BYTES, StandIn
+from standin import MAX_BODY_BYTES, StandIn  # pytest puts tests/ on sys.path
 
 KEY = "SG.test"
 
