@@ -152,7 +152,7 @@ class CsvFile:
                 start = handle.read(65536)
         except OSError as exc:
             raise SubscriberError(f"cannot read {path}: {exc.strerror} — check the path and permissions") from None
-        if not start.strip():
+        if not start.removeprefix(b"\xef\xbb\xbf").strip():
             raise SubscriberError(f"{path}:1: the file is empty — add a header row such as 'email,name' "
                                   f"and one row per subscriber")
         if b"\0" in start:
@@ -166,7 +166,7 @@ class CsvFile:
                                       f"— {UTF8_FIX}") from None
         with path.open("rb") as handle:
             try:
-                header = next(csv.reader(_Text(handle)))
+                header = next(csv.reader(_Text(handle)), [])
             except csv.Error as exc:
                 raise SubscriberError(f"{path}:1: not a CSV file ({exc}) — {UTF8_FIX}") from None
         self.header = [h.strip() for h in header]

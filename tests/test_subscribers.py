@@ -132,6 +132,14 @@ def test_unreadable_files_fail_at_once_with_file_line_and_fix(name: str, expecte
     assert exc.value.exit_code == 4
 
 
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbf", b" \r\n\n", b"\xef\xbb\xbf\n"])
+def test_blank_files_are_empty(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "l.csv"
+    path.write_bytes(content)
+    with pytest.raises(SubscriberError, match="the file is empty"):
+        ListReader(path)
+
+
 def test_spreadsheet_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "l.csv"
     path.write_bytes(b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00")
