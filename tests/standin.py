@@ -27,6 +27,7 @@ import contextlib
 import gzip
 import json
 import random
+import sys
 import threading
 import time
 import uuid
@@ -151,9 +152,9 @@ def limit_errors(body: dict[str, Any], now: float) -> list[Error]:
     templated = "template_id" in body
     if "content" not in body and not templated:
         errors.append(("content", "Unless a valid template_id is provided, the content parameter is required."))
-    types = [c["type"] for c in body.get("content", ()) if c["type"] in ("text/plain", "text/html")]
-    if types not in ([], ["text/plain"], ["text/html"], ["text/plain", "text/html"]) or (
-            types and body["content"][0]["type"] != types[0]):
+    types = [c["type"] for c in body.get("content", ())]
+    expected = [t for t in ("text/plain", "text/html") if t in types]
+    if types[:len(expected)] != expected:
         errors.append(("content", "text/plain must come first, then text/html, then any other type."))
     if not templated and "subject" not in body and any("subject" not in p for p in body["personalizations"]):
         errors.append(("subject", "The subject is required, at the top level or in every personalization."))
@@ -294,7 +295,9 @@ class _Server(ThreadingHTTPServer):
     standin: StandIn
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that gave up on a slow answer is expected here; stay quiet about it."""
+        """A client that gave up on a slow answer is expected; anything else is a bug worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

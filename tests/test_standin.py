@@ -151,6 +151,8 @@ REFUSALS: list[tuple[str, Mutation, str]] = [
     ("',' in a cc name", lambda b: b["personalizations"][0].update(cc=[{"email": "c@example.org", "name": "A, B"}]),
      "personalizations.0.cc.0.name"),
     ("text/html before text/plain", _html_first, "content"),
+    ("another type between text/plain and text/html",
+     lambda b: b["content"].insert(1, {"type": "text/calendar", "value": "BEGIN:VCALENDAR"}), "content"),
     ("no content and no template", lambda b: b.pop("content"), "content"),
     ("no subject anywhere", lambda b: b.pop("subject"), "subject"),
     ("send_at 73 hours ahead", lambda b: b.update(send_at=int(time.time()) + 73 * 3600), "send_at"),
@@ -179,6 +181,12 @@ def test_limit_violation_is_refused_with_400_naming_the_field(
     assert field in [e["field"] for e in errors_of(exc)], errors_of(exc)
     assert all(e["message"] for e in errors_of(exc))
     assert sg.accepted == [] and sg.recipients() == {}
+
+
+def test_other_content_types_may_follow_text_plain_and_html(sg: StandIn, client: SendGridAPIClient) -> None:
+    body = mail()
+    body["content"].append({"type": "text/calendar", "value": "BEGIN:VCALENDAR"})
+    assert send(client, body).status_code == 202
 
 
 def test_exactly_1000_recipients_are_accepted(sg: StandIn, client: SendGridAPIClient) -> None:
