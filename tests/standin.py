@@ -368,17 +368,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _suppressions(self, sg: StandIn, key: str, *, drop: bool) -> None:
-        query = parse_qs(urlsplit(self.path).query)
+        """One page, in seeded order; start_time/end_time (epoch seconds, inclusive) filter on creation."""
+        query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
         try:
-            limit = min(int(query.get("limit", [PAGE_LIMIT])[0]), PAGE_LIMIT)
-            offset = int(query.get("offset", [0])[0])
+            limit = min(int(query.get("limit", PAGE_LIMIT)), PAGE_LIMIT)
+            offset = int(query.get("offset", 0))
+            start, end = int(query.get("start_time", 0)), int(query.get("end_time", 2**62))
             if limit < 1 or offset < 0:
                 raise ValueError
         except ValueError:
-            return self._error(400, "limit", "limit must be 1 to 500 and offset 0 or more.", drop=drop)
+            return self._error(400, "limit", "limit must be 1 to 500, offset 0 or more, times integers.", drop=drop)
+        created = "created_at" if key == "asm_suppressions" else "created"
         with sg._lock:
-            page = list(sg.suppressions[key][offset:offset + limit])
-        self._answer(200, page, drop=drop)
+            items = [item for item in sg.suppressions[key] if start <= item.get(created, 0) <= end]
+        self._answer(200, items[offset:offset + limit], drop=drop)
 
     def _start(self, status: int) -> None:
         sg = self.server.standin

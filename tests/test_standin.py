@@ -324,6 +324,8 @@ def test_suppression_lists_page_with_limit_and_offset(sg: StandIn, client: SendG
     assert [[r["email"] for r in p] for p in pages] == [
         ["b0@example.org", "b1@example.org"], ["b2@example.org", "b3@example.org"], ["b4@example.org"], []]
     assert pages[0][0] == sg.suppressions["bounces"][0]
+    since = client.client.suppression.bounces.get(query_params={"start_time": 1700000003})
+    assert [r["email"] for r in json.loads(since.body)] == ["b3@example.org", "b4@example.org"]
 
 
 def test_group_suppressions_and_empty_lists(sg: StandIn, client: SendGridAPIClient) -> None:
