@@ -32,6 +32,8 @@ MAX_DETAILED_PROBLEMS = 50
 SKIP_FIX = "correct or delete the row, or use --skip-invalid to send to the valid rows only"
 UTF8_FIX = "save the file as 'CSV UTF-8' (in Excel: File > Save As > CSV UTF-8)"
 FIELD_NAME = re.compile(r"[A-Za-z0-9_]+")
+#: Tags the pipeline fills itself; a list column of that name must not replace them.
+RESERVED_FIELDS = frozenset({"unsubscribe_url"})
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]++"
 _LABEL = r"[a-z0-9]++(?:-[a-z0-9]++)*+"  # no hyphen at either end, none doubled (so no IDNA "xn--")
 _SPECIAL = "|".join(sorted({re.escape(name.rsplit(".", 1)[-1]) for name in SPECIAL_USE_DOMAIN_NAMES}))
@@ -253,7 +255,11 @@ class ListReader:
         for index, column in enumerate(self._csv.header):
             if index in (self._email_at, self._name_at) or not column:
                 continue
-            if FIELD_NAME.fullmatch(column):
+            if column.lower() in RESERVED_FIELDS:
+                self.problems.append(Problem(
+                    message=f"column {column!r} is ignored: %%{column}%% is filled by the pipeline", file=path,
+                    line=1, fix="rename or delete the column", blocking=False))
+            elif FIELD_NAME.fullmatch(column):
                 self._fields.append((index, column))
             else:
                 self.problems.append(Problem(

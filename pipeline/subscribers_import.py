@@ -27,6 +27,7 @@ from pipeline.errors import Problem, SubscriberError
 from pipeline.subscribers import (
     EMAIL_COLUMN,
     NAME_COLUMN,
+    RESERVED_FIELDS,
     CsvFile,
     check_cells,
     clean_name,
@@ -77,7 +78,7 @@ def _cell(row: list[str], index: int | None) -> str:
 
 
 def _fields(source: CsvFile, skip: set[int]) -> list[tuple[int, str]]:
-    taken = {EMAIL_COLUMN, NAME_COLUMN}
+    taken = {EMAIL_COLUMN, NAME_COLUMN, *RESERVED_FIELDS}
     fields = []
     for index, column in enumerate(source.header):
         name = safe_name(column)

@@ -98,6 +98,14 @@ def test_short_rows_get_empty_fields_and_bom_header_is_understood(tmp_path: Path
     assert bob.name == "" and bob.fields == {"city": ""}
 
 
+def test_a_column_cannot_replace_the_unsubscribe_link(tmp_path: Path) -> None:
+    reader = ListReader(write(tmp_path / "l.csv", "email,unsubscribe_url,city\nada@example.org,https://evil.example,X\n"))
+    [ada] = reader
+    assert ada.fields == {"city": "X"}
+    assert [(p.line, p.blocking) for p in reader.problems] == [(1, False)]
+    assert "unsubscribe_url" in reader.problems[0].message
+
+
 def test_a_reader_iterates_once(site: Path) -> None:
     reader = ListReader(site / "subscribers" / "sample.csv")
     list(reader)
