@@ -1,7 +1,7 @@
 """Subscriber lists: `subscribers/NAME.csv`, streamed row by row, validated, deduplicated and filtered.
 
 Lists are personal data. Addresses appear only in the per-row problems shown to the operator, never in
-logs. A list of a million rows is read without being held in memory: only a 16-byte key per address is
+logs. A list of a million rows is read without being held in memory: only a 64-bit hash per address is
 kept, to drop duplicates.
 """
 
@@ -59,7 +59,8 @@ _set_email, _set_name, _set_fields, _set_line = (_slots[n] for n in ("email", "n
 
 
 def _recipient(email: str, name: str, fields: Mapping[str, str], line: int) -> Recipient:
-    """Recipient(...) without the frozen dataclass __init__, which costs 1 µs of the ~3 µs a row takes."""
+    """Recipient(...) without the frozen dataclass __init__ (object.__setattr__ per field): 2.5x faster,
+    and a quarter of the time a row takes."""
     recipient: Recipient = _new(Recipient)
     _set_email(recipient, email)
     _set_name(recipient, name)
