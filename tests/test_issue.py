@@ -46,7 +46,7 @@ def test_missing_unknown_and_wrong_fields_are_all_reported(site: Path) -> None:
     edit(path, "preheader:", "preheadr:")
     found = problems_of(site)
     joined = "\n".join(found)
-    assert "'number' is a required property" in joined
+    assert '(top level): "number" is a required property — add the field' in joined
     assert "issue.yaml:1: error: unknown field 'numbr' — did you mean 'number'?" in joined
     assert "issue.yaml:4: error: unknown field 'preheadr' — did you mean 'preheader'?" in joined
 
