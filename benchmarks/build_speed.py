@@ -75,10 +75,11 @@ def main() -> None:
         lines = mjml_file.read_text("utf-8").count("\n")
     ours_ms, theirs_ms = statistics.median(ours) * 1000, statistics.median(theirs) * 1000
     warm = warm_rebuilds(max(runs, 20))
-    print(f"sample issue: {ISSUE.name}, email.mjml {lines} lines, {runs} alternating runs, median wall time")
-    print(f"cold `newsletter build` (process start to exit): {ours_ms:7.0f} ms")
-    print(f"cold MJML CLI on the same email.mjml:             {theirs_ms:7.0f} ms")
-    print(f"ratio: {ours_ms / theirs_ms:.2f} (goal: at most 0.50)")
+    best_ratio = min(ours) / min(theirs)
+    print(f"sample issue: {ISSUE.name}, email.mjml {lines} lines, {runs} alternating runs (median / fastest)")
+    print(f"cold `newsletter build` (process start to exit): {ours_ms:5.0f} / {min(ours) * 1000:5.0f} ms")
+    print(f"cold MJML CLI on the same email.mjml:             {theirs_ms:5.0f} / {min(theirs) * 1000:5.0f} ms")
+    print(f"ratio: {ours_ms / theirs_ms:.2f} median, {best_ratio:.2f} fastest (goal: at most 0.50)")
     print(f"warm rebuild in the preview loop: median {statistics.median(warm) * 1000:.1f} ms, "
           f"max {max(warm) * 1000:.1f} ms over {len(warm)} edits (goal: under 50 ms)")
 

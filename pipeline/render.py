@@ -101,10 +101,21 @@ def dotdate(value: dt.date | None) -> str:
 
 
 @functools.cache
-def environment(theme_dir: Path) -> jinja2.Environment:
-    """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes."""
+def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:
+    """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes.
+
+    cache_dir keeps compiled templates between processes: compiling them is a fifth of a cold build.
+    """
+    bytecode_cache = None
+    if cache_dir is not None:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache_dir))
+        except OSError:
+            pass  # a read-only checkout still builds, only slower
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(theme_dir),
+        bytecode_cache=bytecode_cache,
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -235,7 +246,7 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         path = image.path.as_posix() if isinstance(image, Image) else image
         return f"{web_url}{path}"
 
-    env = environment(theme_dir)
+    env = environment(theme_dir, config.state_dir / "cache" / "jinja")
     context: dict[str, Any] = {
         "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
         "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
