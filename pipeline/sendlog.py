@@ -255,7 +255,7 @@ def update_send(conn: sqlite3.Connection, send_id: int, *, content_hash: str, su
                 send_at: str | None) -> None:
     """After the operator allowed changed content: the rest of the send uses the new build."""
     with transaction(conn):
-        conn.execute("UPDATE sends SET content_hash = ?, subject = ?, send_at = ?, finished_at = NULL WHERE id = ?",
+        conn.execute("UPDATE sends SET content_hash = ?, subject = ?, send_at = ? WHERE id = ?",
                      (content_hash, subject, send_at, send_id))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import urllib.error
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
+from email.policy import SMTP
 from http.client import HTTPException
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -30,6 +32,9 @@ from pipeline.batches import Batch, Personalizer, display_name
 from pipeline.message import mime_message
 
 API_KEY_ENV = "SENDGRID_API_KEY"
+# A long List-Unsubscribe URL folded at 78 columns would turn into an RFC 2047 encoded word that no mail
+# client reads as a URL; RFC 5322 allows 998 characters a line.
+_ONE_LINE_HEADERS = SMTP.clone(max_line_length=998)
 API_HOST_ENV = "SENDGRID_API_HOST"
 DEFAULT_HOST = "https://api.sendgrid.com"
 
@@ -145,7 +150,7 @@ class SendGridTransport:
 
 
 class OutboxTransport:
-    """Writes `<delivery id>-<address>.eml` per recipient into a folder, atomically (temp file + rename)."""
+    """Writes `<address>.eml` per recipient into a folder, atomically (temp file + rename); a re-run overwrites."""
 
     kind: ClassVar[str] = "outbox"
 
@@ -161,21 +166,26 @@ class OutboxTransport:
     def send(self, batch: Batch) -> Result:
         self.folder.mkdir(parents=True, exist_ok=True)
         p = self.personalizer
-        for delivery_id, address, name, fields_json in batch.rows:
+        for _, address, name, fields_json in batch.rows:
             values = p.values(address, name, p.parse_fields(fields_json))
             headers = {**p.headers(values["unsubscribe_url"]), **self._extra}
             to = Address(display_name(name), addr_spec=address)
             msg = mime_message(p.mailing.email, sender=self._sender, to=to, values=values, headers=headers,
                                reply_to=p.mailing.reply_to)
-            target = self.folder / f"{delivery_id:07d}-{safe_file_name(address)}.eml"
+            target = self.folder / f"{safe_file_name(address)}.eml"
             tmp = target.with_suffix(".eml.tmp")
-            tmp.write_bytes(msg.as_bytes())
+            tmp.write_bytes(msg.as_bytes(policy=_ONE_LINE_HEADERS))
             os.replace(tmp, target)
         return Result(outcome=Outcome.ACCEPTED, message_id=f"outbox-{batch.request_id}")
 
 
 def safe_file_name(address: str) -> str:
-    return re.sub(r"[^A-Za-z0-9@._+-]", "_", address)[:120]
+    """The address itself where it is a safe file name; else a cleaned one made unique by a short hash."""
+    name = address.lower()
+    clean = re.sub(r"[^a-z0-9@._+-]", "_", name)[:120]
+    if clean == name and not name.startswith("."):
+        return clean
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 # --- a fake for unit tests ------------------------------------------------------------------------------
