@@ -55,9 +55,11 @@ class Mailing:
 
     @classmethod
     def from_config(cls, config: Config, **values: object) -> Mailing:
-        return cls(sender_email=config.sender_email, sender_name=config.sender_name, reply_to=config.reply_to,
-                   base_url=config.base_url, categories=config.sending.categories,
-                   group_id=config.sending.unsubscribe_group_id, **values)  # type: ignore[arg-type]
+        shared: dict[str, object] = {
+            "sender_email": config.sender_email, "sender_name": config.sender_name, "reply_to": config.reply_to,
+            "base_url": config.base_url, "categories": config.sending.categories,
+            "group_id": config.sending.unsubscribe_group_id}
+        return cls(**{**shared, **values})  # type: ignore[arg-type]
 
     def as_test(self) -> Mailing:
         """The same mailing as one copy marked as a test: subject prefix, category `test`, send id 0."""

@@ -104,6 +104,8 @@ class SendJob:
         self._created = False
         self._test_row: sendlog.DeliveryRow | None = None
         self._personalizer: Personalizer | None = None
+        self._last_request = -1e9
+        self._attempts = 0
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -277,7 +279,6 @@ class SendJob:
         assert self.plan is not None, "prepare() first"
         summary = Summary()
         progress.start(self.plan.to_send)
-        self._last_request = -1e9
         if self._test_row is not None:
             result = self._deliver(Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row]), summary, None)
             self._raise_unless_accepted(result, summary, test=True)
@@ -289,6 +290,7 @@ class SendJob:
         after, streak = 0, 0
         while True:
             self._check_schedule()
+            self._pace()
             claim = sendlog.claim_batch(self.conn, self.send.id, size=self.config.sending.batch_size, after=after,
                                         states=states, request_id=uuid.uuid4().hex)
             if claim is None:
@@ -336,9 +338,10 @@ class SendJob:
         started = self.clock()
         self._attempts = 0
         while True:
-            wait = self._last_request + 1.0 / self.config.sending.requests_per_second - self.clock()
-            if wait > 0:
-                self.sleep(wait)
+            if self._attempts:
+                self._pace()
+                if claim is not None and self.conn is not None:
+                    sendlog.mark_in_flight(self.conn, claim)
             self._last_request = self.clock()
             self._attempts += 1
             summary.requests += 1
@@ -346,13 +349,19 @@ class SendJob:
             if result.outcome is not Outcome.RETRY:
                 return result
             if claim is not None and self.conn is not None:
-                sendlog.note_attempt(self.conn, claim, attempts=self._attempts, http_status=result.status,
+                sendlog.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
                                      error=result.error)
             delay = backoff(self._attempts, result.retry_after)
             if self.clock() - started + delay > budget:
                 return result  # still RETRY: the budget is spent
             log.info("answer %s, retrying in %.1f s", result.status or "none", delay)
             self.sleep(delay)
+
+    def _pace(self) -> None:
+        """The requests-per-second ceiling: wait until 1/rps has passed since the last request began."""
+        wait = self._last_request + 1.0 / self.config.sending.requests_per_second - self.clock()
+        if wait > 0:
+            self.sleep(wait)
 
     def _raise_unless_accepted(self, result: Result, summary: Summary, *, test: bool) -> None:
         if result.outcome is Outcome.ACCEPTED:
