@@ -80,10 +80,10 @@ def test_kill_9_at_many_points(site: Path, standin: StandIn) -> None:
     config.write_text(config.read_text("utf-8").replace("retry_budget_seconds: 5", "retry_budget_seconds: 600"))
     # Kill mid-request after 0, 2 and 5 answered requests of each run (the killed request did go out).
     for answered in (0, 2, 5):
-        before = len(standin.accepted)
+        target = len(standin.accepted) + answered + 1
         standin.script(["ok"] * answered + ["slow"])
         proc = _start(site, env)
-        _wait_for(lambda: len(standin.accepted) == before + answered + 1, "the slow request")
+        _wait_for(lambda: len(standin.accepted) == target, "the slow request")  # noqa: B023 - used at once
         _kill(proc)
     # Kill while waiting out a 429 (certainly not sent): those recipients are simply sent again.
     standin.retry_after = 120
