@@ -118,6 +118,11 @@ class SendJob:
         secret, throwaway = self._secret()
         send_at = parse_send_at(options.at) if options.at else None
         email, content_hash, warnings = self._build()
+        if throwaway:
+            warnings = (*warnings, Problem(
+                message=f"{tokens.SECRET_ENV} is not set: the outbox's unsubscribe links are signed with a "
+                "throwaway secret and would not work in real mail", blocking=False,
+                fix=f"fine for a look at the outbox; a real send needs it ({tokens.CREATE_SECRET_HINT})"))
         from pipeline.subscribers import list_path
 
         path = list_path(config, options.list_name)
