@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _enc
@@ -32,6 +33,7 @@ RESERVED = ("name", "unsubscribe_url")
 ONE_CLICK = "List-Unsubscribe=One-Click"
 TEST_PREFIX = "[TEST] "
 _NAME_UNSAFE = str.maketrans({";": " ", ",": " ", "\r": " ", "\n": " ", "\t": " "})
+_UNSAFE_NAME = re.compile(r"[;,\r\n\t]|  |^ | $")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,6 +82,7 @@ class Batch:
     id: int
     request_id: str
     rows: Sequence[DeliveryRow] = field(default_factory=tuple)
+    body: str | None = None  # the request body when built ahead (SendGrid)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -107,13 +110,17 @@ class Personalizer:
         self._mailto_enc = _enc(f"<{self._mailto}>")[1:-1]
         self._field_keys = [(f, _enc(placeholder(f))) for f in self.merge_fields]
         self._shared = self._shared_json()
+        self._signer = tokens.Signer(mailing.secret, list_name=mailing.list_name, issue=mailing.issue)
+        prefix = tokens.unsubscribe_url(mailing.base_url, "")
+        self._url_prefix = _enc(prefix)[1:-1]
+        if self._url_prefix != prefix:
+            raise SendError(f"base_url {mailing.base_url!r} has characters that need escaping in JSON — "
+                            "fix base_url in newsletter.yaml")
 
     # --- values -----------------------------------------------------------------------------------------
 
     def unsubscribe_url(self, email: str) -> str:
-        m = self.mailing
-        return tokens.unsubscribe_url(m.base_url, tokens.sign(m.secret, email=email, list_name=m.list_name,
-                                                              issue=m.issue))
+        return self._url_prefix + self._signer.token(email)
 
     def values(self, email: str, name: str, fields: Mapping[str, str]) -> dict[str, str]:
         """Tag name (without %%) -> value, for every tag the email uses; what the outbox substitutes."""
@@ -166,18 +173,27 @@ class Personalizer:
         return json.dumps(shared, separators=(",", ":"))[1:-1]
 
     def personalization(self, email: str, name: str, fields_json: str | None) -> str:
-        """One personalization as JSON text; the only per-recipient work of a request."""
-        url = self.unsubscribe_url(email)
-        to = '{"email":' + _enc(email) + ((',"name":' + _enc(display_name(name))) if name else "") + "}"
-        subs = ['"%%name%%":' + _enc(name), '"%%unsubscribe_url%%":' + _enc(url)]
+        """One personalization as JSON text: the only per-recipient work of a request, kept to a few
+        C-level calls (the token and the URL are ASCII, safe in JSON as they are)."""
+        e = _enc(email)
+        url = self._url_prefix + self._signer.token_from_json(e)
+        if name:
+            n = _enc(name)
+            to = f'{{"email":{e},"name":{_enc(display_name(name)) if _UNSAFE_NAME.search(name) else n}}}'
+        else:
+            n, to = '""', f'{{"email":{e}}}'
+        extra = ""
         if self._field_keys:
             fields = json.loads(fields_json) if fields_json else {}
-            subs += [key + ":" + _enc(fields.get(f, "")) for f, key in self._field_keys]
-        return ('{"to":[' + to + '],"substitutions":{' + ",".join(subs) + '},"headers":{"List-Unsubscribe":"<'
-                + _enc(url)[1:-1] + '>, ' + self._mailto_enc + '","List-Unsubscribe-Post":"' + ONE_CLICK + '"}}')
+            extra = "".join(f",{key}:{_enc(fields.get(f, ''))}" for f, key in self._field_keys)
+        return (f'{{"to":[{to}],"substitutions":{{"%%name%%":{n},"%%unsubscribe_url%%":"{url}"{extra}}},'
+                f'"headers":{{"List-Unsubscribe":"<{url}>, {self._mailto_enc}",'
+                f'"List-Unsubscribe-Post":"{ONE_CLICK}"}}}}')
 
     def body(self, batch: Batch) -> str:
         """The whole Mail Send request body for a batch, as JSON text."""
+        if batch.body is not None:
+            return batch.body
         parts = [self.personalization(email, name, fields) for _, email, name, fields in batch.rows]
         return '{"personalizations":[' + ",".join(parts) + "]," + self._shared + "}"
 

@@ -23,6 +23,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -292,38 +293,31 @@ class SendJob:
             return summary
         assert self.conn is not None and self.send is not None
         states = (*sendlog.TO_SEND, "in_doubt") if self.options.resend_in_doubt else sendlog.TO_SEND
-        after, streak = 0, 0
-        while True:
-            self._check_schedule()
-            self._pace()
-            claim = sendlog.claim_batch(self.conn, self.send.id, size=self.config.sending.batch_size, after=after,
-                                        states=states, request_id=uuid.uuid4().hex)
-            if claim is None:
-                break
-            after = claim.last
-            batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows)
-            result = self._deliver(batch, summary, claim)
-            if result.outcome is Outcome.ACCEPTED:
-                sendlog.finish_batch(self.conn, claim, state="accepted", attempts=self._attempts,
-                                     http_status=result.status, message_id=result.message_id)
-                summary.accepted += len(batch)
-                streak = 0
-                progress.advance(len(batch))
-                continue
-            if result.outcome is Outcome.IN_DOUBT:
-                sendlog.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
-                summary.in_doubt += len(batch)
-                streak += 1
-                progress.note(f"a request for {len(batch)} recipient(s) got no answer ({result.error}); "
-                              "they are in doubt and will not be sent again without --resend-in-doubt")
-                if streak >= IN_DOUBT_STREAK_LIMIT:
-                    self._stop(summary, f"{streak} requests in a row got no answer; stopped so as not to put more "
-                               "recipients in doubt — check the network, then run the same command again")
-                continue
-            sendlog.finish_batch(self.conn, claim, state="failed", attempts=self._attempts, http_status=result.status,
-                                 error=result.error)
-            summary.failed += len(batch)
-            self._raise_unless_accepted(result, summary, test=False)
+        size = self.config.sending.batch_size
+        after, self._streak = 0, 0
+        # One request in flight at a time; while it is, the next batch's rows are read and its body built.
+        upcoming = self._prefetch(states, after)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
+            while True:
+                self._check_schedule()
+                self._pace()
+                claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
+                                            request_id=uuid.uuid4().hex)
+                if claim is None:
+                    break
+                after = claim.last
+                body = upcoming[1] if upcoming[0] == claim.rows else self._body(claim.rows)
+                batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=body)
+                self._last_request, self._attempts = self.clock(), 1
+                summary.requests += 1
+                future = pool.submit(self._transport.send, batch)
+                try:
+                    upcoming = self._prefetch(states, after)
+                finally:  # whatever happened meanwhile, the answer is recorded
+                    result = future.result()
+                    if result.outcome is Outcome.RETRY:
+                        result = self._deliver(batch, summary, claim, first=result)
+                    self._record(claim, result, summary, progress)
         counts = sendlog.counts(self.conn, self.send.id)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
@@ -331,18 +325,69 @@ class SendJob:
             sendlog.finish_send(self.conn, self.send.id)
         return summary
 
+    def _prefetch(self, states: tuple[str, ...], after: int) -> tuple[list[sendlog.DeliveryRow], str | None]:
+        assert self.conn is not None and self.send is not None
+        rows = sendlog.peek_batch(self.conn, self.send.id, size=self.config.sending.batch_size, after=after,
+                                  states=states)
+        return rows, self._body(rows) if rows else None
+
+    def _body(self, rows: list[sendlog.DeliveryRow]) -> str | None:
+        """The request body, built ahead for transports that send one (SendGrid)."""
+        if self._transport.kind != "sendgrid" or self._personalizer is None:
+            return None
+        return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
+
+    def _record(self, claim: sendlog.Claim, result: Result, summary: Summary, progress: Progress) -> None:
+        """The outcome of a request into the send log; stops the send on a refusal or a spent budget."""
+        assert self.conn is not None
+        size = len(claim.rows)
+        if result.outcome is Outcome.ACCEPTED:
+            sendlog.finish_batch(self.conn, claim, state="accepted", attempts=self._attempts,
+                                 http_status=result.status, message_id=result.message_id)
+            summary.accepted += size
+            self._streak = 0
+            progress.advance(size)
+        elif result.outcome is Outcome.IN_DOUBT:
+            sendlog.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
+            summary.in_doubt += size
+            self._streak += 1
+            progress.note(f"a request for {size} recipient(s) got no answer ({result.error}); "
+                          "they are in doubt and will not be sent again without --resend-in-doubt")
+            if self._streak >= IN_DOUBT_STREAK_LIMIT:
+                self._stop(summary, f"{self._streak} requests in a row got no answer; stopped so as not to put "
+                           "more recipients in doubt — check the network, then run the same command again")
+        else:
+            sendlog.finish_batch(self.conn, claim, state="failed", attempts=self._attempts,
+                                 http_status=result.status, error=result.error)
+            summary.failed += size
+            self._raise_unless_accepted(result, summary, test=False)
+
     def _check_schedule(self) -> None:
         at = self.plan.send_at if self.plan else None
         if at is not None and time.time() >= at:
             raise SendError(f"the scheduled time (send_at {at}) has passed while sending; the rest was not sent "
                             "— run the same command with a later --at, or without --at to send now")
 
-    def _deliver(self, batch: Batch, summary: Summary, claim: sendlog.Claim | None) -> Result:
-        """One request, retried on 429/5xx within the retry budget; returns the last answer."""
+    def _deliver(self, batch: Batch, summary: Summary, claim: sendlog.Claim | None,
+                 first: Result | None = None) -> Result:
+        """One request (or the answer `first` already got), retried on 429/5xx within the retry budget;
+        returns the last answer."""
         budget = self.config.sending.retry_budget_seconds
         started = self.clock()
-        self._attempts = 0
+        self._attempts = 1 if first else 0
+        result = first
         while True:
+            if result is not None:
+                if result.outcome is not Outcome.RETRY:
+                    return result
+                if claim is not None and self.conn is not None:
+                    sendlog.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
+                                         error=result.error)
+                delay = backoff(self._attempts, result.retry_after)
+                if self.clock() - started + delay > budget:
+                    return result  # still RETRY: the budget is spent
+                log.info("answer %s, retrying in %.1f s", result.status or "none", delay)
+                self.sleep(delay)
             if self._attempts:
                 self._pace()
                 if claim is not None and self.conn is not None:
@@ -351,16 +396,6 @@ class SendJob:
             self._attempts += 1
             summary.requests += 1
             result = self._transport.send(batch)
-            if result.outcome is not Outcome.RETRY:
-                return result
-            if claim is not None and self.conn is not None:
-                sendlog.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
-                                     error=result.error)
-            delay = backoff(self._attempts, result.retry_after)
-            if self.clock() - started + delay > budget:
-                return result  # still RETRY: the budget is spent
-            log.info("answer %s, retrying in %.1f s", result.status or "none", delay)
-            self.sleep(delay)
 
     def _pace(self) -> None:
         """The requests-per-second ceiling: wait until 1/rps has passed since the last request began."""

@@ -141,6 +141,8 @@ def open_sendlog(path: Path, *, migrations: Sequence[Migration] = ()) -> sqlite3
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable against kill -9, not power loss
         conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA cache_size = -32768")  # 32 MB: a million-row send keeps its indexes in memory
+        conn.execute("PRAGMA temp_store = MEMORY")
         migrate(conn, [*MIGRATIONS, *migrations])
     except sqlite3.Error as exc:
         raise SendError(f"{path}: cannot open the send log ({exc}) — check that the folder is writable; "
@@ -277,34 +279,30 @@ def finish_send(conn: sqlite3.Connection, send_id: int) -> None:
 Row = tuple[str, str, str | None]  # (email, name, merge fields as JSON or None)
 
 
-def add_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row], *, chunk: int = 20_000) -> int:
+def add_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row]) -> int:
     """Record the recipients of a new send (one transaction); duplicates are ignored. Returns rows added."""
-    added = 0
     with transaction(conn):
-        for part in _chunks(rows, chunk):
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) VALUES (?, ?, ?, ?)",
-                             [(send_id, *row) for row in part])
-            added += conn.total_changes - before
-    return added
+        before = conn.total_changes
+        conn.executemany(f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
+                         f"VALUES ({int(send_id)}, ?, ?, ?)", rows)
+        return conn.total_changes - before
 
 
-def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row], *, chunk: int = 20_000) -> int:
+def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row]) -> int:
     """On a re-run: add recipients new to the list, mark unsent ones no longer in it `removed`.
 
     Rows already recorded keep their name and fields (the resumed send mails what the first part did);
     a `removed` row that is back in the list becomes `pending` again. Returns rows added.
     """
-    added = 0
     with transaction(conn):
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE)")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE, "
+                     "name TEXT, fields TEXT)")
         conn.execute("DELETE FROM temp.listed")
-        for part in _chunks(rows, chunk):
-            before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) VALUES (?, ?, ?, ?)",
-                             [(send_id, *row) for row in part])
-            added += conn.total_changes - before
-            conn.executemany("INSERT OR IGNORE INTO temp.listed (email) VALUES (?)", [(row[0],) for row in part])
+        conn.executemany("INSERT OR IGNORE INTO temp.listed (email, name, fields) VALUES (?, ?, ?)", rows)
+        before = conn.total_changes
+        conn.execute("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
+                     "SELECT ?, email, name, fields FROM temp.listed ORDER BY rowid", (send_id,))
+        added = conn.total_changes - before
         stamp = now()
         conn.execute("UPDATE deliveries SET state = 'removed', updated_at = ? WHERE send_id = ? "
                      "AND state IN ('pending', 'failed') AND email NOT IN (SELECT email FROM temp.listed)",
@@ -313,17 +311,6 @@ def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row],
                      "AND state = 'removed' AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
         conn.execute("DELETE FROM temp.listed")
     return added
-
-
-def _chunks(rows: Iterable[Row], size: int) -> Iterable[list[Row]]:
-    part: list[Row] = []
-    for row in rows:
-        part.append(row)
-        if len(part) == size:
-            yield part
-            part = []
-    if part:
-        yield part
 
 
 def recover_in_flight(conn: sqlite3.Connection, send_id: int) -> int:
@@ -384,37 +371,53 @@ class Claim:
         return self.rows[-1][0]
 
 
+def peek_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int = 0,
+               states: Sequence[str] = TO_SEND) -> list[DeliveryRow]:
+    """Read only: the rows `claim_batch` would take now (to build the next request ahead of time)."""
+    marks = ",".join("?" * len(states))
+    return conn.execute(
+        f"SELECT id, email, name, fields FROM (SELECT id, email, name, fields FROM deliveries WHERE +send_id = ? "
+        f"AND id > ? AND state IN ({marks}) ORDER BY id LIMIT ?) WHERE email NOT IN (SELECT email FROM suppressions) "
+        f"ORDER BY id", (send_id, after, *states, size)).fetchall()
+
+
 def claim_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int = 0,
                 states: Sequence[str] = TO_SEND, request_id: str) -> Claim | None:
     """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
-    mark them in flight under a new batch row, commit, and return them; None when nothing is left."""
+    mark them in flight under a new batch row, commit, and return them; None when nothing is left.
+
+    Deliveries are taken in id order (the list's order) by rowid ranges: `+send_id` keeps SQLite from
+    using the (send_id, email) index, which would sort the whole send for every batch.
+    """
     marks = ",".join("?" * len(states))
     with transaction(conn):
         stamp = now()
+        any_suppressed = conn.execute("SELECT EXISTS (SELECT 1 FROM suppressions)").fetchone()[0]
         while True:
-            ids = [r[0] for r in conn.execute(
-                f"SELECT id FROM deliveries WHERE send_id = ? AND id > ? AND state IN ({marks}) ORDER BY id LIMIT ?",
-                (send_id, after, *states, size))]
-            if not ids:
+            lo, hi = conn.execute(
+                f"SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE +send_id = ? AND id > ? "
+                f"AND state IN ({marks}) ORDER BY id LIMIT ?)", (send_id, after, *states, size)).fetchone()
+            if lo is None:
                 return None
-            span = (send_id, ids[0], ids[-1], *states)
-            conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE send_id = ? AND id "
-                         f"BETWEEN ? AND ? AND state IN ({marks}) AND email IN (SELECT email FROM suppressions)",
-                         (stamp, *span))
-            if conn.execute(f"SELECT 1 FROM deliveries WHERE send_id = ? AND id BETWEEN ? AND ? "
-                            f"AND state IN ({marks}) LIMIT 1", span).fetchone():
+            span = (send_id, lo, hi, *states)
+            if any_suppressed:
+                conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE +send_id = ? AND id "
+                             f"BETWEEN ? AND ? AND state IN ({marks}) AND email IN (SELECT email FROM suppressions)",
+                             (stamp, *span))
+            batch_id = conn.execute(
+                "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+                "VALUES (?, ?, 'in_flight', 0, ?, ?, ?)", (send_id, request_id, lo, hi, stamp)).lastrowid
+            rows = conn.execute(
+                f"UPDATE deliveries SET state = 'in_flight', batch_id = ?, updated_at = ? WHERE +send_id = ? AND id "
+                f"BETWEEN ? AND ? AND state IN ({marks}) RETURNING id, email, name, fields",
+                (batch_id, stamp, *span)).fetchall()
+            if rows:
                 break
-            after = ids[-1]  # every one of them was suppressed
-        cursor = conn.execute(
-            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-            "VALUES (?, ?, 'in_flight', 0, ?, ?, ?)", (send_id, request_id, ids[0], ids[-1], stamp))
-        batch_id = cursor.lastrowid
-        assert batch_id is not None
-        rows = sorted(conn.execute(
-            f"UPDATE deliveries SET state = 'in_flight', batch_id = ?, updated_at = ? WHERE send_id = ? AND id "
-            f"BETWEEN ? AND ? AND state IN ({marks}) RETURNING id, email, name, fields",
-            (batch_id, stamp, *span)).fetchall())
+            conn.execute("DELETE FROM batches WHERE id = ?", (batch_id,))  # every one of them was suppressed
+            after = hi
+        rows.sort()
         conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rows), batch_id))
+    assert batch_id is not None
     return Claim(id=batch_id, request_id=request_id, rows=rows)
 
 

@@ -2,7 +2,7 @@
 
 A token is ``<payload>.<mac>``, both URL-safe base64 without padding:
 
-- payload: the UTF-8 JSON array ``[email, list_name, issue]`` (compact separators);
+- payload: the JSON array ``[email, list_name, issue]`` (compact, non-ASCII escaped: plain ASCII);
 - mac: the first 16 bytes (128 bits) of HMAC-SHA256 keyed by ``NEWSLETTER_SECRET`` over
   ``b"nl-unsubscribe-v1\\0" + payload`` (the prefix keeps these MACs apart from any other use of the key).
 
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import os
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _enc
 from urllib.parse import quote
 
 from pipeline.errors import SendError
@@ -30,6 +32,8 @@ SECRET_ENV = "NEWSLETTER_SECRET"
 MIN_SECRET_BYTES = 16
 _DOMAIN = b"nl-unsubscribe-v1\0"
 _MAC_BYTES = 16
+_BLOCK = 64  # SHA-256's block size
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 # Only for `send --outbox` without NEWSLETTER_SECRET: links it signs are marked and useless for real mail.
 THROWAWAY_SECRET = b"outbox-throwaway-secret-not-for-real-mail"
 CREATE_SECRET_HINT = (
@@ -46,7 +50,7 @@ class UnsubscribeToken:
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
@@ -61,8 +65,36 @@ def _mac(secret: bytes, payload: bytes) -> bytes:
 
 def sign(secret: bytes, *, email: str, list_name: str, issue: str) -> str:
     """The token for one recipient of one issue sent to one list."""
-    payload = json.dumps([email, list_name, issue], separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
+    return Signer(secret, list_name=list_name, issue=issue).token(email)
+
+
+class Signer:
+    """`sign` for many addresses of one list and issue: the shared part of the payload is encoded once.
+
+    The payload is exactly `json.dumps([email, list_name, issue], separators=(",", ":"))`.
+    """
+
+    __slots__ = ("_inner", "_outer", "_tail")
+
+    def __init__(self, secret: bytes, *, list_name: str, issue: str) -> None:
+        # HMAC (RFC 2104) with both padded keys hashed once: a third of hmac.digest()'s cost per token.
+        key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK else secret
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key) + _DOMAIN)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._tail = f",{_enc(list_name)},{_enc(issue)}]".encode("ascii")
+
+    def token(self, email: str) -> str:
+        return self.token_from_json(_enc(email))
+
+    def token_from_json(self, email_json: str) -> str:
+        """The token for an address already encoded as a JSON string (quotes included)."""
+        payload = b"[" + email_json.encode("ascii") + self._tail
+        inner = self._inner.copy()
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return f"{_b64(payload)}.{_b64(outer.digest()[:_MAC_BYTES])}"
 
 
 def verify(secret: bytes, token: str) -> UnsubscribeToken | None:

@@ -135,8 +135,10 @@ def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: S
         def __init__(self, inner: object) -> None:
             self.inner = inner
 
-        def send(self, batch: object) -> Result:
-            sendlog.add_suppression(conn, addresses[5], reason="bounced", source="webhook")
+        def send(self, batch: object) -> Result:  # as the webhook would, from another connection
+            other = sendlog.open_sendlog(load_config(site).sendlog_path)
+            sendlog.add_suppression(other, addresses[5], reason="bounced", source="webhook")
+            other.close()
             return self.inner.send(batch)  # type: ignore[attr-defined,no-any-return]
 
     from pipeline.transport import SendGridTransport

@@ -65,3 +65,16 @@ def test_secret_never_in_error() -> None:
     with pytest.raises(SendError) as info:
         tokens.secret_from_env({"NEWSLETTER_SECRET": "hush"})
     assert "hush" not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", [b"k" * 16, b"k" * 64, b"long-" * 40])
+def test_fast_signer_is_plain_hmac_sha256(secret: bytes) -> None:
+    import hmac
+    import json
+
+    token = tokens.Signer(secret, list_name="sample", issue="001").token("Zoë@example.org")
+    payload = json.dumps(["Zoë@example.org", "sample", "001"], separators=(",", ":")).encode()
+    mac = hmac.digest(secret, b"nl-unsubscribe-v1\0" + payload, "sha256")[:16]
+    expected = (base64.urlsafe_b64encode(payload).rstrip(b"=") + b"." + base64.urlsafe_b64encode(mac).rstrip(b"="))
+    assert token == expected.decode()
+    assert tokens.verify(secret, token) is not None
