@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pipeline import sendlog, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
@@ -34,6 +34,9 @@ from pipeline.config import Config
 from pipeline.errors import Problem, SendError, SubscriberError
 from pipeline.render import Email
 from pipeline.transport import API_HOST_ENV, API_KEY_ENV, Outcome, Result, Transport
+
+if TYPE_CHECKING:
+    from pipeline.subscribers import ListReader
 
 log = logging.getLogger("pipeline.send")
 IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
@@ -200,7 +203,7 @@ class SendJob:
         sendlog.update_send(self.conn, found.id, content_hash=content_hash, subject=email.subject, send_at=at)
         return found
 
-    def _reader(self, path: Path) -> Any:
+    def _reader(self, path: Path) -> ListReader:
         from pipeline.subscribers import ListReader
 
         assert self.conn is not None
@@ -236,10 +239,11 @@ class SendJob:
                     continue
                 listed += 1
                 yield r.email, r.name, (json.dumps(dict(r.fields), ensure_ascii=False) if r.fields else None)
-            blocking = [*reader.problems, *oversized]
+            blocking = [*(p for p in reader.problems if p.blocking), *oversized]
             if blocking and not self.options.skip_invalid:
                 raise SubscriberError(
-                    f"list {self.options.list_name} ({path}) has {len(blocking)} bad row(s); nothing was sent — "
+                    f"list {self.options.list_name} ({path}) has {reader.invalid + len(oversized)} bad row(s); "
+                    "nothing was sent — "
                     "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
 
         try:
@@ -253,8 +257,7 @@ class SendJob:
         skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                         for p in [*reader.problems, *oversized])
         log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped)", self.options.list_name,
-                 listed, getattr(reader, "invalid", 0), getattr(reader, "duplicates", 0),
-                 getattr(reader, "suppressed", 0))
+                 listed, reader.invalid, reader.duplicates, reader.suppressed)
         return listed, skipped
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
