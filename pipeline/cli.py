@@ -169,7 +169,8 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
     """Send ISSUE_DIR to a list exactly once (resumable; see `newsletter status`)."""
     from pipeline.config import load_config
     from pipeline.errors import SendError
-    from pipeline.send import SendJob, SendOptions
+    from pipeline.plan import SendOptions
+    from pipeline.send import SendJob
 
     if not yes and not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise SendError("there is no terminal to confirm on — add --yes to send without asking")

@@ -24,14 +24,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pipeline import sendlog, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.config import Config
 from pipeline.errors import Problem, SendError, SubscriberError
+from pipeline.lock import SendLock
+from pipeline.plan import Plan, Progress, SendOptions, Summary
 from pipeline.render import Email
 from pipeline.transport import API_HOST_ENV, API_KEY_ENV, Outcome, Result, Transport
 
@@ -40,53 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pipeline.send")
 IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class SendOptions:
-    list_name: str
-    outbox: Path | None = None
-    test_address: str | None = None
-    at: str | None = None
-    resend_in_doubt: bool = False
-    skip_invalid: bool = False
-    allow_changed_content: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class Plan:
-    """What the send will do; the confirmation shows it."""
-
-    issue: str
-    subject: str
-    list_name: str
-    sender: str
-    transport: str  # sendgrid | outbox
-    test_address: str | None
-    listed: int  # valid, unsuppressed recipients in the list now
-    to_send: int  # what this run will send
-    accepted: int  # sent by earlier runs
-    in_doubt: int
-    resumed: bool
-    send_at: int | None
-    content_hash: str
-    problems: tuple[Problem, ...] = ()  # warnings: build warnings, skipped rows
-
-
-@dataclass(kw_only=True)
-class Summary:
-    accepted: int = 0
-    in_doubt: int = 0
-    failed: int = 0
-    requests: int = 0
-    finished: bool = False
-    remaining: dict[str, int] = field(default_factory=dict)
-
-
-class Progress(Protocol):
-    def start(self, total: int) -> None: ...
-    def advance(self, sent: int) -> None: ...
-    def note(self, message: str) -> None: ...
 
 
 class SendJob:
@@ -102,7 +56,7 @@ class SendJob:
         self.clock = clock
         self._make_transport = transport
         self.conn: sqlite3.Connection | None = None
-        self.lock: sendlog.SendLock | None = None
+        self.lock: SendLock | None = None
         self.send: sendlog.Send | None = None
         self.plan: Plan | None = None
         self._created = False
@@ -141,7 +95,7 @@ class SendJob:
             self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
             self._transport = self._transport_for(api_key)
             return self.plan
-        self.lock = sendlog.SendLock(config.state_dir, issue=slug, list_name=options.list_name)
+        self.lock = SendLock(config.state_dir, issue=slug, list_name=options.list_name)
         self.lock.acquire()
         self.send = self._open_send(slug, kind, email, content_hash, send_at)
         recovered = sendlog.recover_in_flight(self.conn, self.send.id)

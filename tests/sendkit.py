@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_config
-from pipeline.send import SendJob, SendOptions, Summary
+from pipeline.plan import SendOptions, Summary
+from pipeline.send import SendJob
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "SG.test-key-4f9a1c7e-never-print-me"

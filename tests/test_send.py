@@ -12,7 +12,9 @@ import pytest
 from pipeline import sendlog
 from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
-from pipeline.send import SendJob, SendOptions
+from pipeline.lock import SendLock
+from pipeline.plan import SendOptions
+from pipeline.send import SendJob
 from pipeline.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn
@@ -201,7 +203,7 @@ def test_lock_held_refuses_naming_the_pid(site: Path, standin: StandIn, env: dic
     import os
 
     write_list(site, "big", 2)
-    with sendlog.SendLock(load_config(site).state_dir, issue="001-hello", list_name="big"), \
+    with SendLock(load_config(site).state_dir, issue="001-hello", list_name="big"), \
             pytest.raises(SendError, match=f"pid {os.getpid()}"):
         send(site, env, list_name="big")
     assert standin.request_count == 0

@@ -12,6 +12,7 @@ import pytest
 
 from pipeline import sendlog
 from pipeline.errors import SendError
+from pipeline.lock import SendLock
 
 
 @pytest.fixture
@@ -102,17 +103,17 @@ def test_sync_recipients_adds_and_removes(conn: sqlite3.Connection) -> None:
 
 
 def test_lock_refuses_second_and_names_pid(tmp_path: Path) -> None:
-    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+    with SendLock(tmp_path, issue="001", list_name="l"):
         with pytest.raises(SendError, match=f"pid {os.getpid()}"):
-            sendlog.SendLock(tmp_path, issue="001", list_name="l").acquire()
-        with sendlog.SendLock(tmp_path, issue="001", list_name="other"):
+            SendLock(tmp_path, issue="001", list_name="l").acquire()
+        with SendLock(tmp_path, issue="001", list_name="other"):
             pass
-    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+    with SendLock(tmp_path, issue="001", list_name="l"):
         pass
 
 
 def test_lock_of_killed_process_is_taken_over(tmp_path: Path) -> None:
-    code = ("import sys, time; from pathlib import Path; from pipeline.sendlog import SendLock; "
+    code = ("import sys, time; from pathlib import Path; from pipeline.lock import SendLock; "
             "lock = SendLock(Path(sys.argv[1]), issue='001', list_name='l'); lock.acquire(); "
             "print('locked', flush=True); time.sleep(600)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
@@ -120,9 +121,9 @@ def test_lock_of_killed_process_is_taken_over(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         with pytest.raises(SendError, match=f"pid {proc.pid}"):
-            sendlog.SendLock(tmp_path, issue="001", list_name="l").acquire()
+            SendLock(tmp_path, issue="001", list_name="l").acquire()
     finally:
         proc.kill()
         proc.wait()
-    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+    with SendLock(tmp_path, issue="001", list_name="l"):
         pass
