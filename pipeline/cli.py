@@ -245,3 +245,51 @@ def status(issue_dir: Path, as_json: bool) -> None:
                            f"--list {name} --resend-in-doubt`, or leave them:")
                 for address in entry["in_doubt_recipients"]:
                     click.echo(f"    {address}")
+
+
+# --- subscribers (issue #3) -------------------------------------------------------------------------
+
+
+@main.group()
+def subscribers() -> None:
+    """Check and import subscriber lists (subscribers/NAME.csv, personal data kept out of git)."""
+
+
+@subscribers.command("check")
+@click.argument("name")
+@click.option("--skip-invalid", is_flag=True, help="Report invalid rows but do not fail on them.")
+@_report_errors
+def subscribers_check(name: str, skip_invalid: bool) -> None:
+    """Validate list NAME: addresses, duplicates, column names; exit non-zero on invalid rows."""
+    from pipeline.config import load_config
+    from pipeline.errors import SubscriberError
+    from pipeline.subscribers import check_list, list_path
+
+    path = list_path(load_config(), name)
+    reader = check_list(path)
+    _print_problems(reader.problems)
+    click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
+               f"{reader.invalid} invalid, {reader.duplicates} duplicate(s)")
+    if reader.invalid and not skip_invalid:
+        raise SubscriberError(f"{reader.invalid} invalid row(s) in {path} — correct or delete them, "
+                              f"or pass --skip-invalid to send to the valid rows only")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--list", "list_name", required=True, help="List to add to: subscribers/NAME.csv (created if new).")
+@_report_errors
+def subscribers_import(file: Path, list_name: str) -> None:
+    """Add the subscribed addresses of a Mailchimp or Substack export (or a CSV with an email column)."""
+    from pipeline.config import load_config
+    from pipeline.subscribers import import_export, list_path
+
+    dest = list_path(load_config(), list_name, must_exist=False)
+    result = import_export(file, dest)
+    _print_problems(result.problems)
+    click.echo(f"{file.name} ({result.source_format}) -> {dest.name}: {result.added} added, "
+               f"{result.already_present} already present, {result.invalid} invalid, "
+               f"{len(result.to_suppress)} to suppress")
+    if result.to_suppress:
+        click.echo(f"{len(result.to_suppress)} address(es) unsubscribed or bounced in the export were not added; "
+                   f"keep them suppressed", err=True)

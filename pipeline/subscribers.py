@@ -87,8 +87,11 @@ def dedupe_key(email: str) -> int:
 
 
 def clean_name(name: str) -> str:
+    """SendGrid refuses ';' and ',' in names; line breaks (from quoted cells) would break headers."""
     if ";" in name or "," in name:
         name = name.replace(";", "").replace(",", "")
+    if not name.isprintable():
+        name = " ".join(name.split())
     return name.strip()
 
 
@@ -202,16 +205,17 @@ class CsvFile:
                                       f"check the quoting of that row") from None
 
 
-def note_invalid(problems: list[Problem], invalid: int, path: Path, line: int, message: str) -> None:
+def note_invalid(problems: list[Problem], invalid: int, path: Path, line: int, message: str,
+                 fix: str = SKIP_FIX) -> None:
     """Keep the first MAX_DETAILED_PROBLEMS invalid rows in detail; `invalid` counts them all."""
     if invalid <= MAX_DETAILED_PROBLEMS:
-        problems.append(Problem(message=message, file=path, line=line, fix=SKIP_FIX))
+        problems.append(Problem(message=message, file=path, line=line, fix=fix))
 
 
-def note_hidden(problems: list[Problem], invalid: int, path: Path) -> None:
+def note_hidden(problems: list[Problem], invalid: int, path: Path, fix: str = SKIP_FIX) -> None:
     if invalid > MAX_DETAILED_PROBLEMS:
         problems.append(Problem(message=f"{invalid - MAX_DETAILED_PROBLEMS} more invalid row(s) not shown",
-                                file=path, fix=SKIP_FIX))
+                                file=path, fix=fix))
 
 
 def check_cells(row: list[str], bad_utf8: bool, width: int, email_at: int) -> tuple[str, str]:
@@ -302,6 +306,15 @@ def check_list(path: Path, *, suppressed: Callable[[str], bool] | None = None) -
     reader = ListReader(path, suppressed=suppressed)
     collections.deque(reader, maxlen=0)
     return reader
+
+
+def __getattr__(name: str) -> Any:
+    """`from pipeline.subscribers import ImportResult` works, without loading the import code up front."""
+    if name == "ImportResult":
+        from pipeline.subscribers_import import ImportResult
+
+        return ImportResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def import_export(src: Path, dest: Path) -> ImportResult:

@@ -42,8 +42,7 @@ MAILCHIMP_SYSTEM = frozenset({
     "UNSUB_TIME", "UNSUB_CAMPAIGN_TITLE", "UNSUB_CAMPAIGN_ID", "UNSUB_REASON", "UNSUB_REASON_OTHER",
     "CLEAN_TIME", "CLEAN_CAMPAIGN_TITLE", "CLEAN_CAMPAIGN_ID",
 })
-SUBSTACK_COLUMNS = frozenset({"active_subscription", "email_disabled", "expiry", "plan", "created_at",
-                              "first_payment_at", "stripe_customer_id", "type"})
+IMPORT_FIX = "the row was not imported: correct it in the export and import the file again"
 
 
 @dataclass(kw_only=True)
@@ -146,7 +145,7 @@ def import_export(src: Path, dest: Path) -> ImportResult:
         email, why = check_cells(row, bad_utf8, width, mapping.email_at)
         if why:
             result.invalid += 1
-            note_invalid(result.problems, result.invalid, src, line, why)
+            note_invalid(result.problems, result.invalid, src, line, why, IMPORT_FIX)
             continue
         reason = mapping.suppress(row)
         if reason:
@@ -160,7 +159,7 @@ def import_export(src: Path, dest: Path) -> ImportResult:
         values = {EMAIL_COLUMN: email, NAME_COLUMN: clean_name(mapping.name(row))}
         values.update((name, _cell(row, index)) for index, name in mapping.fields)
         new_rows.append([values.get(c.lower(), "") for c in columns])
-    note_hidden(result.problems, result.invalid, src)
+    note_hidden(result.problems, result.invalid, src, IMPORT_FIX)
     if new_rows:
         _write(dest, header, columns, new_rows)
         result.added = len(new_rows)

@@ -357,3 +357,34 @@ def test_process_records_accepted_requests_and_survives_kill(tmp_path: Path) -> 
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     assert lines == [{"message_id": ids[0], "recipients": ["ada@example.org", "grace@example.org"]},
                      {"message_id": ids[1], "recipients": ["alan@example.org"]}]
+
+
+def _run_faulty_process(record: Path) -> list[str]:
+    script = Path(__file__).with_name("standin.py")
+    process = subprocess.Popen([sys.executable, str(script), "--port", "0", "--fast", "--fault-rate", "1.0",
+                                "--seed", "3", "--record", str(record)], stdout=subprocess.PIPE, text=True)
+    outcomes = []
+    try:
+        assert process.stdout is not None
+        client = SendGridAPIClient(KEY, host=process.stdout.readline().strip())
+        for i in range(20):
+            try:
+                send(client, mail(f"r{i}@example.org"))
+                outcomes.append("202")
+            except http_errors.HTTPError as exc:
+                outcomes.append(str(exc.status_code))
+            except ConnectionError:
+                outcomes.append("dropped")
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
+    return outcomes
+
+
+def test_process_fault_flags_are_seeded_and_drop_after_is_recorded(tmp_path: Path) -> None:
+    first = _run_faulty_process(tmp_path / "first.jsonl")
+    again = _run_faulty_process(tmp_path / "again.jsonl")
+    assert first == again and "202" not in first and "dropped" in first and "429" in first
+    recorded = [json.loads(line)["recipients"] for line in (tmp_path / "first.jsonl").read_text().splitlines()]
+    assert 0 < len(recorded) < first.count("dropped")  # drop_after went out, drop_before did not
+    assert recorded == [json.loads(line)["recipients"] for line in (tmp_path / "again.jsonl").read_text().splitlines()]
