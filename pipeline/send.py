@@ -257,11 +257,14 @@ class SendJob:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
             while True:
                 self._check_schedule()
-                self._pace()
+                if upcoming[0]:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
+                    self._pace()
                 claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
                                             request_id=uuid.uuid4().hex)
                 if claim is None:
                     break
+                if not upcoming[0]:  # rare: the rows looked at ahead were all suppressed meanwhile
+                    self._pace()
                 after = claim.last
                 body = upcoming[1] if upcoming[0] == claim.rows else self._body(claim.rows)
                 batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=body)

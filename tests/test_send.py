@@ -320,3 +320,18 @@ def test_sendlog_has_no_secrets(site: Path, standin: StandIn, env: dict[str, str
             assert KEY.encode() not in data and SECRET.encode() not in data, path
     conn = sqlite3.connect(load_config(site).sendlog_path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
+    """The pause before each request keeps to sending.requests_per_second (computed, not timed)."""
+    from pipeline.transport import FakeTransport
+
+    config = site / "newsletter.yaml"
+    config.write_text(config.read_text("utf-8").replace("requests_per_second: 1000", "requests_per_second: 2"))
+    write_list(site, "big", 6)
+    sleeps = Sleeps()  # records the pauses; the clock does not move, so each is the full 1/rps
+    with SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env, sleep=sleeps,
+                 transport=lambda p: FakeTransport()) as job:
+        job.prepare()
+        assert job.run(Quiet()).requests == 3
+    assert len(sleeps) == 2 and all(0.45 <= s <= 0.5 for s in sleeps)
