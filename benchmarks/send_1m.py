@@ -84,6 +84,9 @@ def run(size: int, root: Path) -> dict[str, float]:
             seen.update(emails)
     if total != size or len(seen) != size:
         raise SystemExit(f"{size}: the stand-in got {total} recipients, {len(seen)} distinct; expected {size}")
+    for line in (out + err).decode().splitlines():
+        if "recorded in" in line or " request(s), " in line:
+            print(f"    {line.strip()}")
     return {"size": size, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
             "cpu_s": usage.ru_utime + usage.ru_stime}
 

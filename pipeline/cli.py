@@ -209,7 +209,7 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
         finally:
             progress.close()
     verb = "written" if outbox else "accepted"
-    click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s)")
+    click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s")
     if summary.in_doubt or summary.remaining.get("in_doubt"):
         raise SendError(f"{summary.remaining.get('in_doubt', summary.in_doubt)} recipient(s) are in doubt (their "
                         f"request got no answer; they may have been sent) — list them with `newsletter status "

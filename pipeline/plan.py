@@ -47,6 +47,7 @@ class Summary:
     failed: int = 0
     requests: int = 0
     finished: bool = False
+    seconds: float = 0.0
     remaining: dict[str, int] = field(default_factory=dict)
 
 

@@ -175,6 +175,7 @@ class SendJob:
         """Read the list once, checking every row, into the send log in one transaction (rolled back if
         any row is bad and --skip-invalid was not given)."""
         assert self.conn is not None and self.send is not None and self._personalizer is not None
+        started = time.perf_counter()
         reader = self._reader(path)
         oversized: list[Problem] = []
         listed = 0
@@ -210,8 +211,9 @@ class SendJob:
             raise
         skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                         for p in [*reader.problems, *oversized])
-        log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped)", self.options.list_name,
-                 listed, reader.invalid, reader.duplicates, reader.suppressed)
+        log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded "
+                 "in %.1f s", self.options.list_name, listed, reader.invalid, reader.duplicates, reader.suppressed,
+                 time.perf_counter() - started)
         return listed, skipped
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
@@ -241,6 +243,7 @@ class SendJob:
     def run(self, progress: Progress) -> Summary:
         assert self.plan is not None, "prepare() first"
         summary = Summary()
+        started = time.perf_counter()
         progress.start(self.plan.to_send)
         if self._test_row is not None:
             result = self._deliver(Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row]), summary, None)
@@ -283,6 +286,7 @@ class SendJob:
         summary.finished = not any(summary.remaining.values())
         if summary.finished:
             sendlog.finish_send(self.conn, self.send.id)
+        summary.seconds = time.perf_counter() - started
         return summary
 
     def _prefetch(self, states: tuple[str, ...], after: int) -> tuple[list[sendlog.DeliveryRow], str | None]:
