@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import time
 import uuid
@@ -34,7 +35,7 @@ from pipeline.errors import Problem, SendError, SubscriberError
 from pipeline.lock import SendLock
 from pipeline.plan import Plan, Progress, SendOptions, Summary
 from pipeline.render import Email
-from pipeline.transport import API_HOST_ENV, API_KEY_ENV, Outcome, Result, Transport
+from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Result, Transport
 
 if TYPE_CHECKING:
     from pipeline.subscribers import ListReader
@@ -117,6 +118,10 @@ class SendJob:
     def _credentials(self) -> str | None:
         if self.options.outbox:
             return None
+        host = self.environ.get(API_HOST_ENV, "")
+        if host and not re.fullmatch(r"https?://[^\s/?#]+/?", host):
+            raise SendError(f"{API_HOST_ENV} is {host!r}, not a base URL like https://api.eu.sendgrid.com — "
+                            f"fix it, or unset it to use {DEFAULT_HOST}")
         key = self.environ.get(API_KEY_ENV, "").strip()
         if not key:
             raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "

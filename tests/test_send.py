@@ -213,6 +213,7 @@ def test_lock_held_refuses_naming_the_pid(site: Path, standin: StandIn, env: dic
     ({"SENDGRID_API_KEY": ""}, SendError, "SENDGRID_API_KEY is not set.*--outbox DIR"),
     ({"NEWSLETTER_SECRET": ""}, SendError, "NEWSLETTER_SECRET is not set"),
     ({"NEWSLETTER_SECRET": "short"}, SendError, "too short"),
+    ({"SENDGRID_API_HOST": "api.sendgrid.com/v3"}, SendError, "SENDGRID_API_HOST is .*not a base URL"),
 ])
 def test_missing_secrets_zero_requests(site: Path, standin: StandIn, overrides: dict[str, str],
                                        error: type[Exception], words: str) -> None:
