@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _enc
@@ -33,7 +32,6 @@ RESERVED = ("name", "unsubscribe_url")
 ONE_CLICK = "List-Unsubscribe=One-Click"
 TEST_PREFIX = "[TEST] "
 _NAME_UNSAFE = str.maketrans({";": " ", ",": " ", "\r": " ", "\n": " ", "\t": " "})
-_UNSAFE_NAME = re.compile(r"[;,\r\n\t]|  |^ | $")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -179,7 +177,8 @@ class Personalizer:
         url = self._url_prefix + self._signer.token_from_json(e)
         if name:
             n = _enc(name)
-            to = f'{{"email":{e},"name":{_enc(display_name(name)) if _UNSAFE_NAME.search(name) else n}}}'
+            safe = name.isprintable() and ";" not in name and "," not in name
+            to = f'{{"email":{e},"name":{n if safe else _enc(display_name(name))}}}'
         else:
             n, to = '""', f'{{"email":{e}}}'
         extra = ""
