@@ -196,24 +196,25 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
 
             click.echo(f"scheduled:  {dt.datetime.fromtimestamp(plan.send_at, dt.UTC).isoformat()}")
         if plan.to_send == 0:
-            click.echo("nothing to send" + (f"; {plan.in_doubt} in doubt: see `newsletter status {issue_dir}`"
-                                            if plan.in_doubt else ""))
-            return
-        if not yes and not click.confirm(f"Send to {plan.to_send} recipient(s)?", default=False):
+            click.echo("nothing to send")
+            in_doubt = plan.in_doubt
+        elif not yes and not click.confirm(f"Send to {plan.to_send} recipient(s)?", default=False):
             job.cancel()
             click.echo("nothing sent")
             return
-        progress = _Progress()
-        try:
-            summary = job.run(progress)
-        finally:
-            progress.close()
-    verb = "written" if outbox else "accepted"
-    click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s")
-    if summary.in_doubt or summary.remaining.get("in_doubt"):
-        raise SendError(f"{summary.remaining.get('in_doubt', summary.in_doubt)} recipient(s) are in doubt (their "
-                        f"request got no answer; they may have been sent) — list them with `newsletter status "
-                        f"{issue_dir}`, then run this command again with --resend-in-doubt to send them again")
+        else:
+            progress = _Progress()
+            try:
+                summary = job.run(progress)
+            finally:
+                progress.close()
+            verb = "written" if outbox else "accepted"
+            click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s")
+            in_doubt = summary.remaining.get("in_doubt", 0)
+    if in_doubt:
+        raise SendError(f"{in_doubt} recipient(s) are in doubt (their request got no answer; they may have been "
+                        f"sent) — list them with `newsletter status {issue_dir}`, then run this command again with "
+                        "--resend-in-doubt to send them again, or leave them")
 
 
 @main.command()
