@@ -10,12 +10,14 @@ Tables (see MIGRATIONS; every change is a new, append-only migration):
   recipient's name and merge fields as they were when the send started (a resume sends the same).
 - ``suppressions``: addresses never to mail again, whatever the list (unsubscribed, bounced, ...).
 - ``schema_migrations``: the names of the migrations applied. Other modules add their own tables with
-  `migrate(conn, THEIR_MIGRATIONS)`; names are global, so prefix them with the module's name.
+  `open_sendlog(path, migrations=THEIRS)`; names are global, so prefix them with the module's name.
 
 Delivery states: ``pending`` (not sent yet), ``in_flight`` (its request is under way), ``accepted``
 (SendGrid answered 202), ``in_doubt`` (the request died without an answer: maybe sent), ``failed``
 (SendGrid refused the request or retries ran out: certainly not sent; a re-run sends it again),
 ``suppressed`` (suppressed before it was sent), ``removed`` (no longer in the list on a re-run).
+Batch states: ``in_flight`` (request under way), ``waiting`` (got 429/5xx, waiting to retry: certainly
+not sent), ``accepted``, ``in_doubt``, ``failed``. Only ``accepted`` deliveries count as sent.
 
 Addresses compare case-insensitively (ASCII, as the list reader dedupes them).
 """
