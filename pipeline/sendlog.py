@@ -293,7 +293,8 @@ def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row])
     """On a re-run: add recipients new to the list, mark unsent ones no longer in it `removed`.
 
     Rows already recorded keep their name and fields (the resumed send mails what the first part did);
-    a `removed` row that is back in the list becomes `pending` again. Returns rows added.
+    a `removed` row back in the list, or a `suppressed` one no longer suppressed (the reader skips suppressed
+    addresses), becomes `pending` again. Returns rows added.
     """
     with transaction(conn):
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE, "
@@ -305,11 +306,12 @@ def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row])
                      "SELECT ?, email, name, fields FROM temp.listed ORDER BY rowid", (send_id,))
         added = conn.total_changes - before
         stamp = now()
-        conn.execute("UPDATE deliveries SET state = 'removed', updated_at = ? WHERE send_id = ? "
-                     "AND state IN ('pending', 'failed') AND email NOT IN (SELECT email FROM temp.listed)",
-                     (stamp, send_id))
-        conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? "
-                     "AND state = 'removed' AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
+        for new, condition in (("suppressed", "IN (SELECT email FROM suppressions)"),
+                               ("removed", "NOT IN (SELECT email FROM temp.listed)")):
+            conn.execute(f"UPDATE deliveries SET state = '{new}', updated_at = ? WHERE send_id = ? "
+                         f"AND state IN ('pending', 'failed') AND email {condition}", (stamp, send_id))
+        conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? AND state IN "
+                     "('removed', 'suppressed') AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
         conn.execute("DELETE FROM temp.listed")
     return added
 

@@ -127,3 +127,13 @@ def test_lock_of_killed_process_is_taken_over(tmp_path: Path) -> None:
         proc.wait()
     with SendLock(tmp_path, issue="001", list_name="l"):
         pass
+
+
+def test_sync_lifts_suppressed_rows_that_are_listed_again(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 2)
+    sendlog.add_suppression(conn, "r0@example.org", reason="manual", source="test")
+    claim = sendlog.claim_batch(conn, send.id, size=10, request_id="a")
+    assert claim is not None and [r[1] for r in claim.rows] == ["r1@example.org"]
+    sendlog.remove_suppression(conn, "r0@example.org")
+    sendlog.sync_recipients(conn, send.id, [("r0@example.org", "", None), ("r1@example.org", "", None)])
+    assert sendlog.counts(conn, send.id)["pending"] == 1
