@@ -152,7 +152,7 @@ def _log_to_stderr() -> None:
 
 @main.command()
 @issue_dir
-@click.option("--list", "list_name", required=True, help="The list: subscribers/NAME.csv.")
+@click.option("--list", "list_name", required=True, metavar="NAME", help="The list: subscribers/NAME.csv.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
 @click.option("--outbox", type=click.Path(path_type=Path, file_okay=False),
               help="Write one personalised .eml per recipient to this folder instead of sending (no key needed).")
