@@ -1,0 +1,481 @@
+"""The send log: one SQLite file (WAL) that makes every send exactly-once and resumable.
+
+Tables (see MIGRATIONS; every change is a new, append-only migration):
+
+- ``sends``: one row per (issue, list, transport): content hash, subject, schedule, timestamps.
+  ``transport`` is ``sendgrid`` for real mail and ``outbox`` for `.eml` files: the two never mix.
+- ``batches``: one row per request: state, our ``request_id``, SendGrid's ``X-Message-Id``, HTTP status,
+  error, attempts, the id range of its deliveries, timestamps.
+- ``deliveries``: one row per (send, recipient): state, batch, message id, timestamps, and the
+  recipient's name and merge fields as they were when the send started (a resume sends the same).
+- ``suppressions``: addresses never to mail again, whatever the list (unsubscribed, bounced, ...).
+- ``schema_migrations``: the names of the migrations applied. Other modules add their own tables with
+  `migrate(conn, THEIR_MIGRATIONS)`; names are global, so prefix them with the module's name.
+
+Delivery states: ``pending`` (not sent yet), ``in_flight`` (its request is under way), ``accepted``
+(SendGrid answered 202), ``in_doubt`` (the request died without an answer: maybe sent), ``failed``
+(SendGrid refused the request or retries ran out: certainly not sent; a re-run sends it again),
+``suppressed`` (suppressed before it was sent), ``removed`` (no longer in the list on a re-run).
+
+Addresses compare case-insensitively (ASCII, as the list reader dedupes them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import SendError
+
+Migration = tuple[str, str]  # (globally unique name, SQL script)
+
+MIGRATIONS: list[Migration] = [
+    ("sendlog_001_initial", """
+        CREATE TABLE sends (
+            id INTEGER PRIMARY KEY,
+            issue TEXT NOT NULL,
+            list TEXT NOT NULL,
+            transport TEXT NOT NULL CHECK (transport IN ('sendgrid', 'outbox')),
+            content_hash TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            send_at TEXT,
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            UNIQUE (issue, list, transport)
+        );
+        CREATE TABLE batches (
+            id INTEGER PRIMARY KEY,
+            send_id INTEGER NOT NULL REFERENCES sends (id) ON DELETE CASCADE,
+            request_id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL CHECK (state IN ('in_flight', 'accepted', 'in_doubt', 'failed')),
+            size INTEGER NOT NULL,
+            first_delivery INTEGER NOT NULL,
+            last_delivery INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            http_status INTEGER,
+            message_id TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+        CREATE INDEX batches_send ON batches (send_id, state);
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            send_id INTEGER NOT NULL REFERENCES sends (id) ON DELETE CASCADE,
+            email TEXT NOT NULL COLLATE NOCASE,
+            name TEXT NOT NULL DEFAULT '',
+            fields TEXT,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN
+                ('pending', 'in_flight', 'accepted', 'in_doubt', 'failed', 'suppressed', 'removed')),
+            batch_id INTEGER REFERENCES batches (id),
+            message_id TEXT,
+            updated_at TEXT,
+            UNIQUE (send_id, email)
+        );
+        CREATE TABLE suppressions (
+            email TEXT PRIMARY KEY COLLATE NOCASE,
+            reason TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+    """),
+]
+
+STATES = ("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed")
+TO_SEND = ("pending", "failed")  # certainly not sent: what a run sends
+REASONS = ("unsubscribed", "bounced", "complained", "manual")
+
+
+def now() -> str:
+    """UTC timestamps as ISO 8601 text, to the millisecond."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> list[str]:
+    """Apply the migrations not applied yet, each in its own transaction; return their names."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+    done = []
+    for name, script in migrations:
+        if name in applied:
+            continue
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE name = ?", (name,)).fetchone():
+                continue  # another process applied it meanwhile
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)", (name, now()))
+        done.append(name)
+    return done
+
+
+def _statements(script: str) -> list[str]:
+    """executescript() would commit; split the (trigger-free) script so that it stays in one transaction."""
+    parts, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            parts.append(current)
+            current = ""
+    if current.strip():
+        parts.append(current)
+    return parts
+
+
+def open_sendlog(path: Path, *, migrations: Sequence[Migration] = ()) -> sqlite3.Connection:
+    """Open (creating it and its folder if needed) and migrate the send log.
+
+    Autocommit mode (isolation_level=None): every write is in an explicit `with transaction(conn)`.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable against kill -9, not power loss
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, [*MIGRATIONS, *migrations])
+    except sqlite3.Error as exc:
+        raise SendError(f"{path}: cannot open the send log ({exc}) — check that the folder is writable; "
+                        "if the file is damaged, move it away (it holds what was sent: keep it)") from None
+    return conn
+
+
+class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): takes the write lock at once, so no surprises."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+# --- suppressions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Suppression:
+    email: str
+    reason: str
+    source: str
+    created_at: str
+
+
+def add_suppression(conn: sqlite3.Connection, email: str, *, reason: str, source: str) -> bool:
+    """Suppress an address for every list; False if it already was (the first reason is kept)."""
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO suppressions (email, reason, source, created_at) VALUES (?, ?, ?, ?)",
+            (email.strip(), reason, source, now()))
+    return cursor.rowcount == 1
+
+
+def remove_suppression(conn: sqlite3.Connection, email: str) -> bool:
+    """Allow mail to an address again; False if it was not suppressed."""
+    with transaction(conn):
+        cursor = conn.execute("DELETE FROM suppressions WHERE email = ?", (email.strip(),))
+    return cursor.rowcount == 1
+
+
+def list_suppressions(conn: sqlite3.Connection) -> list[Suppression]:
+    rows = conn.execute("SELECT email, reason, source, created_at FROM suppressions ORDER BY created_at, email")
+    return [Suppression(email=e, reason=r, source=s, created_at=c) for e, r, s, c in rows]
+
+
+def is_suppressed(conn: sqlite3.Connection, email: str) -> bool:
+    return conn.execute("SELECT 1 FROM suppressions WHERE email = ?", (email.strip(),)).fetchone() is not None
+
+
+def suppressed_set(conn: sqlite3.Connection) -> set[str]:
+    """Every suppressed address, lower-cased: a fast membership test while streaming a list."""
+    return {row[0].lower() for row in conn.execute("SELECT email FROM suppressions")}
+
+
+# --- sends ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Send:
+    id: int
+    issue: str
+    list_name: str
+    transport: str
+    content_hash: str
+    subject: str
+    send_at: str | None
+    created_at: str
+    finished_at: str | None
+
+
+_SEND_COLUMNS = "id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at"
+
+
+def _send(row: Sequence[object]) -> Send:
+    i, issue, list_name, transport, content_hash, subject, send_at, created, finished = row
+    return Send(id=int(i), issue=str(issue), list_name=str(list_name), transport=str(transport),  # type: ignore[call-overload]
+                content_hash=str(content_hash), subject=str(subject), send_at=send_at,  # type: ignore[arg-type]
+                created_at=str(created), finished_at=finished)  # type: ignore[arg-type]
+
+
+def find_send(conn: sqlite3.Connection, *, issue: str, list_name: str, transport: str) -> Send | None:
+    row = conn.execute(f"SELECT {_SEND_COLUMNS} FROM sends WHERE issue = ? AND list = ? AND transport = ?",
+                       (issue, list_name, transport)).fetchone()
+    return _send(row) if row else None
+
+
+def sends_of_issue(conn: sqlite3.Connection, issue: str) -> list[Send]:
+    rows = conn.execute(f"SELECT {_SEND_COLUMNS} FROM sends WHERE issue = ? ORDER BY list, transport", (issue,))
+    return [_send(row) for row in rows]
+
+
+def create_send(conn: sqlite3.Connection, *, issue: str, list_name: str, transport: str, content_hash: str,
+                subject: str, send_at: str | None = None) -> Send:
+    with transaction(conn):
+        conn.execute("INSERT INTO sends (issue, list, transport, content_hash, subject, send_at, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)", (issue, list_name, transport, content_hash, subject, send_at,
+                                                      now()))
+    found = find_send(conn, issue=issue, list_name=list_name, transport=transport)
+    assert found is not None
+    return found
+
+
+def update_send(conn: sqlite3.Connection, send_id: int, *, content_hash: str, subject: str,
+                send_at: str | None) -> None:
+    """After the operator allowed changed content: the rest of the send uses the new build."""
+    with transaction(conn):
+        conn.execute("UPDATE sends SET content_hash = ?, subject = ?, send_at = ?, finished_at = NULL WHERE id = ?",
+                     (content_hash, subject, send_at, send_id))
+
+
+def delete_send(conn: sqlite3.Connection, send_id: int) -> None:
+    """Forget a send entirely (outbox runs start afresh each time; never used for real sends)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM deliveries WHERE send_id = ?", (send_id,))
+        conn.execute("DELETE FROM batches WHERE send_id = ?", (send_id,))
+        conn.execute("DELETE FROM sends WHERE id = ?", (send_id,))
+
+
+def finish_send(conn: sqlite3.Connection, send_id: int) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE sends SET finished_at = ? WHERE id = ?", (now(), send_id))
+
+
+# --- deliveries -----------------------------------------------------------------------------------------
+
+Row = tuple[str, str, str | None]  # (email, name, merge fields as JSON or None)
+
+
+def add_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row], *, chunk: int = 20_000) -> int:
+    """Record the recipients of a new send (one transaction); duplicates are ignored. Returns rows added."""
+    added = 0
+    with transaction(conn):
+        for part in _chunks(rows, chunk):
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) VALUES (?, ?, ?, ?)",
+                             [(send_id, *row) for row in part])
+            added += conn.total_changes - before
+    return added
+
+
+def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row], *, chunk: int = 20_000) -> int:
+    """On a re-run: add recipients new to the list, mark unsent ones no longer in it `removed`.
+
+    Rows already recorded keep their name and fields (the resumed send mails what the first part did);
+    a `removed` row that is back in the list becomes `pending` again. Returns rows added.
+    """
+    added = 0
+    with transaction(conn):
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE)")
+        conn.execute("DELETE FROM temp.listed")
+        for part in _chunks(rows, chunk):
+            before = conn.total_changes
+            conn.executemany("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) VALUES (?, ?, ?, ?)",
+                             [(send_id, *row) for row in part])
+            added += conn.total_changes - before
+            conn.executemany("INSERT OR IGNORE INTO temp.listed (email) VALUES (?)", [(row[0],) for row in part])
+        stamp = now()
+        conn.execute("UPDATE deliveries SET state = 'removed', updated_at = ? WHERE send_id = ? "
+                     "AND state IN ('pending', 'failed') AND email NOT IN (SELECT email FROM temp.listed)",
+                     (stamp, send_id))
+        conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? "
+                     "AND state = 'removed' AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
+        conn.execute("DELETE FROM temp.listed")
+    return added
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterable[list[Row]]:
+    part: list[Row] = []
+    for row in rows:
+        part.append(row)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def recover_in_flight(conn: sqlite3.Connection, send_id: int) -> int:
+    """Requests left in flight by a process that died (call with the send's lock held): now in doubt."""
+    with transaction(conn):
+        stamp = now()
+        conn.execute("UPDATE deliveries SET state = 'in_doubt', updated_at = ? WHERE send_id = ? "
+                     "AND state = 'in_flight'", (stamp, send_id))
+        cursor = conn.execute("UPDATE batches SET state = 'in_doubt', finished_at = ?, "
+                              "error = coalesce(error, 'process ended before the answer') "
+                              "WHERE send_id = ? AND state = 'in_flight'", (stamp, send_id))
+    return cursor.rowcount
+
+
+def counts(conn: sqlite3.Connection, send_id: int) -> dict[str, int]:
+    found = dict.fromkeys(STATES, 0)
+    for state, n in conn.execute("SELECT state, count(*) FROM deliveries WHERE send_id = ? GROUP BY state",
+                                 (send_id,)):
+        found[state] = n
+    return found
+
+
+def in_doubt_addresses(conn: sqlite3.Connection, send_id: int) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT email FROM deliveries WHERE send_id = ? AND state = 'in_doubt' "
+                                       "ORDER BY id", (send_id,))]
+
+
+def send_times(conn: sqlite3.Connection, send_id: int) -> tuple[str | None, str | None]:
+    """When the first and the last accepted request of a send finished."""
+    row = conn.execute("SELECT min(finished_at), max(finished_at) FROM batches WHERE send_id = ? "
+                       "AND state = 'accepted'", (send_id,)).fetchone()
+    return row[0], row[1]
+
+
+# --- batches --------------------------------------------------------------------------------------------
+
+DeliveryRow = tuple[int, str, str, str | None]  # (delivery id, email, name, fields JSON or None)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    """A batch whose intent is committed: its deliveries are `in_flight` before the request is made."""
+
+    id: int
+    request_id: str
+    rows: list[DeliveryRow]  # in delivery id order
+
+    @property
+    def first(self) -> int:
+        return self.rows[0][0]
+
+    @property
+    def last(self) -> int:
+        return self.rows[-1][0]
+
+
+def claim_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int = 0,
+                states: Sequence[str] = TO_SEND, request_id: str) -> Claim | None:
+    """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
+    mark them in flight under a new batch row, commit, and return them; None when nothing is left."""
+    marks = ",".join("?" * len(states))
+    with transaction(conn):
+        stamp = now()
+        while True:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM deliveries WHERE send_id = ? AND id > ? AND state IN ({marks}) ORDER BY id LIMIT ?",
+                (send_id, after, *states, size))]
+            if not ids:
+                return None
+            span = (send_id, ids[0], ids[-1], *states)
+            conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE send_id = ? AND id "
+                         f"BETWEEN ? AND ? AND state IN ({marks}) AND email IN (SELECT email FROM suppressions)",
+                         (stamp, *span))
+            if conn.execute(f"SELECT 1 FROM deliveries WHERE send_id = ? AND id BETWEEN ? AND ? "
+                            f"AND state IN ({marks}) LIMIT 1", span).fetchone():
+                break
+            after = ids[-1]  # every one of them was suppressed
+        cursor = conn.execute(
+            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+            "VALUES (?, ?, 'in_flight', 0, ?, ?, ?)", (send_id, request_id, ids[0], ids[-1], stamp))
+        batch_id = cursor.lastrowid
+        assert batch_id is not None
+        rows = sorted(conn.execute(
+            f"UPDATE deliveries SET state = 'in_flight', batch_id = ?, updated_at = ? WHERE send_id = ? AND id "
+            f"BETWEEN ? AND ? AND state IN ({marks}) RETURNING id, email, name, fields",
+            (batch_id, stamp, *span)).fetchall())
+        conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rows), batch_id))
+    return Claim(id=batch_id, request_id=request_id, rows=rows)
+
+
+def finish_batch(conn: sqlite3.Connection, claim: Claim, *, state: str, attempts: int,
+                 http_status: int | None = None, message_id: str | None = None, error: str | None = None) -> None:
+    """Record a request's outcome: `accepted`, `in_doubt` or `failed` (its deliveries go back to be sent)."""
+    assert state in ("accepted", "in_doubt", "failed")
+    with transaction(conn):
+        stamp = now()
+        conn.execute("UPDATE batches SET state = ?, attempts = ?, http_status = ?, message_id = ?, error = ?, "
+                     "finished_at = ? WHERE id = ?", (state, attempts, http_status, message_id, error, stamp, claim.id))
+        conn.execute("UPDATE deliveries SET state = ?, message_id = ?, updated_at = ? WHERE id BETWEEN ? AND ? "
+                     "AND batch_id = ? AND state = 'in_flight'",
+                     (state, message_id, stamp, claim.first, claim.last, claim.id))
+
+
+def note_attempt(conn: sqlite3.Connection, claim: Claim, *, attempts: int, http_status: int | None,
+                 error: str) -> None:
+    """A retryable answer (429, 5xx): the batch stays in flight; only the attempt is recorded."""
+    with transaction(conn):
+        conn.execute("UPDATE batches SET attempts = ?, http_status = ?, error = ? WHERE id = ?",
+                     (attempts, http_status, error, claim.id))
+
+
+# --- the lock -------------------------------------------------------------------------------------------
+
+
+class SendLock:
+    """One send of an issue to a list at a time: an OS file lock (flock) next to the send log.
+
+    The kernel releases it when the process ends, even by kill -9, so a lock file left behind by a dead
+    process is no obstacle: the next send simply takes it. The file holds the owner's pid for the message.
+    """
+
+    def __init__(self, state_dir: Path, *, issue: str, list_name: str) -> None:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{issue}--{list_name}")
+        self.path = state_dir / "locks" / f"{safe}.lock"
+        self.label = f"issue {issue} to list {list_name}"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise SendError(f"another send of {self.label} is running (pid {owner}); "
+                            f"wait for it to end, or stop that process, then run this command again "
+                            f"(the lock is {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SendLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()

@@ -1,0 +1,128 @@
+"""The send log on a real SQLite file: migrations, suppressions, claiming batches, recovery, the lock."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import sendlog
+from pipeline.errors import SendError
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
+
+
+def _send(conn: sqlite3.Connection, n: int = 5) -> sendlog.Send:
+    send = sendlog.create_send(conn, issue="001", list_name="sample", transport="sendgrid",
+                               content_hash="h1", subject="Hello")
+    sendlog.add_recipients(conn, send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
+    return send
+
+
+def test_wal_and_migrations_recorded_once(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    conn = sendlog.open_sendlog(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations")]
+    assert names == ["sendlog_001_initial"]
+    extra = [("test_001_events", "CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT);")]
+    again = sendlog.open_sendlog(path, migrations=extra)
+    names = [r[0] for r in again.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    assert names == ["sendlog_001_initial", "test_001_events"]
+    assert sendlog.migrate(again, [*sendlog.MIGRATIONS, *extra]) == []
+
+
+def test_suppressions(conn: sqlite3.Connection) -> None:
+    assert sendlog.add_suppression(conn, "Ada@Example.org", reason="unsubscribed", source="web")
+    assert not sendlog.add_suppression(conn, "ada@example.org", reason="bounced", source="webhook")
+    assert sendlog.is_suppressed(conn, "ADA@example.org")
+    assert [s.reason for s in sendlog.list_suppressions(conn)] == ["unsubscribed"]
+    assert sendlog.suppressed_set(conn) == {"ada@example.org"}
+    assert sendlog.remove_suppression(conn, "ada@EXAMPLE.org")
+    assert not sendlog.is_suppressed(conn, "ada@example.org")
+    assert not sendlog.remove_suppression(conn, "ada@example.org")
+
+
+def test_duplicates_ignored_case_insensitively(conn: sqlite3.Connection) -> None:
+    send = sendlog.create_send(conn, issue="001", list_name="l", transport="sendgrid", content_hash="h", subject="s")
+    added = sendlog.add_recipients(conn, send.id, [("a@x.org", "", None), ("A@X.org", "", None)])
+    assert added == 1
+
+
+def test_claim_finish_and_counts(conn: sqlite3.Connection) -> None:
+    send = _send(conn)
+    sendlog.add_suppression(conn, "r1@example.org", reason="bounced", source="test")
+    first = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    assert first is not None
+    assert [r[1] for r in first.rows] == ["r0@example.org"]  # r1 is suppressed: a smaller batch
+    assert sendlog.counts(conn, send.id)["in_flight"] == 1
+    sendlog.finish_batch(conn, first, state="accepted", attempts=1, http_status=202, message_id="M1")
+    second = sendlog.claim_batch(conn, send.id, size=2, after=first.last, request_id="b")
+    assert second is not None
+    sendlog.finish_batch(conn, second, state="failed", attempts=1, http_status=400, error="bad")
+    counts = sendlog.counts(conn, send.id)
+    assert (counts["accepted"], counts["failed"], counts["suppressed"], counts["pending"]) == (1, 2, 1, 1)
+    # failed = certainly not sent: a later run takes them again
+    third = sendlog.claim_batch(conn, send.id, size=10, request_id="c")
+    assert third is not None and len(third.rows) == 3
+    first_at, last_at = sendlog.send_times(conn, send.id)
+    assert first_at is not None and first_at == last_at
+
+
+def test_recover_in_flight_becomes_in_doubt(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 3)
+    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    assert claim is not None
+    assert sendlog.recover_in_flight(conn, send.id) == 1
+    assert sendlog.in_doubt_addresses(conn, send.id) == ["r0@example.org", "r1@example.org"]
+    assert sendlog.claim_batch(conn, send.id, size=10, request_id="b") is not None  # only r2
+    again = sendlog.claim_batch(conn, send.id, size=10, states=("in_doubt",), request_id="c")
+    assert again is not None and [r[1] for r in again.rows] == ["r0@example.org", "r1@example.org"]
+
+
+def test_sync_recipients_adds_and_removes(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 3)
+    claim = sendlog.claim_batch(conn, send.id, size=1, request_id="a")
+    assert claim is not None
+    sendlog.finish_batch(conn, claim, state="accepted", attempts=1)
+    added = sendlog.sync_recipients(conn, send.id, [("r2@example.org", "", None), ("new@example.org", "", None)])
+    assert added == 1
+    counts = sendlog.counts(conn, send.id)
+    assert (counts["accepted"], counts["removed"], counts["pending"]) == (1, 1, 2)
+    everyone = [(f"r{i}@example.org", "", None) for i in range(3)] + [("new@example.org", "", None)]
+    sendlog.sync_recipients(conn, send.id, everyone)
+    assert sendlog.counts(conn, send.id)["removed"] == 0
+
+
+def test_lock_refuses_second_and_names_pid(tmp_path: Path) -> None:
+    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+        with pytest.raises(SendError, match=f"pid {os.getpid()}"):
+            sendlog.SendLock(tmp_path, issue="001", list_name="l").acquire()
+        with sendlog.SendLock(tmp_path, issue="001", list_name="other"):
+            pass
+    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+        pass
+
+
+def test_lock_of_killed_process_is_taken_over(tmp_path: Path) -> None:
+    code = ("import sys, time; from pathlib import Path; from pipeline.sendlog import SendLock; "
+            "lock = SendLock(Path(sys.argv[1]), issue='001', list_name='l'); lock.acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(SendError, match=f"pid {proc.pid}"):
+            sendlog.SendLock(tmp_path, issue="001", list_name="l").acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    with sendlog.SendLock(tmp_path, issue="001", list_name="l"):
+        pass
