@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.events import OUTCOME_RANK, advance_outcome, find_delivery, record_event, suppress
+from pipeline.sendlog import transaction
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -41,6 +44,9 @@ IDENTITY_FIELDS = ("event", "email", "timestamp", "sg_message_id", SEND_ID, ISSU
 # `dropped` reasons that mean the address itself must not be mailed again, and the suppression reason.
 DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam reporting address": "spamreport",
                     "unsubscribed address": "unsubscribe"}
+# Our names for them -> the send log's suppression reasons (sendlog.REASONS, plus block and invalid).
+SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
+                       "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
 
 
 class WebhookError(PipelineError):
@@ -149,3 +155,43 @@ class Outcome:
     def as_dict(self) -> dict[str, int]:
         return {"applied": self.applied, "duplicates": self.duplicates, "unknown_type": self.unknown_type,
                 "unmatched": self.unmatched, "invalid": self.invalid, "suppressed": len(self.suppressed)}
+
+
+def process_events(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> Outcome:
+    """Record every event once and apply the new ones, in one short transaction per post.
+
+    Events that cannot be applied (unknown type, no such send, missing fields) are stored with their status
+    and counted, so the caller can answer 4xx without losing them; a retry of the post changes nothing.
+    """
+    outcome = Outcome()
+    with transaction(conn):
+        for item in events:
+            kind, email = item.get("event"), item.get("email")
+            key = event_key(item)
+            match = None
+            if not isinstance(kind, str) or not isinstance(email, str) or "@" not in email:
+                status = "invalid"
+            elif kind not in KNOWN_EVENTS:
+                status = "unknown_type"
+            else:
+                match = find_delivery(conn, send_id=item.get(SEND_ID), email=email, issue=item.get(ISSUE),
+                                      list_name=item.get(LIST))
+                status = "applied" if match else "unmatched"
+            if not record_event(conn, key=key, event=item, status=status, source="webhook", match=match):
+                outcome.duplicates += 1
+                continue
+            if status != "applied":
+                setattr(outcome, status, getattr(outcome, status) + 1)
+                continue
+            assert match is not None and isinstance(kind, str) and isinstance(email, str)
+            outcome.applied += 1
+            if kind in OUTCOME_RANK:
+                stamp = item.get("timestamp")
+                advance_outcome(conn, match.delivery_id, kind, int(stamp) if isinstance(stamp, int | float) else 0)
+            if kind == "group_resubscribe":  # undoes only what a group_unsubscribe event added
+                conn.execute("DELETE FROM suppressions WHERE email = ? AND source = 'webhook group_unsubscribe'",
+                             (email.strip(),))
+            reason = suppression_reason(item)
+            if reason and suppress(conn, email, reason=SUPPRESSION_REASONS[reason], source=f"webhook {kind}"):
+                outcome.suppressed.append(email)
+    return outcome
