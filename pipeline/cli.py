@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pipeline.errors import PipelineError, Problem
+from pipeline.errors import IssueError, PipelineError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,7 +84,7 @@ def check(issue_dir: Path) -> None:
     _print_problems(problems)
     blocking = sum(p.blocking for p in problems)
     if blocking:
-        raise PipelineError(f"{blocking} blocking problem(s) in {issue_dir}; fix them and run check again")
+        raise IssueError(f"{blocking} blocking problem(s) in {issue_dir}; fix them and run check again")
     click.echo(f"{issue_dir}: ok ({len(problems)} warning(s))")
 
 

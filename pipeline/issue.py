@@ -133,10 +133,10 @@ def _load_article(folder: Path, name: str, problems: list[Problem]) -> Article |
         return None
     meta, found = parse_yaml(match.group(1), file=file, schema="article", line_offset=1)
     problems += found
-    if found or not isinstance(meta, dict):
+    if not isinstance(meta, dict):
         return None
     image = None
-    if "image" in meta:
+    if isinstance(meta.get("image"), str):
         if not (folder / meta["image"]).is_file():
             problems.append(Problem(message=f"image {meta['image']} does not exist", file=file,
                                     fix="add the file to the issue folder or correct the path"))
@@ -144,7 +144,11 @@ def _load_article(folder: Path, name: str, problems: list[Problem]) -> Article |
             problems.append(Problem(message=f"image {meta['image']} has no image_alt", file=file,
                                     fix="describe the image in image_alt for screen readers and blocked images"))
         image = Image(path=Path(meta["image"]), alt=meta.get("image_alt", ""))
-    article = Article(
+    body = text[match.end():].strip()
+    _check_links(folder, file, [meta["link"]] if isinstance(meta.get("link"), str) else [], body, problems)
+    if found:
+        return None
+    return Article(
         file=file,
         title=meta["title"],
         subtitle=meta.get("subtitle", ""),
@@ -152,15 +156,19 @@ def _load_article(folder: Path, name: str, problems: list[Problem]) -> Article |
         source=meta.get("source", ""),
         link=meta.get("link", ""),
         image=image,
-        body=text[match.end():].strip(),
+        body=body,
     )
-    for link in ([article.link] if article.link else []) + markdown_links(article.body):
+
+
+def _check_links(folder: Path, file: Path, front: list[str], body: str, problems: list[Problem]) -> None:
+    for link in front:
+        if problem := _link_problem(link, file, "link"):
+            problems.append(problem)
+    for link in markdown_links(body):
         if not link.startswith(("http", "mailto:")) and (folder / link).is_file():
             continue  # a local image referenced from the body
-        problem = _link_problem(link, file, "body" if link != article.link else "link")
-        if problem:
+        if problem := _link_problem(link, file, "body"):
             problems.append(problem)
-    return article
 
 
 def load_issue(folder: Path, config: Config) -> Issue:

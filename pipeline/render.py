@@ -112,13 +112,18 @@ def environment(theme_dir: Path) -> jinja2.Environment:
 def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
     name = getattr(exc, "filename", None) or getattr(exc, "name", None)
     line = getattr(exc, "lineno", None)
+    tb = exc.__traceback__
+    while tb is not None:  # runtime errors: Jinja rewrites the traceback to point at template lines
+        if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
+            name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
+        tb = tb.tb_next
     return Problem(message=f"template error: {exc.message or exc}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
 
 
-def _mjml_problem(exc: ValueError, source: str) -> Problem:
-    """mjml-python reports byte offsets; turn the first one into a line and column of email.mjml."""
+def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
+    """mjml-python reports byte offsets; turn the first one into a line and column of the rendered MJML."""
     message = str(exc)
     match = re.search(r"position (\d+)", message)
     line = column = None
@@ -126,9 +131,17 @@ def _mjml_problem(exc: ValueError, source: str) -> Problem:
         prefix = source.encode("utf-8")[: int(match.group(1))].decode("utf-8", "replace")
         line = prefix.count("\n") + 1
         column = len(prefix) - (prefix.rfind("\n") + 1) + 1
-    return Problem(message=f"MJML error: {message}", file=Path("email.mjml"), line=line, column=column,
-                   fix="fix the MJML the templates produce (build writes email.mjml only on success; "
-                   "run `newsletter build --debug` to keep it)")
+    else:  # some MRML errors carry no position: the XML parser usually finds the same mistake
+        from xml.parsers import expat
+
+        parser = expat.ParserCreate()
+        try:
+            parser.Parse(source, True)
+        except expat.ExpatError as xml_error:
+            line, column = xml_error.lineno, xml_error.offset + 1
+            message += f" (the XML parser first stumbles here: {expat.ErrorString(xml_error.code)})"
+    return Problem(message=f"MJML error: {message}", file=file, line=line, column=column,
+                   fix="look at that line of the rendered MJML and fix the template that produced it")
 
 
 def inline_css(html: str, css: str) -> str:
@@ -142,7 +155,7 @@ def inline_css(html: str, css: str) -> str:
     if "@import" in css or re.search(r"url\(\s*['\"]?(https?:)?//", css):
         raise IssueError("inline.css may not use @import or remote url(): premailer would fetch them")
     marked = html.replace("<style", '<style data-premailer="ignore"')
-    inlined = Premailer(
+    inlined: str = Premailer(
         marked, css_text=css, keep_style_tags=True, disable_validation=True, allow_network=False,
         remove_classes=False, strip_important=False, cssutils_logging_level=logging.CRITICAL,
         disable_link_rewrites=True,
@@ -153,8 +166,12 @@ def inline_css(html: str, css: str) -> str:
     return inlined
 
 
-def render_email(issue: Issue, config: Config, *, asset_base: str | None = None) -> Email:
-    """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it)."""
+def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
+                 failed_mjml: Path | None = None) -> Email:
+    """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it).
+
+    When the MJML does not compile it is written to failed_mjml, so the line:column in the error is real.
+    """
     import mjml
 
     theme_dir = config.theme_dir
@@ -182,7 +199,11 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None)
     try:
         compiled = mjml.mjml2html(source, fonts={})
     except ValueError as exc:
-        raise IssueError("the MJML did not compile:", problems=[_mjml_problem(exc, source)]) from None
+        if failed_mjml is not None:
+            failed_mjml.parent.mkdir(parents=True, exist_ok=True)
+            failed_mjml.write_text(source, "utf-8")
+        problem = _mjml_problem(exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
+        raise IssueError("the MJML did not compile:", problems=[problem]) from None
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
     return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,

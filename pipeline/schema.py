@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from functools import cache
 from importlib import resources
@@ -52,11 +53,22 @@ def _line_of(node: yaml.Node | None, path: list[str | int]) -> int | None:
     return line
 
 
+def _unknown_fields(error: Any, node: yaml.Node | None, line_offset: int, file: Path) -> list[Problem]:
+    """One problem per unknown key, on its own line, with the closest allowed name as the fix."""
+    allowed = sorted(error.schema.get("properties", {}))
+    where = ".".join(str(p) for p in error.absolute_path)
+    problems = []
+    for key in sorted(set(error.instance) - set(allowed)):
+        line = _line_of(node, [*error.absolute_path, key])
+        close = difflib.get_close_matches(str(key), allowed, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"remove it (allowed: {', '.join(allowed)})"
+        problems.append(Problem(message=f"unknown field {key!r}" + (f" in {where}" if where else ""), file=file,
+                                line=line + line_offset if line is not None else None, fix=fix))
+    return problems
+
+
 def _describe(error: Any) -> tuple[str, str]:
     field = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "additionalProperties":
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"unknown field in {field}: {error.message}", f"remove it or fix its spelling (allowed: {allowed})"
     if error.validator == "required":
         return f"{field}: {error.message}", "add the field"
     hint = error.schema.get("description", "")
@@ -76,9 +88,12 @@ def parse_yaml(text: str, *, file: Path, schema: str, line_offset: int = 0) -> t
                               fix="fix the YAML syntax (indentation, quotes, a missing colon)")]
     if data is None:
         data = {}
-    problems = []
+    problems: list[Problem] = []
     validator = Draft202012Validator(load_schema(schema))
     for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            problems += _unknown_fields(error, node, line_offset, file)
+            continue
         line = _line_of(node, list(error.absolute_path))
         message, fix = _describe(error)
         problems.append(Problem(message=message, file=file,

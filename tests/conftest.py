@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,3 +32,11 @@ def sample_root(tmp_path: Path) -> Path:
     for folder in ("templates", "issues", "subscribers"):
         shutil.copytree(REPO / folder, root / folder)
     return root
+
+
+def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The real command in a subprocess, as a user runs it (python -m pipeline == newsletter)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,80 @@
+"""Checks on the rendered Email: what a valid issue folder can still get wrong once templates have run."""
+
+from __future__ import annotations
+
+from email.headerregistry import Address
+from html.parser import HTMLParser
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import IssueError, Problem
+from pipeline.issue import ALLOWED_LINK, Issue, load_issue
+from pipeline.message import encoded_size
+from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
+
+
+class _Scan(HTMLParser):
+    """Collects every <img> without alt text and every href of the final HTML."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images_without_alt: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img" and not (found.get("alt") or "").strip():
+            self.images_without_alt.append(found.get("src") or "?")
+        if tag == "a" and found.get("href") is not None:
+            self.links.append(found["href"] or "")
+
+
+def sample_values(email: Email, config: Config) -> dict[str, str]:
+    """Realistic per-recipient values, so the size check counts what a real subscriber receives."""
+    values = {field: "x" * 20 for field in email.placeholders}
+    values["name"] = "Sample Subscriber"
+    values["unsubscribe_url"] = f"{config.base_url}/unsubscribe/{'x' * 120}"
+    return values
+
+
+def check_email(issue: Issue, email: Email, config: Config) -> list[Problem]:
+    theme = config.theme_dir
+    problems: list[Problem] = []
+    for part, name in ((email.html, "email.mjml.j2"), (email.text, "email.txt.j2")):
+        if UNSUBSCRIBE not in part:
+            problems.append(Problem(
+                message=f"the template has no unsubscribe link ({{{{ unsubscribe_url }}}} renders {UNSUBSCRIBE})",
+                file=theme / name, fix="add a visible link to {{ unsubscribe_url }} in the footer"))
+    scan = _Scan()
+    scan.feed(email.html)
+    for src in scan.images_without_alt:
+        problems.append(Problem(message=f"image {src} has no alt text in the HTML", file=theme / "email.mjml.j2",
+                                fix="give every mj-image an alt attribute"))
+    for href in scan.links:
+        if not (ALLOWED_LINK.match(href) or PLACEHOLDER_RE.fullmatch(href)):
+            problems.append(Problem(message=f"link {href!r} is not an http(s) or mailto link",
+                                    file=theme / "email.mjml.j2", fix="use full https:// URLs or mailto: links"))
+    size = encoded_size(email, sender=Address(config.sender_name, addr_spec=config.sender_email),
+                        sample_values=sample_values(email, config))
+    kb = size / 1000
+    if kb > config.size_budget_kb:
+        problems.append(Problem(
+            message=f"the encoded message is {kb:.1f} KB, over the {config.size_budget_kb:g} KB budget "
+            "(Gmail clips messages above about 100 KB)", file=issue.folder / "issue.yaml",
+            fix="shorten the issue, move long articles to the web version, or raise size_budget_kb"))
+    elif kb > config.size_warning_kb:
+        problems.append(Problem(
+            message=f"the encoded message is {kb:.1f} KB, above the {config.size_warning_kb:g} KB warning "
+            f"(budget {config.size_budget_kb:g} KB)", file=issue.folder / "issue.yaml", blocking=False,
+            fix="shorten the issue before it gets clipped by Gmail"))
+    return problems
+
+
+def check_issue(folder: Path, config: Config) -> list[Problem]:
+    """Every problem of the folder, its templates and the rendered email; raises nothing for bad input."""
+    try:
+        issue = load_issue(folder, config)
+        email = render_email(issue, config)
+    except IssueError as exc:
+        return list(exc.problems) or [Problem(message=str(exc))]
+    return check_email(issue, email, config)
