@@ -1,0 +1,436 @@
+"""A SendGrid v3 stand-in: a real HTTP server on 127.0.0.1 that the real `sendgrid` client talks to.
+
+Why: the send stack must be tested against the failures that matter for "exactly once" (429, 5xx, a
+connection dropped before or after the mail went out, a slow answer) and against SendGrid's request
+limits, without ever reaching the network. It enforces `sendgrid_mail_send.schema.json` (written from
+SendGrid's published spec) plus the limits a schema cannot express, and records what it accepted.
+
+In a test::
+
+    with StandIn(api_key="SG.test") as sg:
+        client = SendGridAPIClient("SG.test", host=sg.url)
+        client.client.mail.send.post(request_body=body)
+        assert sg.recipients()["ada@example.org"] == 1
+
+As a process (kill -9 tests, benchmarks)::
+
+    python tests/standin.py --port 0 [--fast] [--fault-rate 0.3 --seed 1] [--record FILE]
+
+prints its URL on the first stdout line and appends one JSON line per accepted request to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import gzip
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+
+SCHEMA_PATH = Path(__file__).with_name("sendgrid_mail_send.schema.json")
+# SendGrid says "less than 30 MB" without saying which MB; the smaller reading keeps senders safe.
+MAX_BODY_BYTES = 30_000_000
+MAX_RECIPIENTS = 1000
+MAX_ARGS_BYTES = 10_000
+MAX_SUBSTITUTION_BYTES = 10_000
+MAX_SCHEDULE_SECONDS = 72 * 3600
+MAX_ERRORS = 50
+FORBIDDEN_HEADERS = frozenset({
+    "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type", "content-transfer-encoding",
+    "to", "from", "subject", "reply-to", "cc", "bcc",
+})
+#: Every fault `script()` accepts. "ok" processes the request normally; "slow" processes (and records)
+#: it at once but answers only after `slow_seconds`, so a client timeout leaves a mail that did go out;
+#: "drop_after" processes it, records it if valid, then closes without answering.
+FAULTS = ("ok", "slow", "429", "500", "503", "drop_before", "drop_after", "400", "401", "403", "413")
+CANNED = {
+    "400": "Bad Request (scripted by the test)",
+    "401": "The provided authorization grant is invalid, expired, or revoked",
+    "403": "The from address does not match a verified Sender Identity",
+    "413": "Payload Too Large",
+    "429": "too many requests",
+    "500": "internal server error (scripted by the test)",
+    "503": "service unavailable (scripted by the test)",
+}
+#: URL path -> key of `StandIn.suppressions`.
+SUPPRESSION_PATHS = {
+    "/v3/suppression/bounces": "bounces",
+    "/v3/suppression/blocks": "blocks",
+    "/v3/suppression/spam_reports": "spam_reports",
+    "/v3/suppression/invalid_emails": "invalid_emails",
+    "/v3/suppression/unsubscribes": "unsubscribes",
+    "/v3/asm/suppressions": "asm_suppressions",
+}
+PAGE_LIMIT = 500  # default and largest page size of the suppression lists
+
+Error = tuple[str | None, str]  # (field, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """One accepted mail send. `body` is None in fast mode, which keeps only the recipient count."""
+
+    message_id: str
+    received: float
+    recipients: int
+    body: dict[str, Any] | None
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def _schema_field(err: jsonschema.ValidationError) -> str | None:
+    """SendGrid names fields as dotted paths ("personalizations.0.to.0.email")."""
+    parts = [str(p) for p in err.absolute_path]
+    instance = err.instance if isinstance(err.instance, dict) else {}
+    schema = err.schema if isinstance(err.schema, dict) else {}
+    if err.validator == "required":
+        parts.append(next(k for k in schema["required"] if k not in instance))
+    elif err.validator == "additionalProperties":
+        parts.append(sorted(set(instance) - set(schema.get("properties", {})))[0])
+    return ".".join(parts) or None
+
+
+def _header_errors(headers: dict[str, str], field: str) -> list[Error]:
+    bad = sorted(h for h in headers if h.lower() in FORBIDDEN_HEADERS)
+    return [(field, f"The header {h!r} is reserved and cannot be set.") for h in bad]
+
+
+def limit_errors(body: dict[str, Any], now: float) -> list[Error]:
+    """The Mail Send rules a JSON schema cannot express; `body` has already passed the schema."""
+    errors: list[Error] = []
+    latest = now + MAX_SCHEDULE_SECONDS
+    top_args = body.get("custom_args", {})
+    if _json_bytes(top_args) >= MAX_ARGS_BYTES:
+        errors.append(("custom_args", f"custom_args must be less than {MAX_ARGS_BYTES} bytes."))
+    errors += _header_errors(body.get("headers", {}), "headers")
+    total = 0
+    for i, person in enumerate(body["personalizations"]):
+        where = f"personalizations.{i}"
+        seen: set[str] = set()
+        for kind in ("to", "cc", "bcc"):
+            for j, address in enumerate(person.get(kind, ())):
+                total += 1
+                if address["email"].lower() in seen:
+                    errors.append((f"{where}.{kind}.{j}.email", "Each email address in the personalization "
+                                   "block should be unique between to, cc, and bcc."))
+                seen.add(address["email"].lower())
+                if any(c in address.get("name", "") for c in ";,"):
+                    errors.append((f"{where}.{kind}.{j}.name", "The name cannot contain ';' or ','."))
+        errors += _header_errors(person.get("headers", {}), f"{where}.headers")
+        substitutions = person.get("substitutions", {})
+        if sum(len(k.encode()) + len(v.encode()) for k, v in substitutions.items()) > MAX_SUBSTITUTION_BYTES:
+            errors.append((f"{where}.substitutions",
+                           f"substitutions may not exceed {MAX_SUBSTITUTION_BYTES} bytes per personalization."))
+        if "custom_args" in person and _json_bytes({**top_args, **person["custom_args"]}) >= MAX_ARGS_BYTES:
+            errors.append((f"{where}.custom_args", f"custom_args must be less than {MAX_ARGS_BYTES} bytes."))
+        if person.get("send_at", 0) > latest:
+            errors.append((f"{where}.send_at", "send_at cannot be more than 72 hours in the future."))
+    if total > MAX_RECIPIENTS:
+        errors.append(("personalizations", f"The total number of recipients must be {MAX_RECIPIENTS} or less "
+                       f"(to, cc and bcc together); this request has {total}."))
+    if body.get("send_at", 0) > latest:
+        errors.append(("send_at", "send_at cannot be more than 72 hours in the future."))
+    if "reply_to" in body and "reply_to_list" in body:
+        errors.append(("reply_to_list", "reply_to and reply_to_list cannot be used together."))
+    templated = "template_id" in body
+    if "content" not in body and not templated:
+        errors.append(("content", "Unless a valid template_id is provided, the content parameter is required."))
+    types = [c["type"] for c in body.get("content", ()) if c["type"] in ("text/plain", "text/html")]
+    if types not in ([], ["text/plain"], ["text/html"], ["text/plain", "text/html"]) or (
+            types and body["content"][0]["type"] != types[0]):
+        errors.append(("content", "text/plain must come first, then text/html, then any other type."))
+    if not templated and "subject" not in body and any("subject" not in p for p in body["personalizations"]):
+        errors.append(("subject", "The subject is required, at the top level or in every personalization."))
+    return errors
+
+
+class StandIn:
+    """The stand-in server; all state is guarded by one lock, so tests may send from many threads."""
+
+    def __init__(self, api_key: str = "SG.test", *, port: int = 0, validate: bool = True,
+                 fault_rate: float = 0.0, seed: int | None = None, slow_seconds: float = 2.0,
+                 retry_after: int = 1, record: Path | None = None) -> None:
+        self.api_key = api_key
+        self.validate = validate
+        self.fault_rate = fault_rate
+        #: Faults drawn when `fault_rate` strikes.
+        self.random_faults: tuple[str, ...] = ("429", "500", "503", "drop_before", "drop_after")
+        #: When set, every request not covered by the script gets this fault (e.g. "403").
+        self.always: str | None = None
+        self.slow_seconds = slow_seconds
+        self.retry_after = retry_after
+        self.accepted: list[Accepted] = []
+        #: One entry per answered request, in answer order: the status, or "drop".
+        self.statuses: list[int | str] = []
+        self._count = 0
+        self.suppressions: dict[str, list[dict[str, Any]]] = {k: [] for k in SUPPRESSION_PATHS.values()}
+        self._recipients: Counter[str] = Counter()
+        self._script: deque[str] = deque()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._record: IO[str] | None = record.open("a", encoding="utf-8") if record else None
+        self._validator = jsonschema.Draft202012Validator(
+            json.loads(SCHEMA_PATH.read_text(encoding="utf-8")), format_checker=jsonschema.FormatChecker())
+        self._server = _Server(("127.0.0.1", port), _Handler)
+        self._server.standin = self
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="sendgrid-standin", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> StandIn:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+        if self._record:
+            self._record.close()
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --- what tests drive and read -----------------------------------------------------------------
+
+    def script(self, faults: Iterable[str]) -> None:
+        """Queue faults for the next requests, one each, before any random fault."""
+        faults = list(faults)
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
+        with self._lock:
+            self._script.extend(faults)
+
+    def recipients(self) -> Counter[str]:
+        """How often each address was in an accepted request (to, cc and bcc)."""
+        with self._lock:
+            return Counter(self._recipients)
+
+    @property
+    def request_count(self) -> int:
+        """Requests received, whatever was answered."""
+        with self._lock:
+            return self._count
+
+    def clear(self) -> None:
+        with self._lock:
+            self.accepted.clear()
+            self.statuses.clear()
+            self._count = 0
+            self._recipients.clear()
+            self._script.clear()
+
+    # --- used by the handler -----------------------------------------------------------------------
+
+    def _next_fault(self) -> str:
+        with self._lock:
+            self._count += 1
+            if self._script:
+                return self._script.popleft()
+            if self.always:
+                return self.always
+            if self.fault_rate and self._rng.random() < self.fault_rate:
+                return self._rng.choice(self.random_faults)
+            return "ok"
+
+    def _note(self, status: int | str) -> None:
+        with self._lock:
+            self.statuses.append(status)
+
+    def _accept(self, body: dict[str, Any], emails: list[str]) -> str:
+        message_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        record = Accepted(message_id, time.time(), len(emails), body if self.validate else None)
+        with self._lock:
+            self.accepted.append(record)
+            self._recipients.update(emails)
+            if self._record:
+                self._record.write(json.dumps({"message_id": message_id, "recipients": emails}) + "\n")
+                self._record.flush()
+        return message_id
+
+    def _check(self, body: Any) -> tuple[list[Error], list[str]]:
+        """Errors for a parsed body, and its recipient addresses."""
+        if self.validate:
+            errors = [(_schema_field(e), e.message[:300]) for e in self._validator.iter_errors(body)]
+            if not errors:
+                errors = limit_errors(body, time.time())
+            if errors:
+                return errors[:MAX_ERRORS], []
+        try:
+            emails = [a["email"] for p in body["personalizations"]
+                      for kind in ("to", "cc", "bcc") for a in p.get(kind, ())]
+        except (KeyError, TypeError, AttributeError):
+            return [("personalizations", "personalizations with to addresses are required.")], []
+        return [], emails
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    standin: StandIn
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up on a slow answer is expected here; stay quiet about it."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    _delay = 0.0
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: test output should show test failures, not access logs."""
+
+    def do_POST(self) -> None:
+        self._serve(post=True)
+
+    def do_GET(self) -> None:
+        self._serve(post=False)
+
+    def _serve(self, *, post: bool) -> None:
+        sg = self.server.standin
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self._read(length)
+        fault = sg._next_fault()
+        if fault == "drop_before":
+            return self._drop()
+        if fault in CANNED:
+            return self._error(int(fault), None, CANNED[fault])
+        self._delay = sg.slow_seconds if fault == "slow" else 0.0
+        if self.headers.get("Authorization") != f"Bearer {sg.api_key}":
+            return self._error(401, None, CANNED["401"], drop=fault == "drop_after")
+        path = urlsplit(self.path).path.rstrip("/")
+        if post and path == "/v3/mail/send":
+            self._mail_send(sg, raw, length, drop=fault == "drop_after")
+        elif post and path == "/v3/mail/batch":
+            self._answer(201, {"batch_id": uuid.uuid4().hex}, drop=fault == "drop_after")
+        elif not post and path in SUPPRESSION_PATHS:
+            self._suppressions(sg, SUPPRESSION_PATHS[path], drop=fault == "drop_after")
+        else:
+            self._error(404, None, f"no such endpoint in the stand-in: {'POST' if post else 'GET'} {path}")
+
+    def _read(self, length: int) -> bytes | None:
+        """The body, or None when it is too large (then drained, so the client reads our 413)."""
+        if length < MAX_BODY_BYTES:
+            return self.rfile.read(length)
+        while length > 0:
+            chunk = self.rfile.read(min(length, 1 << 20))
+            if not chunk:
+                break
+            length -= len(chunk)
+        return None
+
+    def _mail_send(self, sg: StandIn, raw: bytes | None, length: int, *, drop: bool) -> None:
+        if raw is None:
+            return self._error(413, None, f"The request body is {length} bytes; it must be less than "
+                               f"{MAX_BODY_BYTES}.", drop=drop)
+        try:
+            if self.headers.get("Content-Encoding") == "gzip":
+                raw = gzip.decompress(raw)
+            body = json.loads(raw)
+        except (ValueError, OSError) as exc:
+            return self._error(400, None, f"The request body is not valid JSON: {exc}", drop=drop)
+        errors, emails = sg._check(body)
+        if errors:
+            return self._errors(400, errors, drop=drop)
+        message_id = sg._accept(body, emails)
+        if drop:
+            return self._drop()
+        self._start(202)
+        self.send_header("X-Message-Id", message_id)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _suppressions(self, sg: StandIn, key: str, *, drop: bool) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        try:
+            limit = min(int(query.get("limit", [PAGE_LIMIT])[0]), PAGE_LIMIT)
+            offset = int(query.get("offset", [0])[0])
+            if limit < 1 or offset < 0:
+                raise ValueError
+        except ValueError:
+            return self._error(400, "limit", "limit must be 1 to 500 and offset 0 or more.", drop=drop)
+        with sg._lock:
+            page = list(sg.suppressions[key][offset:offset + limit])
+        self._answer(200, page, drop=drop)
+
+    def _start(self, status: int) -> None:
+        sg = self.server.standin
+        if self._delay:
+            sg._stopping.wait(self._delay)
+        sg._note(status)
+        self.send_response(status)
+
+    def _drop(self) -> None:
+        """Close the connection without a byte of answer: the client sees a dropped connection."""
+        self.server.standin._note("drop")
+        self.close_connection = True
+
+    def _error(self, status: int, field: str | None, message: str, *, drop: bool = False) -> None:
+        self._errors(status, [(field, message)], drop=drop)
+
+    def _errors(self, status: int, errors: list[Error], *, drop: bool = False) -> None:
+        body = {"errors": [{"message": m, "field": f, "help": None} for f, m in errors]}
+        self._answer(status, body, drop=drop)
+
+    def _answer(self, status: int, payload: Any, *, drop: bool = False) -> None:
+        if drop:
+            return self._drop()
+        sg = self.server.standin
+        data = json.dumps(payload).encode()
+        self._start(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 429:
+            self.send_header("Retry-After", str(sg.retry_after))
+            self.send_header("X-RateLimit-Limit", "600")
+            self.send_header("X-RateLimit-Remaining", "0")
+            self.send_header("X-RateLimit-Reset", str(int(time.time()) + sg.retry_after))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run as a process until killed; the first stdout line is the URL."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default="SG.test")
+    parser.add_argument("--fast", action="store_true", help="skip schema and limit checks")
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--slow-seconds", type=float, default=2.0)
+    parser.add_argument("--record", type=Path, help="append one JSON line per accepted request")
+    args = parser.parse_args(argv)
+    standin = StandIn(args.api_key, port=args.port, validate=not args.fast, fault_rate=args.fault_rate,
+                      seed=args.seed, slow_seconds=args.slow_seconds, record=args.record)
+    with standin:
+        print(standin.url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
