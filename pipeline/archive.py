@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import mimetypes
 import shutil
+import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -140,6 +141,13 @@ def feed(issues: list[Issue], config: Config) -> str:
         summary = issue.preheader or "; ".join(headlines)
         sub(entry, "summary", summary)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def sent_issues(conn: sqlite3.Connection) -> set[str]:
+    """Issues that are public: a real send of them has had at least one request accepted."""
+    rows = conn.execute("SELECT DISTINCT s.issue FROM sends s JOIN batches b ON b.send_id = s.id "
+                        "WHERE s.transport = 'sendgrid' AND b.state = 'accepted'")
+    return {str(row[0]) for row in rows}
 
 
 class Archive:

@@ -30,7 +30,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import tokens
-from pipeline.archive import Archive
+from pipeline.archive import Archive, sent_issues
 from pipeline.config import Config
 from pipeline.events import link_resubscribe, link_unsubscribe, open_db, record_reject
 from pipeline.webhook import (
@@ -249,13 +249,6 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes)
     app.add_middleware(AccessLog)
     return app
-
-
-def sent_issues(conn: sqlite3.Connection) -> set[str]:
-    """Issues that are public: a real send of them has had at least one request accepted."""
-    rows = conn.execute("SELECT DISTINCT s.issue FROM sends s JOIN batches b ON b.send_id = s.id "
-                        "WHERE s.transport = 'sendgrid' AND b.state = 'accepted'")
-    return {str(row[0]) for row in rows}
 
 
 def serve(settings: Settings, *, host: str, port: int, root_path: str = "", forwarded_allow_ips: str = "127.0.0.1",

@@ -81,7 +81,7 @@ def public_key_from_env(environ: Mapping[str, str] = os.environ) -> ec.EllipticC
     text = environ.get(PUBLIC_KEY_ENV, "").strip()
     if not text:
         raise ConfigError(f"{PUBLIC_KEY_ENV} is not set — enable the Signed Event Webhook in SendGrid and put its "
-                          "verification key into this environment variable")
+                          "verification key into this environment variable (or start serve with --no-webhook)")
     return public_key_from_base64(text)
 
 
