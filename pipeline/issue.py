@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
@@ -84,12 +86,18 @@ class Issue:
         return tuple(found)
 
 
-_md = MarkdownIt("commonmark")
+MARKDOWN = MarkdownIt("commonmark", {"typographer": False}).enable("table")
+
+
+@functools.lru_cache(maxsize=512)
+def parse_markdown(text: str) -> tuple[Token, ...]:
+    """Parsed once per body: the checks, the HTML and the text part all read the same tokens."""
+    return tuple(MARKDOWN.parse(text))
 
 
 def markdown_links(text: str) -> list[str]:
     links: list[str] = []
-    for token in _md.parse(text):
+    for token in parse_markdown(text):
         for child in token.children or ():
             if child.type == "link_open":
                 links.append(str(child.attrGet("href") or ""))

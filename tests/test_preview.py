@@ -20,6 +20,8 @@ LAYOUT_PROBE = """() => {
   const vw = document.documentElement.clientWidth;
   const out = {vw, scrollWidth: document.documentElement.scrollWidth, wideImages: [], unstacked: [],
                breakable: [], lowContrast: []};
+  out.tooWide = [...document.body.querySelectorAll('*')]
+    .filter(e => e.getBoundingClientRect().right > vw + 0.5).map(e => e.outerHTML.slice(0, 80));
   for (const img of document.images) {
     const r = img.getBoundingClientRect();
     if (r.right > vw + 0.5) out.wideImages.push(img.src);
@@ -72,7 +74,7 @@ def test_sample_issue_in_chromium(sample_root: Path, scheme: str) -> None:
         measured = layout(f"{server.url}/email.html", scheme=scheme)
     for width, m in measured.items():
         assert m["scrollWidth"] <= m["vw"], f"horizontal scroll at {width}px"
-        assert m["wideImages"] == [] and m["unstacked"] == []
+        assert m["tooWide"] == [] and m["wideImages"] == [] and m["unstacked"] == []
         assert m["breakable"] == [], f"Korean text may break mid-word at {width}px"
         assert m["lowContrast"] == [], f"unreadable text in {scheme} mode at {width}px"
 
