@@ -107,6 +107,145 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
     serve(issue_dir, config, port=port, echo=click.echo)
 
 
+# --- send (issue #3) ------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """A tqdm bar with counts and ETA on a terminal; plain log lines (every 10 %) otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.total = self.done = self.step = 0
+
+    def start(self, total: int) -> None:
+        self.total, self.step = total, max(1, total // 10)
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="rcpt", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, sent: int) -> None:
+        before, self.done = self.done, self.done + sent
+        if self.bar is not None:
+            self.bar.update(sent)
+        elif self.done // self.step != before // self.step or self.done == self.total:
+            click.echo(f"sent {self.done}/{self.total}", err=True)
+
+    def note(self, message: str) -> None:
+        (self.bar.write if self.bar is not None else lambda m: click.echo(m, err=True))(f"warning: {message}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@main.command()
+@issue_dir
+@click.option("--list", "list_name", required=True, help="The list: subscribers/NAME.csv.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@click.option("--outbox", type=click.Path(path_type=Path, file_okay=False),
+              help="Write one personalised .eml per recipient to this folder instead of sending (no key needed).")
+@click.option("--test", "test_address", metavar="ADDRESS",
+              help="Send one copy marked [TEST] to ADDRESS; not logged as a delivery.")
+@click.option("--at", metavar="TIME", help="Schedule: ISO 8601 with offset, at most 72 h ahead.")
+@click.option("--resend-in-doubt", is_flag=True, help="Also send to recipients whose request got no answer.")
+@click.option("--skip-invalid", is_flag=True, help="Leave out bad rows of the list instead of stopping.")
+@click.option("--allow-changed-content", is_flag=True,
+              help="Resume a send even though the issue changed since it began.")
+@_report_errors
+def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_address: str | None,
+         at: str | None, resend_in_doubt: bool, skip_invalid: bool, allow_changed_content: bool) -> None:
+    """Send ISSUE_DIR to a list exactly once (resumable; see `newsletter status`)."""
+    from pipeline.config import load_config
+    from pipeline.errors import SendError
+    from pipeline.send import SendJob, SendOptions
+
+    if not yes and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise SendError("there is no terminal to confirm on — add --yes to send without asking")
+    _log_to_stderr()
+    config = load_config()
+    options = SendOptions(list_name=list_name, outbox=outbox, test_address=test_address, at=at,
+                          resend_in_doubt=resend_in_doubt, skip_invalid=skip_invalid,
+                          allow_changed_content=allow_changed_content)
+    with SendJob(issue_dir, config, options) as job:
+        plan = job.prepare()
+        _print_problems(list(plan.problems))
+        target = f"outbox {outbox}" if outbox else "SendGrid"
+        click.echo(f"issue:      {plan.issue}\nsubject:    {plan.subject}\nsender:     {plan.sender}")
+        if plan.test_address:
+            click.echo(f"test copy:  to {plan.test_address} via {target} (not logged as a delivery)")
+        else:
+            click.echo(f"list:       {plan.list_name} ({plan.listed} recipients)\nvia:        {target}")
+            if plan.resumed:
+                click.echo(f"resuming:   {plan.accepted} already accepted, {plan.in_doubt} in doubt")
+            click.echo(f"to send:    {plan.to_send}")
+        if plan.send_at:
+            import datetime as dt
+
+            click.echo(f"scheduled:  {dt.datetime.fromtimestamp(plan.send_at, dt.UTC).isoformat()}")
+        if plan.to_send == 0:
+            click.echo("nothing to send" + (f"; {plan.in_doubt} in doubt: see `newsletter status {issue_dir}`"
+                                            if plan.in_doubt else ""))
+            return
+        if not yes and not click.confirm(f"Send to {plan.to_send} recipient(s)?", default=False):
+            job.cancel()
+            click.echo("nothing sent")
+            return
+        progress = _Progress()
+        try:
+            summary = job.run(progress)
+        finally:
+            progress.close()
+    verb = "written" if outbox else "accepted"
+    click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s)")
+    if summary.in_doubt or summary.remaining.get("in_doubt"):
+        raise SendError(f"{summary.remaining.get('in_doubt', summary.in_doubt)} recipient(s) are in doubt (their "
+                        f"request got no answer; they may have been sent) — list them with `newsletter status "
+                        f"{issue_dir}`, then run this command again with --resend-in-doubt to send them again")
+
+
+@main.command()
+@issue_dir
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_report_errors
+def status(issue_dir: Path, as_json: bool) -> None:
+    """Per list: accepted / pending / in doubt / failed, send times, build hash; in-doubt recipients."""
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.status import COUNTED, issue_status
+
+    report = issue_status(load_config(), issue_dir)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    if not report["lists"] and not report["outbox"]:
+        click.echo(f"issue {report['issue']}: not sent to any list yet")
+    for kind, lists in (("list", report["lists"]), ("outbox run for list", report["outbox"])):
+        for name, entry in lists.items():
+            counts = ", ".join(f"{entry[k]} {k.replace('_', ' ')}" for k in COUNTED)
+            click.echo(f"{kind} {name}: {counts}")
+            click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
+                       f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
+            if entry["in_doubt_recipients"]:
+                click.echo(f"  in doubt ({entry['in_doubt']}): their request got no answer; they may have received "
+                           f"it. Check SendGrid's activity feed, then resend with `newsletter send {issue_dir} "
+                           f"--list {name} --resend-in-doubt`, or leave them:")
+                for address in entry["in_doubt_recipients"]:
+                    click.echo(f"    {address}")
+
+
 # --- serve, suppressions, archive, report (issue #4) ------------------------------------------------
 
 

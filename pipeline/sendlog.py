@@ -53,7 +53,7 @@ MIGRATIONS: list[Migration] = [
             id INTEGER PRIMARY KEY,
             send_id INTEGER NOT NULL REFERENCES sends (id) ON DELETE CASCADE,
             request_id TEXT NOT NULL UNIQUE,
-            state TEXT NOT NULL CHECK (state IN ('in_flight', 'accepted', 'in_doubt', 'failed')),
+            state TEXT NOT NULL CHECK (state IN ('in_flight', 'waiting', 'accepted', 'in_doubt', 'failed')),
             size INTEGER NOT NULL,
             first_delivery INTEGER NOT NULL,
             last_delivery INTEGER NOT NULL,
@@ -255,7 +255,7 @@ def update_send(conn: sqlite3.Connection, send_id: int, *, content_hash: str, su
                 send_at: str | None) -> None:
     """After the operator allowed changed content: the rest of the send uses the new build."""
     with transaction(conn):
-        conn.execute("UPDATE sends SET content_hash = ?, subject = ?, send_at = ?, finished_at = NULL WHERE id = ?",
+        conn.execute("UPDATE sends SET content_hash = ?, subject = ?, send_at = ? WHERE id = ?",
                      (content_hash, subject, send_at, send_id))
 
 
@@ -327,14 +327,18 @@ def _chunks(rows: Iterable[Row], size: int) -> Iterable[list[Row]]:
 
 
 def recover_in_flight(conn: sqlite3.Connection, send_id: int) -> int:
-    """Requests left in flight by a process that died (call with the send's lock held): now in doubt."""
+    """After a process died (call with the send's lock held): requests it left in flight are in doubt;
+    batches it left waiting to retry (last answer 429/5xx, so certainly not sent) are failed, to be sent
+    again. Returns the number of batches put in doubt."""
     with transaction(conn):
         stamp = now()
-        conn.execute("UPDATE deliveries SET state = 'in_doubt', updated_at = ? WHERE send_id = ? "
-                     "AND state = 'in_flight'", (stamp, send_id))
-        cursor = conn.execute("UPDATE batches SET state = 'in_doubt', finished_at = ?, "
-                              "error = coalesce(error, 'process ended before the answer') "
-                              "WHERE send_id = ? AND state = 'in_flight'", (stamp, send_id))
+        for state, new in (("waiting", "failed"), ("in_flight", "in_doubt")):
+            conn.execute(f"UPDATE deliveries SET state = '{new}', updated_at = ? WHERE send_id = ? AND state = "
+                         f"'in_flight' AND batch_id IN (SELECT id FROM batches WHERE send_id = ? AND state = ?)",
+                         (stamp, send_id, send_id, state))
+            cursor = conn.execute(f"UPDATE batches SET state = '{new}', finished_at = ?, error = "
+                                  f"'process ended ' || coalesce('after: ' || error, 'before the answer') "
+                                  f"WHERE send_id = ? AND state = ?", (stamp, send_id, state))
     return cursor.rowcount
 
 
@@ -427,12 +431,18 @@ def finish_batch(conn: sqlite3.Connection, claim: Claim, *, state: str, attempts
                      (state, message_id, stamp, claim.first, claim.last, claim.id))
 
 
-def note_attempt(conn: sqlite3.Connection, claim: Claim, *, attempts: int, http_status: int | None,
+def mark_waiting(conn: sqlite3.Connection, claim: Claim, *, attempts: int, http_status: int | None,
                  error: str) -> None:
-    """A retryable answer (429, 5xx): the batch stays in flight; only the attempt is recorded."""
+    """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried."""
     with transaction(conn):
-        conn.execute("UPDATE batches SET attempts = ?, http_status = ?, error = ? WHERE id = ?",
+        conn.execute("UPDATE batches SET state = 'waiting', attempts = ?, http_status = ?, error = ? WHERE id = ?",
                      (attempts, http_status, error, claim.id))
+
+
+def mark_in_flight(conn: sqlite3.Connection, claim: Claim) -> None:
+    """Before the retry's request: from here on an interruption leaves the batch in doubt again."""
+    with transaction(conn):
+        conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = ?", (claim.id,))
 
 
 # --- the lock -------------------------------------------------------------------------------------------

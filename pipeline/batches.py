@@ -1,0 +1,200 @@
+"""What a batch of recipients becomes: per-recipient values, and the SendGrid v3 Mail Send body.
+
+`Mailing` is what every recipient of one send shares; `Batch` is up to `sending.batch_size` deliveries
+claimed from the send log; `Personalizer` turns a recipient into substitution values and headers, and a
+batch into one request body. The body is JSON written by hand from pieces: the shared part (HTML and
+text, once per request) is encoded once per send, each recipient costs one small string.
+
+One personalization per recipient, one recipient per personalization:
+``{"to": [{"email", "name"}], "substitutions": {"%%tag%%": value}, "headers": {"List-Unsubscribe",
+"List-Unsubscribe-Post"}}``; every tag the email uses gets a value ("" when the list has no such column),
+because SendGrid leaves unknown tags in the mail as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from json.encoder import encode_basestring_ascii as _enc
+
+from pipeline import tokens
+from pipeline.config import Config
+from pipeline.errors import SendError
+from pipeline.render import Email, placeholder
+from pipeline.sendlog import DeliveryRow
+
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTION_BYTES = 10_000
+MAX_SEND_AHEAD = dt.timedelta(hours=72)
+RESERVED = ("name", "unsubscribe_url")
+ONE_CLICK = "List-Unsubscribe=One-Click"
+TEST_PREFIX = "[TEST] "
+_NAME_UNSAFE = str.maketrans({";": " ", ",": " ", "\r": " ", "\n": " ", "\t": " "})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Mailing:
+    """Everything the recipients of one send share."""
+
+    email: Email
+    issue: str
+    list_name: str
+    send_id: int  # 0 for a test copy, which the send log does not know
+    secret: bytes
+    sender_email: str
+    sender_name: str = ""
+    reply_to: str | None = None
+    base_url: str
+    categories: tuple[str, ...] = ()
+    group_id: int | None = None
+    send_at: int | None = None  # epoch seconds
+    test: bool = False
+    throwaway_secret: bool = False  # outbox without NEWSLETTER_SECRET: links are marked as not real
+
+    @classmethod
+    def from_config(cls, config: Config, **values: object) -> Mailing:
+        shared: dict[str, object] = {
+            "sender_email": config.sender_email, "sender_name": config.sender_name, "reply_to": config.reply_to,
+            "base_url": config.base_url, "categories": config.sending.categories,
+            "group_id": config.sending.unsubscribe_group_id}
+        return cls(**{**shared, **values})  # type: ignore[arg-type]
+
+    def as_test(self) -> Mailing:
+        """The same mailing as one copy marked as a test: subject prefix, category `test`, send id 0."""
+        email = replace(self.email, subject=TEST_PREFIX + self.email.subject)
+        categories = self.categories if "test" in self.categories else (*self.categories, "test")
+        return replace(self, email=email, send_id=0, test=True, categories=categories)
+
+    @property
+    def custom_args(self) -> dict[str, str]:
+        """Carried into every webhook event: the loop's event handler matches on these and the address."""
+        return {"nl_send_id": str(self.send_id), "nl_issue": self.issue, "nl_list": self.list_name}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Batch:
+    """The deliveries of one request, as claimed from the send log (intent already committed)."""
+
+    id: int
+    request_id: str
+    rows: Sequence[DeliveryRow] = field(default_factory=tuple)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def display_name(name: str) -> str:
+    """SendGrid refuses recipient names with `;` or `,`: they become spaces in the To name only."""
+    if not name or name.isalnum():
+        return name
+    return " ".join(name.translate(_NAME_UNSAFE).split())
+
+
+def substitution_bytes(values: Mapping[str, str]) -> int:
+    """SendGrid's measure, approximated from above: tag and value bytes plus JSON punctuation."""
+    return sum(len(k) + 4 + 6 + len(v.encode("utf-8")) for k, v in values.items())
+
+
+class Personalizer:
+    """Per-recipient values and headers, and the request body for a batch."""
+
+    def __init__(self, mailing: Mailing) -> None:
+        self.mailing = mailing
+        self.merge_fields = sorted(f for f in mailing.email.placeholders if f not in RESERVED)
+        self._mailto = tokens.mailto_unsubscribe(mailing.reply_to or mailing.sender_email)
+        self._mailto_enc = _enc(f"<{self._mailto}>")[1:-1]
+        self._field_keys = [(f, _enc(placeholder(f))) for f in self.merge_fields]
+        self._shared = self._shared_json()
+
+    # --- values -----------------------------------------------------------------------------------------
+
+    def unsubscribe_url(self, email: str) -> str:
+        m = self.mailing
+        return tokens.unsubscribe_url(m.base_url, tokens.sign(m.secret, email=email, list_name=m.list_name,
+                                                              issue=m.issue))
+
+    def values(self, email: str, name: str, fields: Mapping[str, str]) -> dict[str, str]:
+        """Tag name (without %%) -> value, for every tag the email uses; what the outbox substitutes."""
+        found = {f: fields.get(f, "") for f in self.merge_fields}
+        found["name"] = name
+        found["unsubscribe_url"] = self.unsubscribe_url(email)
+        return found
+
+    def headers(self, url: str) -> dict[str, str]:
+        """RFC 2369 + RFC 8058 one-click unsubscribe: the https URL of the footer link and a mailto."""
+        return {"List-Unsubscribe": f"<{url}>, <{self._mailto}>", "List-Unsubscribe-Post": ONE_CLICK}
+
+    def size_without_url(self, name: str, fields: Mapping[str, str]) -> int:
+        """Substitution bytes of one recipient except the URL (whose size `url_bytes_max` bounds)."""
+        values = {f: fields.get(f, "") for f in self.merge_fields}
+        values["name"] = name
+        return substitution_bytes(values)
+
+    def url_bytes_max(self, email: str) -> int:
+        """An upper bound of the unsubscribe URL's size for an address (its token grows with the address)."""
+        m = self.mailing
+        payload = 6 * (len(email) + len(m.list_name) + len(m.issue)) + 10
+        return len(m.base_url) + len("/unsubscribe/") + (payload * 4) // 3 + 4 + 23 + len("unsubscribe_url") + 10
+
+    @staticmethod
+    def parse_fields(fields_json: str | None) -> dict[str, str]:
+        return json.loads(fields_json) if fields_json else {}
+
+    # --- the request body -------------------------------------------------------------------------------
+
+    def _shared_json(self) -> str:
+        m = self.mailing
+        sender: dict[str, str] = {"email": m.sender_email}
+        if m.sender_name:
+            sender["name"] = display_name(m.sender_name)
+        shared: dict[str, object] = {
+            "from": sender,
+            "subject": m.email.subject,
+            "content": [{"type": "text/plain", "value": m.email.text}, {"type": "text/html", "value": m.email.html}],
+            "custom_args": m.custom_args,
+        }
+        if m.reply_to:
+            shared["reply_to"] = {"email": m.reply_to}
+        if m.categories:
+            shared["categories"] = list(dict.fromkeys(m.categories))
+        if m.group_id is not None:
+            shared["asm"] = {"group_id": m.group_id}
+        if m.send_at is not None:
+            shared["send_at"] = m.send_at
+        return json.dumps(shared, separators=(",", ":"))[1:-1]
+
+    def personalization(self, email: str, name: str, fields_json: str | None) -> str:
+        """One personalization as JSON text; the only per-recipient work of a request."""
+        url = self.unsubscribe_url(email)
+        to = '{"email":' + _enc(email) + ((',"name":' + _enc(display_name(name))) if name else "") + "}"
+        subs = ['"%%name%%":' + _enc(name), '"%%unsubscribe_url%%":' + _enc(url)]
+        if self._field_keys:
+            fields = json.loads(fields_json) if fields_json else {}
+            subs += [key + ":" + _enc(fields.get(f, "")) for f, key in self._field_keys]
+        return ('{"to":[' + to + '],"substitutions":{' + ",".join(subs) + '},"headers":{"List-Unsubscribe":"<'
+                + _enc(url)[1:-1] + '>, ' + self._mailto_enc + '","List-Unsubscribe-Post":"' + ONE_CLICK + '"}}')
+
+    def body(self, batch: Batch) -> str:
+        """The whole Mail Send request body for a batch, as JSON text."""
+        parts = [self.personalization(email, name, fields) for _, email, name, fields in batch.rows]
+        return '{"personalizations":[' + ",".join(parts) + "]," + self._shared + "}"
+
+
+def parse_send_at(text: str, *, now: dt.datetime | None = None) -> int:
+    """`--at` as epoch seconds: ISO 8601 with an offset, in the future and at most 72 h ahead."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SendError(f"--at {text!r} is not an ISO 8601 time — write it like 2026-03-01T09:00:00+09:00") from None
+    if when.tzinfo is None:
+        raise SendError(f"--at {text!r} has no UTC offset — add one, e.g. {text}+09:00 or {text}Z")
+    current = now or dt.datetime.now(dt.UTC)
+    if when <= current:
+        raise SendError(f"--at {text} is in the past (now {current.isoformat(timespec='seconds')}); the scheduled "
+                        "send is already too late — give a later time, or leave --at out to send now")
+    if when - current > MAX_SEND_AHEAD:
+        raise SendError(f"--at {text} is more than 72 hours ahead, SendGrid's limit for send_at — "
+                        "run the send closer to the time")
+    return int(when.timestamp())

@@ -1,0 +1,430 @@
+"""The sending manager: every check before the first request, then batches sent exactly once.
+
+    job = SendJob(issue_dir, config, SendOptions(list_name="sample"))
+    plan = job.prepare()     # build + checks, keys, lock, send log, the list recorded: no request yet
+    summary = job.run(progress)
+    job.close()              # or `with SendJob(...) as job:`
+
+Exactly-once: each batch's intent (batch row, its deliveries `in_flight`) is committed before the
+request and its outcome after. A request that ends without an answer leaves its recipients `in_doubt`;
+so does a process that dies mid-request (the next run finds them `in_flight` and says so). In-doubt
+recipients are sent again only with `resend_in_doubt`. 429/5xx are retried with backoff inside
+`retry_budget_seconds`; 400/401/403/413 stop the send at once. Nothing is ever counted as sent unless
+SendGrid answered 202.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline import sendlog, tokens
+from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
+from pipeline.config import Config
+from pipeline.errors import Problem, SendError, SubscriberError
+from pipeline.render import Email
+from pipeline.transport import API_HOST_ENV, API_KEY_ENV, Outcome, Result, Transport
+
+log = logging.getLogger("pipeline.send")
+IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendOptions:
+    list_name: str
+    outbox: Path | None = None
+    test_address: str | None = None
+    at: str | None = None
+    resend_in_doubt: bool = False
+    skip_invalid: bool = False
+    allow_changed_content: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What the send will do; the confirmation shows it."""
+
+    issue: str
+    subject: str
+    list_name: str
+    sender: str
+    transport: str  # sendgrid | outbox
+    test_address: str | None
+    listed: int  # valid, unsuppressed recipients in the list now
+    to_send: int  # what this run will send
+    accepted: int  # sent by earlier runs
+    in_doubt: int
+    resumed: bool
+    send_at: int | None
+    content_hash: str
+    problems: tuple[Problem, ...] = ()  # warnings: build warnings, skipped rows
+
+
+@dataclass(kw_only=True)
+class Summary:
+    accepted: int = 0
+    in_doubt: int = 0
+    failed: int = 0
+    requests: int = 0
+    finished: bool = False
+    remaining: dict[str, int] = field(default_factory=dict)
+
+
+class Progress(Protocol):
+    def start(self, total: int) -> None: ...
+    def advance(self, sent: int) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class SendJob:
+    def __init__(self, issue_dir: Path, config: Config, options: SendOptions, *,
+                 environ: Mapping[str, str] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 transport: Callable[[Personalizer], Transport] | None = None) -> None:
+        self.issue_dir = issue_dir
+        self.config = config
+        self.options = options
+        self.environ = os.environ if environ is None else environ
+        self.sleep = sleep
+        self.clock = clock
+        self._make_transport = transport
+        self.conn: sqlite3.Connection | None = None
+        self.lock: sendlog.SendLock | None = None
+        self.send: sendlog.Send | None = None
+        self.plan: Plan | None = None
+        self._created = False
+        self._test_row: sendlog.DeliveryRow | None = None
+        self._personalizer: Personalizer | None = None
+        self._last_request = -1e9
+        self._attempts = 0
+
+    # --- preparing: every check, no request -------------------------------------------------------------
+
+    def prepare(self) -> Plan:
+        options, config = self.options, self.config
+        if config.sending.batch_size > MAX_PERSONALIZATIONS or config.sending.batch_size < 1:
+            raise SendError(f"{config.config_file}: sending.batch_size is {config.sending.batch_size}; SendGrid "
+                            f"takes 1 to {MAX_PERSONALIZATIONS} personalizations per request — fix it in the config")
+        api_key = self._credentials()
+        secret, throwaway = self._secret()
+        send_at = parse_send_at(options.at) if options.at else None
+        email, content_hash, warnings = self._build()
+        if throwaway:
+            warnings = (*warnings, Problem(
+                message=f"{tokens.SECRET_ENV} is not set: the outbox's unsubscribe links are signed with a "
+                "throwaway secret and would not work in real mail", blocking=False,
+                fix=f"fine for a look at the outbox; a real send needs it ({tokens.CREATE_SECRET_HINT})"))
+        from pipeline.subscribers import list_path
+
+        path = list_path(config, options.list_name)
+        self.conn = sendlog.open_sendlog(config.sendlog_path)
+        kind = "outbox" if options.outbox else "sendgrid"
+        slug = self.issue_dir.resolve().name
+        if options.test_address:
+            mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
+                                          secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
+            self._personalizer = Personalizer(mailing)
+            self._test_row = self._first_recipient(path, options.test_address)
+            self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
+            self._transport = self._transport_for(api_key)
+            return self.plan
+        self.lock = sendlog.SendLock(config.state_dir, issue=slug, list_name=options.list_name)
+        self.lock.acquire()
+        self.send = self._open_send(slug, kind, email, content_hash, send_at)
+        recovered = sendlog.recover_in_flight(self.conn, self.send.id)
+        if recovered:
+            log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
+                        recovered)
+        mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name,
+                                      send_id=self.send.id, secret=secret, throwaway_secret=throwaway,
+                                      send_at=send_at)
+        self._personalizer = Personalizer(mailing)
+        listed, skipped = self._record_list(path)
+        counts = sendlog.counts(self.conn, self.send.id)
+        to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
+        self.plan = self._plan(mailing, kind, content_hash, (*warnings, *skipped), listed=listed, to_send=to_send,
+                               accepted=counts["accepted"], in_doubt=counts["in_doubt"])
+        self._transport = self._transport_for(api_key)
+        return self.plan
+
+    def _credentials(self) -> str | None:
+        if self.options.outbox:
+            return None
+        key = self.environ.get(API_KEY_ENV, "").strip()
+        if not key:
+            raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "
+                            f"{API_KEY_ENV}=<an API key with Mail Send permission> for a real send, or add "
+                            "--outbox DIR to write one .eml file per recipient instead (no account needed)")
+        return key
+
+    def _secret(self) -> tuple[bytes, bool]:
+        if self.options.outbox and not self.environ.get(tokens.SECRET_ENV):
+            return tokens.THROWAWAY_SECRET, True
+        return tokens.secret_from_env(dict(self.environ)), False
+
+    def _build(self) -> tuple[Email, str, tuple[Problem, ...]]:
+        from pipeline.build import build_issue
+
+        result = build_issue(self.issue_dir, self.config)  # raises IssueError on blocking problems
+        return result.email, str(result.manifest["content_hash"]), tuple(result.problems)
+
+    def _open_send(self, slug: str, kind: str, email: Email, content_hash: str, send_at: int | None) -> sendlog.Send:
+        assert self.conn is not None
+        at = str(send_at) if send_at else None
+        found = sendlog.find_send(self.conn, issue=slug, list_name=self.options.list_name, transport=kind)
+        if found is not None and kind == "outbox":
+            sendlog.delete_send(self.conn, found.id)  # every outbox run writes the whole list afresh
+            found = None
+        if found is None:
+            self._created = True
+            return sendlog.create_send(self.conn, issue=slug, list_name=self.options.list_name, transport=kind,
+                                       content_hash=content_hash, subject=email.subject, send_at=at)
+        if found.content_hash != content_hash:
+            if not self.options.allow_changed_content:
+                raise SendError(
+                    f"issue {slug} changed since its send to list {found.list_name} began on {found.created_at} "
+                    f"(content hash {found.content_hash[:12]} then, {content_hash[:12]} now); the recipients "
+                    "sent so far got the old version — restore the issue as it was, or re-run with "
+                    "--allow-changed-content to send the new version to the rest")
+            log.warning("content changed since the send began; the rest gets the new version (as allowed)")
+        sendlog.update_send(self.conn, found.id, content_hash=content_hash, subject=email.subject, send_at=at)
+        return found
+
+    def _reader(self, path: Path) -> Any:
+        from pipeline.subscribers import ListReader
+
+        assert self.conn is not None
+        suppressed = sendlog.suppressed_set(self.conn)
+        return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
+
+    def _first_recipient(self, path: Path, address: str) -> sendlog.DeliveryRow:
+        """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
+        for recipient in self._reader(path):
+            fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
+            return (0, address, recipient.name, fields)
+        return (0, address, "", None)
+
+    def _record_list(self, path: Path) -> tuple[int, tuple[Problem, ...]]:
+        """Read the list once, checking every row, into the send log in one transaction (rolled back if
+        any row is bad and --skip-invalid was not given)."""
+        assert self.conn is not None and self.send is not None and self._personalizer is not None
+        reader = self._reader(path)
+        oversized: list[Problem] = []
+        listed = 0
+        p = self._personalizer
+
+        def rows() -> Iterator[tuple[str, str, str | None]]:
+            nonlocal listed
+            for r in reader:
+                size = p.size_without_url(r.name, r.fields) + p.url_bytes_max(r.email) if (
+                    r.fields or len(r.name) > 100) else 0
+                if size > MAX_SUBSTITUTION_BYTES:
+                    oversized.append(Problem(
+                        message=f"the name and merge fields of this row come to about {size} bytes, over "
+                        f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
+                        line=r.line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
+                    continue
+                listed += 1
+                yield r.email, r.name, (json.dumps(dict(r.fields), ensure_ascii=False) if r.fields else None)
+            blocking = [*reader.problems, *oversized]
+            if blocking and not self.options.skip_invalid:
+                raise SubscriberError(
+                    f"list {self.options.list_name} ({path}) has {len(blocking)} bad row(s); nothing was sent — "
+                    "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
+
+        try:
+            if self._created:
+                sendlog.add_recipients(self.conn, self.send.id, rows())
+            else:
+                sendlog.sync_recipients(self.conn, self.send.id, rows())
+        except BaseException:
+            self.cancel()
+            raise
+        skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
+                        for p in [*reader.problems, *oversized])
+        log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped)", self.options.list_name,
+                 listed, getattr(reader, "invalid", 0), getattr(reader, "duplicates", 0),
+                 getattr(reader, "suppressed", 0))
+        return listed, skipped
+
+    def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
+              listed: int, to_send: int, accepted: int = 0, in_doubt: int = 0) -> Plan:
+        sender = f"{mailing.sender_name} <{mailing.sender_email}>" if mailing.sender_name else mailing.sender_email
+        return Plan(issue=mailing.issue, subject=mailing.email.subject, list_name=mailing.list_name, sender=sender,
+                    transport=kind, test_address=self.options.test_address, listed=listed, to_send=to_send,
+                    accepted=accepted, in_doubt=in_doubt, resumed=not self._created, send_at=mailing.send_at,
+                    content_hash=content_hash, problems=problems)
+
+    def _transport_for(self, api_key: str | None) -> Transport:
+        assert self._personalizer is not None
+        if self._make_transport is not None:
+            return self._make_transport(self._personalizer)
+        if self.options.outbox:
+            from pipeline.transport import OutboxTransport
+
+            return OutboxTransport(self._personalizer, self.options.outbox)
+        from pipeline.transport import SendGridTransport
+
+        assert api_key is not None
+        return SendGridTransport(self._personalizer, api_key=api_key, host=self.environ.get(API_HOST_ENV) or None,
+                                 timeout=self.config.sending.timeout_seconds)
+
+    # --- running ----------------------------------------------------------------------------------------
+
+    def run(self, progress: Progress) -> Summary:
+        assert self.plan is not None, "prepare() first"
+        summary = Summary()
+        progress.start(self.plan.to_send)
+        if self._test_row is not None:
+            result = self._deliver(Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row]), summary, None)
+            self._raise_unless_accepted(result, summary, test=True)
+            summary.accepted, summary.finished = 1, True
+            progress.advance(1)
+            return summary
+        assert self.conn is not None and self.send is not None
+        states = (*sendlog.TO_SEND, "in_doubt") if self.options.resend_in_doubt else sendlog.TO_SEND
+        after, streak = 0, 0
+        while True:
+            self._check_schedule()
+            self._pace()
+            claim = sendlog.claim_batch(self.conn, self.send.id, size=self.config.sending.batch_size, after=after,
+                                        states=states, request_id=uuid.uuid4().hex)
+            if claim is None:
+                break
+            after = claim.last
+            batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows)
+            result = self._deliver(batch, summary, claim)
+            if result.outcome is Outcome.ACCEPTED:
+                sendlog.finish_batch(self.conn, claim, state="accepted", attempts=self._attempts,
+                                     http_status=result.status, message_id=result.message_id)
+                summary.accepted += len(batch)
+                streak = 0
+                progress.advance(len(batch))
+                continue
+            if result.outcome is Outcome.IN_DOUBT:
+                sendlog.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
+                summary.in_doubt += len(batch)
+                streak += 1
+                progress.note(f"a request for {len(batch)} recipient(s) got no answer ({result.error}); "
+                              "they are in doubt and will not be sent again without --resend-in-doubt")
+                if streak >= IN_DOUBT_STREAK_LIMIT:
+                    self._stop(summary, f"{streak} requests in a row got no answer; stopped so as not to put more "
+                               "recipients in doubt — check the network, then run the same command again")
+                continue
+            sendlog.finish_batch(self.conn, claim, state="failed", attempts=self._attempts, http_status=result.status,
+                                 error=result.error)
+            summary.failed += len(batch)
+            self._raise_unless_accepted(result, summary, test=False)
+        counts = sendlog.counts(self.conn, self.send.id)
+        summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
+        summary.finished = not any(summary.remaining.values())
+        if summary.finished:
+            sendlog.finish_send(self.conn, self.send.id)
+        return summary
+
+    def _check_schedule(self) -> None:
+        at = self.plan.send_at if self.plan else None
+        if at is not None and time.time() >= at:
+            raise SendError(f"the scheduled time (send_at {at}) has passed while sending; the rest was not sent "
+                            "— run the same command with a later --at, or without --at to send now")
+
+    def _deliver(self, batch: Batch, summary: Summary, claim: sendlog.Claim | None) -> Result:
+        """One request, retried on 429/5xx within the retry budget; returns the last answer."""
+        budget = self.config.sending.retry_budget_seconds
+        started = self.clock()
+        self._attempts = 0
+        while True:
+            if self._attempts:
+                self._pace()
+                if claim is not None and self.conn is not None:
+                    sendlog.mark_in_flight(self.conn, claim)
+            self._last_request = self.clock()
+            self._attempts += 1
+            summary.requests += 1
+            result = self._transport.send(batch)
+            if result.outcome is not Outcome.RETRY:
+                return result
+            if claim is not None and self.conn is not None:
+                sendlog.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
+                                     error=result.error)
+            delay = backoff(self._attempts, result.retry_after)
+            if self.clock() - started + delay > budget:
+                return result  # still RETRY: the budget is spent
+            log.info("answer %s, retrying in %.1f s", result.status or "none", delay)
+            self.sleep(delay)
+
+    def _pace(self) -> None:
+        """The requests-per-second ceiling: wait until 1/rps has passed since the last request began."""
+        wait = self._last_request + 1.0 / self.config.sending.requests_per_second - self.clock()
+        if wait > 0:
+            self.sleep(wait)
+
+    def _raise_unless_accepted(self, result: Result, summary: Summary, *, test: bool) -> None:
+        if result.outcome is Outcome.ACCEPTED:
+            return
+        what = "the test copy" if test else "the send"
+        if result.outcome is Outcome.IN_DOUBT:
+            raise SendError(f"{what} got no answer ({result.error}); it may or may not have been sent — "
+                            "check the inbox before sending it again")
+        if result.outcome is Outcome.RETRY:
+            budget = self.config.sending.retry_budget_seconds
+            self._stop(summary, f"gave up after {self._attempts} attempt(s) within {budget:g} s "
+                       f"(sending.retry_budget_seconds); last answer: {result.status or 'no connection'} "
+                       f"{result.error}; nothing of that request was counted as sent — run the same command "
+                       "again later to resume", test=test)
+        self._stop(summary, f"SendGrid refused {what} ({result.status}): {result.error}; nothing of that request was "
+                   f"counted as sent — {refusal_fix(result.status)}", test=test)
+
+    def _stop(self, summary: Summary, message: str, *, test: bool = False) -> None:
+        if not test:
+            message += f" ({summary.accepted} accepted in this run; `newsletter status` shows the rest)"
+        raise SendError(message)
+
+    # --- ending -----------------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The operator said no (or the list was bad): a send that this run created is forgotten."""
+        if self._created and self.conn is not None and self.send is not None:
+            sendlog.delete_send(self.conn, self.send.id)
+            self._created = False
+            self.send = None
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def __enter__(self) -> SendJob:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def backoff(attempt: int, hint: float | None) -> float:
+    """The server's hint plus a little jitter, else exponential (0.5 s doubling, at most 60 s) with jitter."""
+    if hint is not None and hint >= 0:
+        return hint + random.uniform(0, 0.25)
+    base = min(60.0, 0.5 * 2 ** (attempt - 1))
+    return random.uniform(base / 2, base)
+
+
+def refusal_fix(status: int | None) -> str:
+    return {
+        400: "fix what SendGrid names (a field of the request), then run the same command again",
+        401: f"check {API_KEY_ENV}: the key is wrong, revoked, or the account is out of credits",
+        403: "verify the sender identity in SendGrid and give the key Mail Send permission",
+        413: "the request is too large: lower sending.batch_size in newsletter.yaml or make the issue smaller",
+    }.get(status or 0, "see SendGrid's message, fix the cause, then run the same command again")

@@ -1,0 +1,211 @@
+"""Transports: one method, `send(batch) -> Result`; they classify the answer, the send manager decides.
+
+- `SendGridTransport`: v3 Mail Send through the `sendgrid` package (imported only here, lazily).
+- `OutboxTransport`: one real, fully personalised `.eml` file per recipient (no account needed).
+- `FakeTransport`: scripted outcomes, for unit tests of the send manager.
+
+Outcomes: ACCEPTED (202), RETRY (429/5xx, or the request never left: certainly not sent), REFUSED
+(400/401/403/413 and other 4xx: certainly not sent, retrying cannot help), IN_DOUBT (the request left
+and no answer came back: timeout, dropped connection; SendGrid may have sent it).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import urllib.error
+from collections.abc import Iterable
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.policy import SMTP
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pipeline.batches import Batch, Personalizer, display_name
+from pipeline.message import mime_message
+
+API_KEY_ENV = "SENDGRID_API_KEY"
+# A long List-Unsubscribe URL folded at 78 columns would turn into an RFC 2047 encoded word that no mail
+# client reads as a URL; RFC 5322 allows 998 characters a line.
+_ONE_LINE_HEADERS = SMTP.clone(max_line_length=998)
+API_HOST_ENV = "SENDGRID_API_HOST"
+DEFAULT_HOST = "https://api.sendgrid.com"
+
+
+class Outcome(enum.Enum):
+    ACCEPTED = "accepted"
+    RETRY = "retry"
+    REFUSED = "refused"
+    IN_DOUBT = "in_doubt"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Result:
+    outcome: Outcome
+    status: int | None = None
+    message_id: str | None = None
+    error: str = ""
+    retry_after: float | None = None  # seconds the server asked us to wait
+
+
+class Transport(Protocol):
+    kind: ClassVar[str]  # "sendgrid" or "outbox": the send log keeps the two apart
+
+    def send(self, batch: Batch) -> Result: ...
+
+
+# --- SendGrid -------------------------------------------------------------------------------------------
+
+
+def wait_hint(headers: Any, *, now: float | None = None) -> float | None:
+    """Seconds to wait from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch seconds)."""
+    if headers is None:
+        return None
+    current = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        value = value.strip()
+        if value.isdigit():
+            return float(value)
+        try:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - current)
+        except (TypeError, ValueError):
+            pass
+    reset = headers.get("X-RateLimit-Reset")
+    if reset and reset.strip().isdigit():
+        return max(0.0, float(reset) - current)
+    return None
+
+
+def sendgrid_errors(body: bytes | None) -> str:
+    """SendGrid's `{"errors": [{"message", "field", "help"}]}` as one line: message (field: ...)."""
+    try:
+        errors = json.loads(body or b"{}").get("errors") or []
+    except (ValueError, AttributeError):
+        errors = []
+    parts = []
+    for error in errors[:5]:
+        if isinstance(error, dict):
+            text = str(error.get("message") or "no message")
+            if error.get("field"):
+                text += f" (field: {error['field']})"
+            parts.append(text)
+    return "; ".join(parts) or (body or b"").decode("utf-8", "replace")[:300] or "no error message"
+
+
+class SendGridTransport:
+    """The real thing. The API key is kept only inside the client and scrubbed from every message."""
+
+    kind: ClassVar[str] = "sendgrid"
+
+    def __init__(self, personalizer: Personalizer, *, api_key: str, host: str | None = None,
+                 timeout: float) -> None:
+        from sendgrid import SendGridAPIClient
+
+        # python_http_client logs request headers (the key) and bodies (addresses) at DEBUG: never let it.
+        logging.getLogger("python_http_client").setLevel(logging.WARNING)
+        self.personalizer = personalizer
+        self._key = api_key
+        self._client = SendGridAPIClient(api_key=api_key, host=(host or DEFAULT_HOST).rstrip("/"))
+        self._client.client.timeout = timeout
+        # The body is JSON text we wrote; a JSON media type other than the bare one makes the client pass it on.
+        self._client.client.request_headers["Content-Type"] = "application/json; charset=utf-8"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "[SENDGRID_API_KEY]") if self._key else text
+
+    def send(self, batch: Batch) -> Result:
+        from python_http_client.exceptions import HTTPError
+
+        body = self.personalizer.body(batch)
+        try:
+            response = self._client.client.mail.send.post(request_body=body)
+        except HTTPError as exc:
+            status = int(exc.status_code)
+            message = self._scrub(sendgrid_errors(exc.body))
+            if status == 429 or status >= 500:
+                return Result(outcome=Outcome.RETRY, status=status, error=message,
+                              retry_after=wait_hint(exc.headers))
+            return Result(outcome=Outcome.REFUSED, status=status, error=message)
+        except urllib.error.URLError as exc:
+            # urllib wraps errors raised while connecting or writing the request: it never fully left.
+            return Result(outcome=Outcome.RETRY, error=self._scrub(f"request not sent: {exc.reason}"))
+        except (OSError, HTTPException) as exc:
+            # The request left; the answer did not come (timeout, connection dropped): maybe sent.
+            return Result(outcome=Outcome.IN_DOUBT, error=self._scrub(f"no answer: {type(exc).__name__}: {exc}"))
+        status = int(response.status_code)
+        if status in (200, 202):
+            return Result(outcome=Outcome.ACCEPTED, status=status, message_id=response.headers.get("X-Message-Id"))
+        return Result(outcome=Outcome.REFUSED, status=status, error=f"unexpected answer {status}")
+
+
+# --- the outbox -----------------------------------------------------------------------------------------
+
+
+class OutboxTransport:
+    """Writes `<address>.eml` per recipient into a folder, atomically (temp file + rename); a re-run overwrites."""
+
+    kind: ClassVar[str] = "outbox"
+
+    def __init__(self, personalizer: Personalizer, folder: Path) -> None:
+        self.personalizer = personalizer
+        self.folder = folder
+        m = personalizer.mailing
+        self._sender = Address(m.sender_name, addr_spec=m.sender_email)
+        self._extra = {"X-Newsletter-Issue": m.issue, "X-Newsletter-List": m.list_name}
+        if m.throwaway_secret:
+            self._extra["X-Newsletter-Outbox"] = "unsubscribe links signed with a throwaway secret, not valid"
+
+    def send(self, batch: Batch) -> Result:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        p = self.personalizer
+        for _, address, name, fields_json in batch.rows:
+            values = p.values(address, name, p.parse_fields(fields_json))
+            headers = {**p.headers(values["unsubscribe_url"]), **self._extra}
+            to = Address(display_name(name), addr_spec=address)
+            msg = mime_message(p.mailing.email, sender=self._sender, to=to, values=values, headers=headers,
+                               reply_to=p.mailing.reply_to)
+            target = self.folder / f"{safe_file_name(address)}.eml"
+            tmp = target.with_suffix(".eml.tmp")
+            tmp.write_bytes(msg.as_bytes(policy=_ONE_LINE_HEADERS))
+            os.replace(tmp, target)
+        return Result(outcome=Outcome.ACCEPTED, message_id=f"outbox-{batch.request_id}")
+
+
+def safe_file_name(address: str) -> str:
+    """The address itself where it is a safe file name; else a cleaned one made unique by a short hash."""
+    name = address.lower()
+    clean = re.sub(r"[^a-z0-9@._+-]", "_", name)[:120]
+    if clean == name and not name.startswith("."):
+        return clean
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+# --- a fake for unit tests ------------------------------------------------------------------------------
+
+
+class FakeTransport:
+    """Answers from a script of outcomes (then ACCEPTED), and records every batch it was given."""
+
+    kind: ClassVar[str] = "sendgrid"
+
+    def __init__(self, script: Iterable[Result] = ()) -> None:
+        self.script = list(script)
+        self.calls: list[Batch] = []
+        self.accepted: list[str] = []
+
+    def send(self, batch: Batch) -> Result:
+        self.calls.append(batch)
+        result = self.script.pop(0) if self.script else Result(outcome=Outcome.ACCEPTED, status=202)
+        if result.outcome is Outcome.ACCEPTED or (result.outcome is Outcome.IN_DOUBT and result.status == 202):
+            self.accepted.extend(row[1] for row in batch.rows)
+        if result.outcome is Outcome.IN_DOUBT and result.status == 202:  # "sent, but the answer was lost"
+            return Result(outcome=Outcome.IN_DOUBT, error="answer lost")
+        return result

@@ -1,0 +1,134 @@
+"""`newsletter send` as a user runs it: a real subprocess, a real stand-in, with and without a terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sendkit import ISSUE, KEY, SECRET, cli, environ
+from tests.standin import StandIn
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    with StandIn(api_key=KEY, retry_after=0) as sg:
+        yield sg
+
+
+def test_sends_with_yes(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=environ(standin.url))
+    assert done.returncode == 0, done.stderr
+    assert "subject:    Test Weekly No. 1: hello" in done.stdout and "(3 recipients)" in done.stdout
+    assert "sender:     Test Weekly <editor@example.org>" in done.stdout
+    assert "3 accepted in 2 request(s)" in done.stdout
+    assert "sent 3/3" in done.stderr  # plain progress lines without a terminal
+    assert sum(standin.recipients().values()) == 3
+
+
+def test_without_terminal_yes_is_required(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", env=environ(standin.url))
+    assert done.returncode == 5 and "--yes" in done.stderr
+    assert standin.request_count == 0
+
+
+def test_without_key_names_both_ways(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=environ(standin.url, SENDGRID_API_KEY=""))
+    assert done.returncode == 5
+    assert "SENDGRID_API_KEY" in done.stderr and "--outbox DIR" in done.stderr
+    assert "Traceback" not in done.stderr and standin.request_count == 0
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_bad_key_never_printed(site: Path, standin: StandIn, debug: bool) -> None:
+    wrong = "SG.wrong-key-0f3e-never-print"
+    args = ["--debug"] if debug else []
+    done = cli(site, *args, "send", ISSUE, "--list", "sample", "--yes", env=environ(standin.url,
+                                                                                     SENDGRID_API_KEY=wrong))
+    assert done.returncode != 0 and "401" in done.stderr
+    for secret in (wrong, SECRET):
+        assert secret not in done.stdout + done.stderr
+    assert standin.request_count == 1
+
+
+def test_outbox_needs_no_account(site: Path, tmp_path: Path) -> None:
+    env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="")
+    done = cli(site, "send", ISSUE, "--list", "sample", "--outbox", "outbox", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "3 written" in done.stdout and "throwaway secret" in done.stderr
+    assert sorted(p.name for p in (site / "outbox").iterdir()) == [
+        "ada@example.org.eml", "alan@example.org.eml", "grace@example.org.eml"]
+
+
+def test_test_copy(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", "--test", "me@example.net", "--yes",
+               env=environ(standin.url))
+    assert done.returncode == 0, done.stderr
+    assert "test copy:  to me@example.net" in done.stdout
+    assert standin.recipients() == {"me@example.net": 1}
+
+
+def test_schedule_too_late(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", "--at", "2020-01-01T00:00:00Z",
+               env=environ(standin.url))
+    assert done.returncode == 5 and "already too late" in done.stderr and standin.request_count == 0
+
+
+def test_bad_list_is_reported_by_line(site: Path, standin: StandIn) -> None:
+    (site / "subscribers" / "bad.csv").write_text("email,name\nok@example.org,Ok\nbroken,No\n", "utf-8")
+    done = cli(site, "send", ISSUE, "--list", "bad", "--yes", env=environ(standin.url))
+    assert done.returncode == 4 and "bad.csv:3" in done.stderr and "--skip-invalid" in done.stderr
+    assert standin.request_count == 0
+
+
+def test_help_imports_no_sendgrid() -> None:
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main; "
+            "r = CliRunner().invoke(main, ['send', '--help']); assert r.exit_code == 0, r.output; "
+            "assert '--resend-in-doubt' in r.output; "
+            "print(sorted(m for m in sys.modules if m.startswith(('sendgrid', 'python_http_client', 'tqdm'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=environ(None), check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def _on_terminal(site: Path, env: dict[str, str], answer: bytes) -> str:
+    """Run the send on a pseudo-terminal, answer the question, return everything it wrote."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "send", ISSUE, "--list", "sample"], cwd=site,
+                            env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    answered = False
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        if not answered and b"[y/N]" in out:
+            os.write(leader, answer)
+            answered = True
+    proc.wait(timeout=60)
+    os.close(leader)
+    return out.decode("utf-8", "replace")
+
+
+def test_confirmation_on_a_terminal(site: Path, standin: StandIn) -> None:
+    env = environ(standin.url)
+    said_no = _on_terminal(site, env, b"n\n")
+    assert "Send to 3 recipient(s)?" in said_no and "nothing sent" in said_no
+    assert standin.request_count == 0
+    said_yes = _on_terminal(site, env, b"y\n")
+    assert "3 accepted" in said_yes and "rcpt" in said_yes  # the tqdm bar
+    assert sum(standin.recipients().values()) == 3

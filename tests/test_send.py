@@ -1,0 +1,318 @@
+"""The sending manager against the real stand-in and a real send log: exactly once, resumable, and
+every bad input stops before the first request."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import sendlog
+from pipeline.config import load_config
+from pipeline.errors import IssueError, SendError, SubscriberError
+from pipeline.send import SendJob, SendOptions
+from pipeline.transport import Outcome, Result
+from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
+from tests.standin import StandIn
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    with StandIn(api_key=KEY, retry_after=0, slow_seconds=30) as sg:
+        yield sg
+
+
+@pytest.fixture
+def env(standin: StandIn) -> dict[str, str]:
+    return environ(standin.url)
+
+
+def _counts(site: Path, list_name: str = "sample") -> dict[str, int]:
+    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
+    found = sendlog.find_send(conn, issue="001-hello", list_name=list_name, transport="sendgrid")
+    assert found is not None
+    return sendlog.counts(conn, found.id)
+
+
+def test_every_recipient_exactly_once(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    addresses = write_list(site, "big", 41)
+    summary = send(site, env, list_name="big")
+    assert summary.accepted == 41 and summary.finished
+    assert standin.recipients() == dict.fromkeys(addresses, 1)
+    assert standin.request_count == 21  # batch_size 2
+    again = send(site, env, list_name="big")
+    assert again.accepted == 0 and standin.request_count == 21
+    assert _counts(site, "big")["accepted"] == 41
+
+
+def test_retries_429_and_5xx_honouring_retry_after(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    addresses = write_list(site, "big", 6)
+    standin.retry_after = 2
+    standin.script(["429", "500", "ok", "503", "ok"])
+    sleeps = Sleeps()
+    summary = send(site, env, list_name="big", sleep=sleeps)
+    assert summary.finished and standin.recipients() == dict.fromkeys(addresses, 1)
+    assert any(2 <= s <= 2.25 for s in sleeps)  # Retry-After: 2 was honoured
+
+
+def test_retry_budget_spent_leaves_send_resumable(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    addresses = write_list(site, "big", 5)
+    standin.always = "503"
+    with pytest.raises(SendError, match="gave up after .*retry_budget_seconds.*run the same command again"):
+        send(site, env, list_name="big")  # the fake sleep adds nothing: the budget (5 s) is spent by backoff
+    assert standin.recipients() == {}
+    counts = _counts(site, "big")
+    assert counts["failed"] == 2 and counts["pending"] == 3 and counts["accepted"] == 0
+    standin.always = None
+    assert send(site, env, list_name="big").finished
+    assert standin.recipients() == dict.fromkeys(addresses, 1)
+
+
+@pytest.mark.parametrize(("fault", "words"), [("400", "SendGrid refused the send \\(400\\)"),
+                                               ("403", "verify the sender identity"),
+                                               ("413", "lower sending.batch_size")])
+def test_fatal_answer_stops_at_once(site: Path, standin: StandIn, env: dict[str, str], fault: str,
+                                    words: str) -> None:
+    write_list(site, "big", 6)
+    standin.script(["ok", fault])
+    with pytest.raises(SendError, match=words):
+        send(site, env, list_name="big")
+    assert standin.request_count == 2  # nothing after the fatal answer
+    counts = _counts(site, "big")
+    assert (counts["accepted"], counts["failed"], counts["pending"]) == (2, 2, 2)
+
+
+def test_bad_key_gives_401_without_the_key(site: Path, standin: StandIn) -> None:
+    write_list(site, "big", 4)
+    wrong = "SG.this-wrong-key-stays-hidden"
+    with pytest.raises(SendError) as info:
+        send(site, environ(standin.url, SENDGRID_API_KEY=wrong), list_name="big")
+    assert "401" in str(info.value) and "SENDGRID_API_KEY" in str(info.value)
+    assert wrong not in str(info.value)
+    assert standin.request_count == 1
+    data = load_config(site).sendlog_path.read_bytes()
+    assert wrong.encode() not in data and SECRET.encode() not in data
+
+
+def test_in_doubt_is_not_resent_without_the_flag(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    addresses = write_list(site, "big", 6)
+    standin.script(["ok", "drop_after", "drop_before"])
+    first = send(site, env, list_name="big")
+    assert (first.accepted, first.in_doubt, first.finished) == (2, 4, False)
+    assert standin.recipients() == dict.fromkeys(addresses[:4], 1)  # the drop_after batch did go out
+    second = send(site, env, list_name="big")
+    assert second.accepted == 0 and standin.request_count == 3
+    third = send(site, env, list_name="big", resend_in_doubt=True)
+    assert third.accepted == 4 and third.finished
+    counts = standin.recipients()
+    assert counts == {**dict.fromkeys(addresses, 1), addresses[2]: 2, addresses[3]: 2}  # documented: in doubt
+
+
+def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    write_list(site, "big", 4)
+    config = load_config(site)
+    job = SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps())
+    job.prepare()
+    assert job.conn is not None and job.send is not None
+    sendlog.claim_batch(job.conn, job.send.id, size=2, request_id="died")  # intent, then the process "dies"
+    job.close()
+    summary = send(site, env, list_name="big")
+    assert summary.accepted == 2 and not summary.finished
+    assert _counts(site, "big")["in_doubt"] == 2
+
+
+def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: StandIn,
+                                                           env: dict[str, str]) -> None:
+    addresses = write_list(site, "big", 6)
+    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
+    sendlog.add_suppression(conn, addresses[0].upper(), reason="unsubscribed", source="test")
+
+    class SuppressLater:
+        kind = "sendgrid"
+
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        def send(self, batch: object) -> Result:
+            sendlog.add_suppression(conn, addresses[5], reason="bounced", source="webhook")
+            return self.inner.send(batch)  # type: ignore[attr-defined,no-any-return]
+
+    from pipeline.transport import SendGridTransport
+
+    def make(p: object) -> SuppressLater:
+        return SuppressLater(SendGridTransport(p, api_key=KEY, host=standin.url, timeout=5))  # type: ignore[arg-type]
+
+    with SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env, sleep=Sleeps(),
+                 transport=make) as job:  # type: ignore[arg-type]
+        plan = job.prepare()
+        assert plan.listed == 5
+        summary = job.run(Quiet())
+    assert summary.finished
+    assert set(standin.recipients()) == set(addresses[1:5])
+    counts = _counts(site, "big")
+    assert counts["suppressed"] == 1 and counts["accepted"] == 4
+
+
+def test_list_changes_between_runs(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    write_list(site, "big", 4)
+    standin.script(["ok", "400"])
+    with pytest.raises(SendError):
+        send(site, env, list_name="big")
+    write_list(site, "big", 4, start=2)  # 0 and 1 (sent) stay sent; 2, 3 (failed) stay; 4, 5 are new
+    summary = send(site, env, list_name="big")
+    assert summary.finished and summary.accepted == 4
+    assert standin.recipients() == {f"person{i:05d}@example.org": 1 for i in range(6)}
+    write_list(site, "big", 1, start=9)
+    with SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env) as job:
+        plan = job.prepare()
+    assert plan.to_send == 1 and plan.accepted == 6
+
+
+def test_removed_rows_are_not_sent(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    write_list(site, "big", 4)
+    standin.script(["ok", "400"])
+    with pytest.raises(SendError):
+        send(site, env, list_name="big")
+    write_list(site, "big", 3)  # person00003 left the list before the re-run
+    assert send(site, env, list_name="big").finished
+    assert "person00003@example.org" not in standin.recipients()
+    assert _counts(site, "big")["removed"] == 1
+
+
+def test_changed_content_refused_unless_allowed(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    write_list(site, "big", 4)
+    standin.script(["ok", "400"])
+    with pytest.raises(SendError):
+        send(site, env, list_name="big")
+    standin.clear()
+    article = site / ISSUE / "articles" / "hello.md"
+    article.write_text(article.read_text("utf-8") + "\nA late correction.\n", "utf-8")
+    with pytest.raises(SendError, match="changed since its send.*--allow-changed-content"):
+        send(site, env, list_name="big")
+    assert standin.request_count == 0
+    assert send(site, env, list_name="big", allow_changed_content=True).finished
+
+
+def test_lock_held_refuses_naming_the_pid(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    import os
+
+    write_list(site, "big", 2)
+    with sendlog.SendLock(load_config(site).state_dir, issue="001-hello", list_name="big"), \
+            pytest.raises(SendError, match=f"pid {os.getpid()}"):
+        send(site, env, list_name="big")
+    assert standin.request_count == 0
+
+
+@pytest.mark.parametrize(("overrides", "error", "words"), [
+    ({"SENDGRID_API_KEY": ""}, SendError, "SENDGRID_API_KEY is not set.*--outbox DIR"),
+    ({"NEWSLETTER_SECRET": ""}, SendError, "NEWSLETTER_SECRET is not set"),
+    ({"NEWSLETTER_SECRET": "short"}, SendError, "too short"),
+])
+def test_missing_secrets_zero_requests(site: Path, standin: StandIn, overrides: dict[str, str],
+                                       error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):
+        send(site, environ(standin.url, **overrides))
+    assert standin.request_count == 0
+    assert not load_config(site).sendlog_path.exists()
+
+
+@pytest.mark.parametrize(("at", "words"), [("2020-01-01T00:00:00+00:00", "already too late"),
+                                            ("2999-01-01T00:00:00+00:00", "more than 72 hours"),
+                                            ("2026-05-01T10:00", "no UTC offset")])
+def test_bad_schedule_zero_requests(site: Path, standin: StandIn, env: dict[str, str], at: str, words: str) -> None:
+    with pytest.raises(SendError, match=words):
+        send(site, env, at=at)
+    assert standin.request_count == 0
+
+
+def test_schedule_sets_send_at(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    import datetime as dt
+
+    when = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)).replace(microsecond=0)
+    assert send(site, env, at=when.isoformat()).finished
+    assert standin.accepted[0].body is not None and standin.accepted[0].body["send_at"] == int(when.timestamp())
+
+
+def test_bad_list_stops_before_anything(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    write_list(site, "big", 4, extra="not-an-address,Nobody,Nowhere\n")
+    with pytest.raises(SubscriberError, match="1 bad row.*--skip-invalid") as info:
+        send(site, env, list_name="big")
+    assert info.value.problems and info.value.problems[0].line == 6
+    assert standin.request_count == 0
+    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
+    summary = send(site, env, list_name="big", skip_invalid=True)
+    assert summary.finished and summary.accepted == 4
+
+
+def test_missing_list_and_bad_issue(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    with pytest.raises(SubscriberError):
+        send(site, env, list_name="nope")
+    (site / ISSUE / "issue.yaml").write_text("number: one\n", "utf-8")
+    with pytest.raises(IssueError):
+        send(site, env)
+    assert standin.request_count == 0
+
+
+def test_oversized_substitutions_refused(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    (site / "subscribers" / "huge.csv").write_text(f"email,name\na@example.org,{'x' * 10_500}\n", "utf-8")
+    with pytest.raises(SubscriberError, match="bad row") as info:
+        send(site, env, list_name="huge")
+    assert "10000 bytes of substitutions" in str(info.value)
+    assert standin.request_count == 0
+
+
+def test_test_copy_is_not_a_delivery(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    summary = send(site, env, test_address="me@example.net")
+    assert summary.accepted == 1 and standin.request_count == 1
+    body = standin.accepted[0].body
+    assert body is not None and body["subject"].startswith("[TEST] ")
+    assert body["personalizations"][0]["to"][0]["email"] == "me@example.net"
+    assert body["personalizations"][0]["substitutions"]["%%name%%"] == "Ada Lovelace"  # first row's values
+    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
+    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+
+
+def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path) -> None:
+    env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="")
+    out = tmp_path / "outbox"
+    summary = send(site, env, outbox=out)
+    assert summary.finished and len(list(out.glob("*.eml"))) == 3
+    assert "throwaway" in (out / "ada@example.org.eml").read_text("utf-8")
+    again = send(site, env, outbox=out)  # every outbox run writes everything again
+    assert again.accepted == 3
+    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
+    kinds = [r[0] for r in conn.execute("SELECT transport FROM sends")]
+    assert kinds == ["outbox"]
+
+
+def test_fake_transport_unit(site: Path, env: dict[str, str]) -> None:
+    """The manager's decisions alone, with scripted answers."""
+    from pipeline.transport import FakeTransport
+
+    write_list(site, "big", 6)
+    fake = FakeTransport([Result(outcome=Outcome.RETRY, status=429, retry_after=1.5),
+                          Result(outcome=Outcome.ACCEPTED, status=202),
+                          Result(outcome=Outcome.IN_DOUBT, status=202)])
+    sleeps = Sleeps()
+    with SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env, sleep=sleeps,
+                 transport=lambda p: fake) as job:
+        job.prepare()
+        summary = job.run(Quiet())
+    assert (summary.accepted, summary.in_doubt, summary.requests) == (4, 2, 4)
+    assert len(fake.accepted) == 6 and len(set(fake.accepted)) == 6
+    assert any(1.5 <= s <= 1.75 for s in sleeps)
+
+
+def test_sendlog_has_no_secrets(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    send(site, env)
+    state = load_config(site).state_dir
+    for path in state.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert KEY.encode() not in data and SECRET.encode() not in data, path
+    conn = sqlite3.connect(load_config(site).sendlog_path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
