@@ -80,3 +80,27 @@ def test_static_files_are_the_served_pages(site: Path, tmp_path: Path) -> None:
         page = archive.get(rel)
         assert page is not None and page.body == (out / path).read_bytes()
     assert archive.get("002-second/") is None
+
+
+def test_sample_issue_web_version_references_only_published_images(tmp_path: Path) -> None:
+    """The repository's own newsletter (its default theme and sample issue), not only the test fixture."""
+    import re
+
+    repo = Path(__file__).parent.parent
+    shutil.copy(repo / "newsletter.yaml", tmp_path)
+    for folder in ("templates", "issues"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    config = load_config(tmp_path)
+    archive = Archive(config)
+    issues, problems = archive.issues()
+    assert issues and problems == []
+    for issue in issues:
+        page = archive.get(f"{issue.slug}/")
+        assert page is not None
+        text = page.body.decode()
+        assert "%%" not in text and "archive-base.invalid" not in text
+        sources = re.findall(r'<img[^>]*\bsrc="([^"]+)"', text)
+        assert sources
+        for src in sources:
+            assert not src.startswith(("http:", "https:", "/")), src  # relative: the archive's own copy
+            assert archive.get(f"{issue.slug}/{src}") is not None, src
