@@ -161,9 +161,18 @@ class Archive:
         self.config = config
         self.published = published
         self._cache: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._found: tuple[object, tuple[list[Issue], list[Problem]]] | None = None
 
     def issues(self) -> tuple[list[Issue], list[Problem]]:
-        return discover(self.config, slugs=self.published())
+        """discover(), again only when the selection or a file under issues/ changed."""
+        slugs = self.published()
+        root = self.config.issues_dir
+        files = sorted(root.rglob("*")) if root.is_dir() else []
+        key = (None if slugs is None else frozenset(slugs), self.config.config_file.stat().st_mtime_ns,
+               tuple((f.as_posix(), f.stat().st_mtime_ns) for f in files))
+        if self._found is None or self._found[0] != key:
+            self._found = (key, discover(self.config, slugs=slugs))
+        return self._found[1]
 
     def _fingerprint(self, issue: Issue) -> tuple[int, ...]:
         files = [self.config.config_file, *self.config.theme_dir.rglob("*"), *issue.folder.rglob("*")]

@@ -111,7 +111,7 @@ def parse_events(body: bytes) -> list[dict[str, Any]]:
     """The body must be a JSON array of objects; anything else is refused whole (400) before any change."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WebhookError(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise WebhookError("body must be a JSON array of event objects")

@@ -134,3 +134,8 @@ def test_event_identity_survives_a_changed_sg_event_id_but_not_a_different_event
 ])
 def test_which_events_suppress(fields: dict[str, object], reason: str | None) -> None:
     assert suppression_reason(fields) == reason
+
+
+def test_deeply_nested_json_is_refused_not_crashed() -> None:
+    with pytest.raises(WebhookError, match="not valid JSON"):
+        parse_events(b"[" * 100_000 + b"]" * 100_000)
