@@ -90,6 +90,7 @@ def test_get_never_unsubscribes(server: tuple[str, Path, int]) -> None:
         status, headers, body = request("GET", f"{url}/unsubscribe/{token()}")
         assert status == 200 and b"<form" in body and b"ada@example.org" in body
         assert headers["referrer-policy"] == "no-referrer"
+    assert request("HEAD", f"{url}/unsubscribe/{token()}")[0] == 200
     assert dump(db_path) == before
 
 
