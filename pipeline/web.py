@@ -162,7 +162,7 @@ def create_app(settings: Settings) -> Starlette:
         token = tokens.verify(settings.secret, request.path_params["token"])
         if token is None:  # same answer for every bad token: nothing about any address is looked up
             return _page(config, "Link not valid", invalid_link, 400)
-        if request.method == "GET":  # scanners follow GETs: this only asks
+        if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
             return _page(config, f"Unsubscribe from {config.name}?",
                          f"<p>Stop sending {html.escape(config.name)} to <strong>{html.escape(token.email)}"
                          f"</strong>?</p>{_button('unsubscribe', 'Unsubscribe')}")
