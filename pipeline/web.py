@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline import tokens
 from pipeline.archive import Archive, sent_issues
 from pipeline.config import Config
+from pipeline.errors import PipelineError
 from pipeline.events import link_resubscribe, link_unsubscribe, open_db, record_reject
 from pipeline.webhook import (
     MAX_BODY_BYTES,
@@ -171,18 +172,16 @@ def create_app(settings: Settings) -> Starlette:
         except WebhookError as exc:
             return PlainTextResponse(str(exc), status_code=exc.status, headers=PRIVATE)
         if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: no page wanted
-            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name,
-                                    issue=token.issue)
+            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
             return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
         action = fields.get("action")
         if action == "unsubscribe":
-            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name,
-                                    issue=token.issue)
+            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
             return _page(config, "You are unsubscribed",
                          f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
                          f"<p>Clicked by mistake?</p>{_button('resubscribe', 'Re-subscribe')}")
         if action == "resubscribe":
-            lifted, remaining = await in_db(link_resubscribe, email=token.email)
+            _, remaining = await in_db(link_resubscribe, email=token.email)
             if remaining:
                 return _page(config, "Not re-subscribed",
                              f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
@@ -224,7 +223,11 @@ def create_app(settings: Settings) -> Starlette:
         path = request.path_params.get("path", "")
         if path.endswith("index.html"):
             path = path[: -len("index.html")]
-        page = await run_in_threadpool(archive.get, path)
+        try:
+            page = await run_in_threadpool(archive.get, path)
+        except PipelineError as exc:  # e.g. the theme changed since and no longer renders this issue
+            log.error("archive: %s", exc)
+            return PlainTextResponse("This page cannot be shown right now.\n", status_code=500)
         if (page is None and path and not path.endswith("/")
                 and await run_in_threadpool(archive.get, path + "/") is not None):
             return RedirectResponse(path.rsplit("/", 1)[-1] + "/", 308)  # relative: works under any prefix

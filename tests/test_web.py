@@ -329,3 +329,11 @@ def test_behind_a_proxy_that_strips_a_prefix(config: Config) -> None:
         status, _, page = request("GET", f"{url}/archive/001-hello/")
         assert status == 200 and b'src="images/square.png"' in page and b'href="../unsubscribe/"' in page
         assert request("POST", f"{url}/webhooks/sendgrid", data=b"[]")[0] == 503  # no key: SendGrid retries
+
+
+def test_a_theme_that_no_longer_renders_is_a_500_not_a_crash(server: tuple[str, Path, int], config: Config) -> None:
+    url, _, _ = server
+    (config.theme_dir / "email.mjml.j2").write_text("<mjml>{{ nonsense.field }}</mjml>", "utf-8")
+    status, _, body = request("GET", f"{url}/archive/001-hello/")
+    assert status == 500 and b"cannot be shown" in body
+    assert request("GET", f"{url}/archive/")[0] == 200
