@@ -103,13 +103,15 @@ def chart_svg(timeline: list[tuple[int, int, int]], *, width: int = 720, height:
     if not timeline:
         return "<p>No opens or clicks recorded yet.</p>"
     left, right, top, bottom = 56, 16, 28, 44
-    opens, clicks, total_o, total_c = [], [], 0, 0
+    # Points at bucket ends, from 0 at the first bucket's start: the curves start at the origin.
+    opens, clicks, total_o, total_c = [0], [0], 0, 0
     for _, o, c in timeline:
         total_o, total_c = total_o + o, total_c + c
         opens.append(total_o)
         clicks.append(total_c)
     peak = max(total_o, total_c, 1)
-    span = max(len(timeline) - 1, 1)
+    span = len(timeline)
+    step = timeline[1][0] - timeline[0][0] if len(timeline) > 1 else 3600
 
     def point(i: int, value: int) -> str:
         x = left + (width - left - right) * i / span
@@ -131,7 +133,7 @@ def chart_svg(timeline: list[tuple[int, int, int]], *, width: int = 720, height:
         f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak}</text>',
         f'<text x="{left - 6}" y="{base_y}" text-anchor="end">0</text>',
         f'<text x="{left}" y="{base_y + 18}">{_when(timeline[0][0])}</text>',
-        f'<text x="{end_x}" y="{base_y + 18}" text-anchor="end">{_when(timeline[-1][0])}</text>',
+        f'<text x="{end_x}" y="{base_y + 18}" text-anchor="end">{_when(timeline[-1][0] + step)}</text>',
         line(opens, "#1f6feb", "opens"), line(clicks, "#d9480f", "clicks"),
         f'<rect x="{left + 10}" y="6" width="12" height="12" fill="#1f6feb"/>'
         f'<text x="{left + 28}" y="16">opens ({total_o})</text>',

@@ -67,7 +67,7 @@ def test_html_is_one_self_contained_page_with_a_chart(tmp_path: Path) -> None:
     tree = ET.fromstring(svg)
     lines = tree.findall("{http://www.w3.org/2000/svg}polyline")
     assert [line.get("class") for line in lines] == ["opens", "clicks"]
-    assert len(lines[0].get("points", "").split()) == len(build_report(open_db(db_path), "001-hello").timeline)
+    assert len(lines[0].get("points", "").split()) == len(build_report(open_db(db_path), "001-hello").timeline) + 1
     assert "src=" not in page and "<script" not in page and "<link" not in page
 
 
