@@ -209,7 +209,7 @@ def inline_css(html: str, css: str) -> str:
         raise IssueError("inline.css may not use @import or remote url(): premailer would fetch them")
     marked = html.replace("<style", '<style data-premailer="ignore"')
     inlined: str = Premailer(
-        marked, css_text=css, keep_style_tags=True, disable_validation=True, allow_network=False,
+        marked, css_text=css, keep_style_tags=False, disable_validation=True, allow_network=False,
         remove_classes=False, strip_important=False, cssutils_logging_level=logging.CRITICAL,
         disable_link_rewrites=True, align_floating_images=False,  # the float check costs ~0.3 s of regexes
     ).transform()
