@@ -89,3 +89,46 @@ def test_send_events_unsubscribe_report_and_the_next_send(site: Path, tmp_path: 
         again = run_cli(site, "send", "issues/002-second", "--list", "sample", "--yes", env=env)
         assert again.returncode == 0, again.stderr
         assert set(sg.recipients()) == {"alan@example.org"}  # ada left, grace bounced
+
+
+def test_webhook_posts_while_a_send_runs_both_succeed(site: Path) -> None:
+    """A real `send` process writes the send log while serve applies events to the same file."""
+    import sqlite3
+
+    from loop_support import running
+    from sendkit import write_list
+
+    from pipeline.config import load_config
+    from pipeline.web import Settings, create_app
+    from pipeline.webhook import public_key_from_base64
+
+    addresses = write_list(site, "big", 400)  # batch_size 2 in the fixture: 200 requests
+    signer = Signer()
+    config = load_config(site)
+    settings = Settings(config=config, secret=SECRET.encode(), db_path=config.sendlog_path,
+                        webhook_key=public_key_from_base64(signer.public_base64))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SENDGRID_API_KEY": KEY, "NEWSLETTER_SECRET": SECRET}
+    answers: list[int] = []
+    with StandIn(api_key=KEY) as sg, running(create_app(settings)) as url:
+        env["SENDGRID_API_HOST"] = sg.url
+        sender = subprocess.Popen([sys.executable, "-m", "pipeline", "send", "issues/001-hello", "--list", "big",
+                                   "--yes"], cwd=site, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True)
+        posted = 0
+        for _ in range(2400):  # bounded; ends as soon as the send has ended and its requests' events are posted
+            done = sender.poll() is not None
+            accepted = list(sg.accepted)
+            if len(accepted) > posted:
+                body = body_of(events_for(accepted[posted:], "delivered"))
+                answers.append(request("POST", f"{url}/webhooks/sendgrid", data=body, headers=signer.headers(body))[0])
+                posted = len(accepted)
+            elif done:
+                break
+            else:
+                threading.Event().wait(0.05)
+        out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert answers and set(answers) == {200}
+    with sqlite3.connect(config.sendlog_path) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE status = 'applied'").fetchone()[0] == len(addresses)
+        assert conn.execute("SELECT count(*) FROM deliveries WHERE state = 'accepted'").fetchone()[0] == len(addresses)
