@@ -59,8 +59,26 @@ MIGRATIONS: list[Migration] = [
     """),
 ]
 
+# `dropped` reasons that mean the address itself must not be mailed again, and the suppression reason.
+DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam reporting address": "spamreport",
+                    "unsubscribed address": "unsubscribe"}
+# Our names for them -> the send log's suppression reasons (sendlog.REASONS, plus block and invalid).
+SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
+                       "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
 # How far a delivery got; a later event never moves it back (events arrive out of order).
 OUTCOME_RANK = {"processed": 1, "deferred": 2, "delivered": 3, "bounce": 4, "dropped": 4}
+
+
+def suppression_reason(event: Mapping[str, Any]) -> str | None:
+    """Which suppression (if any) an event adds: the address must not be mailed again, on any list."""
+    kind = event.get("event")
+    if kind == "bounce":
+        return "block" if event.get("type") == "blocked" else "bounce"
+    if kind == "dropped":
+        return DROP_SUPPRESSION.get(str(event.get("reason", "")).strip().lower())
+    if kind in ("spamreport", "unsubscribe", "group_unsubscribe"):
+        return str(kind)
+    return None
 
 
 def open_db(path: Path) -> sqlite3.Connection:
@@ -164,12 +182,33 @@ def _match_link(conn: sqlite3.Connection, *, email: str, list_name: str, issue: 
 
 
 def link_resubscribe(conn: sqlite3.Connection, *, email: str) -> tuple[bool, str | None]:
-    """Lift only a suppression that an unsubscribe link added; a bounce or spam report stays.
-
-    Returns (lifted, the remaining suppression's reason or None).
+    """Lift only a suppression that an unsubscribe link added. A bounce, block, spam report or SendGrid-side
+    unsubscribe stays; one that arrived after the link's (and so was not stored: the first reason is kept)
+    takes its place now. Returns (lifted, the reason the address stays suppressed, or None).
     """
+    address = email.strip()
     with transaction(conn):
-        cursor = conn.execute("DELETE FROM suppressions WHERE email = ? AND reason = 'unsubscribed' "
-                              "AND source LIKE ?", (email.strip(), f"{LINK_SOURCE} %"))
-        row = conn.execute("SELECT reason FROM suppressions WHERE email = ?", (email.strip(),)).fetchone()
-    return cursor.rowcount == 1, (str(row[0]) if row else None)
+        row = conn.execute("SELECT reason, source FROM suppressions WHERE email = ?", (address,)).fetchone()
+        if row is None:
+            return False, None
+        if row[0] != "unsubscribed" or not str(row[1]).startswith(f"{LINK_SOURCE} "):
+            return False, str(row[0])
+        blocker = _webhook_suppression(conn, address)
+        if blocker is not None:
+            conn.execute("UPDATE suppressions SET reason = ?, source = ? WHERE email = ?", (*blocker, address))
+            return False, blocker[0]
+        conn.execute("DELETE FROM suppressions WHERE email = ?", (address,))
+    return True, None
+
+
+def _webhook_suppression(conn: sqlite3.Connection, email: str) -> tuple[str, str] | None:
+    """The newest recorded SendGrid event that suppresses this address (group ones excepted: SendGrid has
+    group_resubscribe for those), as (reason, source)."""
+    rows = conn.execute("SELECT event, payload FROM events WHERE email = ? AND source = 'webhook' AND status IN "
+                        "('applied', 'unmatched') AND event IN ('bounce', 'dropped', 'spamreport', 'unsubscribe') "
+                        "ORDER BY occurred_at DESC, id DESC", (email,))
+    for kind, payload in rows:
+        reason = suppression_reason(json.loads(payload))
+        if reason:
+            return SUPPRESSION_REASONS[reason], f"webhook {kind}"
+    return None

@@ -22,7 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.events import OUTCOME_RANK, advance_outcome, find_delivery, record_event, suppress
+from pipeline.events import (
+    OUTCOME_RANK,
+    SUPPRESSION_REASONS,
+    advance_outcome,
+    find_delivery,
+    record_event,
+    suppress,
+    suppression_reason,
+)
 from pipeline.sendlog import transaction
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -41,12 +49,7 @@ SEND_ID, ISSUE, LIST = "nl_send_id", "nl_issue", "nl_list"
 # and a retried batch must change nothing.
 IDENTITY_FIELDS = ("event", "email", "timestamp", "sg_message_id", SEND_ID, ISSUE, LIST, "url", "type",
                    "reason", "status", "response", "attempt", "asm_group_id", "useragent", "ip")
-# `dropped` reasons that mean the address itself must not be mailed again, and the suppression reason.
-DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam reporting address": "spamreport",
-                    "unsubscribed address": "unsubscribe"}
-# Our names for them -> the send log's suppression reasons (sendlog.REASONS, plus block and invalid).
-SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
-                       "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
+
 
 
 class WebhookError(PipelineError):
@@ -123,18 +126,6 @@ def event_key(event: Mapping[str, Any]) -> str:
     identity = {name: event.get(name) for name in IDENTITY_FIELDS if event.get(name) is not None}
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def suppression_reason(event: Mapping[str, Any]) -> str | None:
-    """Which suppression (if any) an event adds: the address must not be mailed again, on any list."""
-    kind = event.get("event")
-    if kind == "bounce":
-        return "block" if event.get("type") == "blocked" else "bounce"
-    if kind == "dropped":
-        return DROP_SUPPRESSION.get(str(event.get("reason", "")).strip().lower())
-    if kind in ("spamreport", "unsubscribe", "group_unsubscribe"):
-        return str(kind)
-    return None
 
 
 @dataclass

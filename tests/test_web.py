@@ -337,3 +337,16 @@ def test_a_theme_that_no_longer_renders_is_a_500_not_a_crash(server: tuple[str, 
     status, _, body = request("GET", f"{url}/archive/001-hello/")
     assert status == 500 and b"cannot be shown" in body
     assert request("GET", f"{url}/archive/")[0] == 200
+
+
+def test_a_bounce_after_the_unsubscribe_survives_a_resubscribe(server: tuple[str, Path, int], signer: Signer) -> None:
+    """The link's suppression came first (so the bounce was not stored over it); re-subscribing must not
+    open the way to an address that bounces."""
+    url, db_path, send_id = server
+    page = f"{url}/unsubscribe/{token('grace@example.org')}"
+    assert request("POST", page, data=b"action=unsubscribe", headers=ONE_CLICK)[0] == 200
+    assert post(url, signer, [event("bounce", "grace@example.org", send_id=str(send_id), type="bounce")])[0] == 200
+    assert suppressions(db_path)["grace@example.org"][0] == "unsubscribed"
+    status, _, body = request("POST", page, data=b"action=resubscribe", headers=ONE_CLICK)
+    assert status == 200 and b"Not re-subscribed" in body
+    assert suppressions(db_path)["grace@example.org"] == ("bounced", "webhook bounce")
