@@ -294,3 +294,172 @@ def subscribers_import(file: Path, list_name: str) -> None:
     if result.to_suppress:
         click.echo(f"{len(result.to_suppress)} address(es) unsubscribed or bounced in the export were not added; "
                    f"keep them suppressed", err=True)
+
+
+# --- serve, suppressions, archive, report (issue #4) ------------------------------------------------
+
+
+def _sent_issues_or_all(sendlog_path: Path, all_issues: bool) -> Callable[[], set[str] | None]:
+    """The archive's selection: issues the send log has sent (read only: no send log, nothing sent)."""
+
+    def published() -> set[str] | None:
+        if all_issues:
+            return None
+        import sqlite3
+        from contextlib import closing
+
+        from pipeline.archive import sent_issues
+
+        if not sendlog_path.is_file():
+            return set()
+        with closing(sqlite3.connect(f"file:{sendlog_path}?mode=ro", uri=True, timeout=30)) as conn:
+            return sent_issues(conn)
+
+    return published
+
+
+all_issues_option = click.option("--all-issues", is_flag=True,
+                                  help="Publish every valid issue, not only those the send log has sent.")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, help="Port to listen on.")
+@click.option("--root-path", default="", help="Path prefix the reverse proxy publishes us under (and strips).")
+@click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True,
+              help="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated, or *).")
+@click.option("--no-webhook", is_flag=True, help="Run without SENDGRID_WEBHOOK_PUBLIC_KEY (the webhook answers 503).")
+@all_issues_option
+@_report_errors
+def serve(host: str, port: int, root_path: str, forwarded_allow_ips: str, no_webhook: bool, all_issues: bool) -> None:
+    """Serve unsubscribe links, the SendGrid Event Webhook and the archive (NEWSLETTER_SECRET required)."""
+    import os
+
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.tokens import SECRET_ENV, secret_from_env
+    from pipeline.web import Settings
+    from pipeline.web import serve as run
+    from pipeline.webhook import public_key_from_env
+
+    config = load_config()
+    if not os.environ.get(SECRET_ENV):
+        raise ConfigError(f"{SECRET_ENV} is not set — serve checks unsubscribe links with the secret the send "
+                          f"signed them with: export {SECRET_ENV}=<the same value> (see README, Deploying serve)")
+    secret = secret_from_env()
+    key = None if no_webhook else public_key_from_env()
+    settings = Settings(config=config, secret=secret, webhook_key=key, db_path=config.sendlog_path,
+                        published=(lambda: None) if all_issues else None)
+    run(settings, host=host, port=port, root_path=root_path.rstrip("/"), forwarded_allow_ips=forwarded_allow_ips,
+        echo=click.echo)
+
+
+@main.group()
+def suppressions() -> None:
+    """Addresses never mailed again, on any list: sync from SendGrid, list, add, remove."""
+
+
+@suppressions.command("sync")
+@_report_errors
+def suppressions_sync() -> None:
+    """Pull bounces, blocks, spam reports, invalid emails and (group) unsubscribes from SendGrid."""
+    from pipeline.config import load_config
+    from pipeline.events import open_db
+    from pipeline.suppressions import client_fetch, sync
+
+    config = load_config()
+    fetch = client_fetch(timeout=config.sending.timeout_seconds)
+    result = sync(open_db(config.sendlog_path), fetch, group_id=config.sending.unsubscribe_group_id)
+    for kind, fetched in result.fetched.items():
+        click.echo(f"{kind:<20} {fetched:>7} at SendGrid, {result.added[kind]:>7} new here")
+
+
+@suppressions.command("list")
+@click.option("--reason", help="Only this reason (unsubscribed, bounced, blocked, complained, invalid, manual).")
+@_report_errors
+def suppressions_list(reason: str | None) -> None:
+    """Print every suppression: address, reason, source, time (tab-separated)."""
+    from pipeline.config import load_config
+    from pipeline.events import open_db
+    from pipeline.sendlog import list_suppressions
+
+    rows = [s for s in list_suppressions(open_db(load_config().sendlog_path)) if reason in (None, s.reason)]
+    for s in rows:
+        click.echo(f"{s.email}\t{s.reason}\t{s.source}\t{s.created_at}")
+    click.echo(f"{len(rows)} suppressed address(es)", err=True)
+
+
+@suppressions.command("add")
+@click.argument("address")
+@click.option("--reason", default="manual", show_default=True, help="Why the address is suppressed.")
+@_report_errors
+def suppressions_add(address: str, reason: str) -> None:
+    """Never mail ADDRESS again, on any list."""
+    from pipeline.config import load_config
+    from pipeline.events import open_db
+    from pipeline.sendlog import add_suppression
+    from pipeline.suppressions import normalise_address
+
+    email = normalise_address(address)
+    added = add_suppression(open_db(load_config().sendlog_path), email, reason=reason, source="cli")
+    click.echo(f"suppressed {email}" if added else f"{email} was already suppressed (its first reason is kept)")
+
+
+@suppressions.command("remove")
+@click.argument("address")
+@_report_errors
+def suppressions_remove(address: str) -> None:
+    """Allow mail to ADDRESS again (a later sync re-adds it while SendGrid still suppresses it)."""
+    from pipeline.config import load_config
+    from pipeline.events import open_db
+    from pipeline.sendlog import list_suppressions, remove_suppression
+    from pipeline.suppressions import normalise_address
+
+    email = normalise_address(address)
+    conn = open_db(load_config().sendlog_path)
+    before = next((s for s in list_suppressions(conn) if s.email.lower() == email.lower()), None)
+    if before is None or not remove_suppression(conn, email):
+        raise PipelineError(f"{email} is not suppressed — check the spelling with `newsletter suppressions list`")
+    click.echo(f"removed {email} (was {before.reason}, from {before.source})")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder to write; publish it as <base_url>/archive/.")
+@all_issues_option
+@_report_errors
+def archive(out: Path, all_issues: bool) -> None:
+    """Write the web archive as static files: index, one page per issue, images, feed.xml."""
+    from pipeline.archive import Archive
+    from pipeline.config import load_config
+
+    config = load_config()
+    written, problems = Archive(config, published=_sent_issues_or_all(config.sendlog_path, all_issues)).write(out)
+    _print_problems(problems)
+    pages = sum(p.name == "index.html" for p in written) - 2  # the index and the unsubscribe page
+    click.echo(f"wrote {len(written)} files to {out} ({pages} issue(s))")
+    if pages == 0 and not all_issues:
+        click.secho("no issue has been sent yet: pass --all-issues to publish every valid issue", fg="yellow",
+                    err=True)
+
+
+@main.command()
+@issue_dir
+@click.option("--html", "html_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write a one-page HTML report with a chart of opens and clicks.")
+@_report_errors
+def report(issue_dir: Path, html_file: Path | None) -> None:
+    """Delivered, bounced, dropped, spam reports, unsubscribes, opens and clicks per link, per list."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.events import open_db
+    from pipeline.report import build_report, html_report, text_report
+
+    path = load_config().sendlog_path
+    if not path.is_file():
+        raise ConfigError(f"no send log at {path} — run the report where the issue was sent from")
+    result = build_report(open_db(path), issue_dir.resolve().name)
+    click.echo(text_report(result), nl=False)
+    if html_file is not None:
+        html_file.write_text(html_report(result), "utf-8")
+        click.echo(f"wrote {html_file}")

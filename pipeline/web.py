@@ -1,0 +1,268 @@
+"""`newsletter serve`: the unsubscribe page, the SendGrid Event Webhook and the archive, as one Starlette app.
+
+Database work runs in worker threads with one SQLite connection per thread (WAL, busy_timeout, short
+transactions), so a `send` writing the same send log at the same time only ever waits milliseconds.
+The unsubscribe token holds the address, so request paths are logged with it redacted (uvicorn's own
+access log stays off).
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import html
+import logging
+import re
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline import tokens
+from pipeline.archive import Archive, sent_issues
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.events import link_resubscribe, link_unsubscribe, open_db, record_reject
+from pipeline.webhook import (
+    MAX_BODY_BYTES,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    WebhookError,
+    WebhookTooLarge,
+    parse_events,
+    process_events,
+    verify_signature,
+)
+
+log = logging.getLogger("pipeline.web")
+MAX_FORM_BYTES = 64 * 1024
+T = TypeVar("T")
+_SECRET_PATH = re.compile(r"^(.*/unsubscribe/)[^/]+")
+PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Robots-Tag": "noindex"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: Config
+    secret: bytes
+    webhook_key: ec.EllipticCurvePublicKey | None  # None: the webhook answers 503 (SendGrid retries for 24 h)
+    db_path: Path
+    published: Callable[[], Collection[str] | None] | None = None  # default: issues the send log has sent
+    max_webhook_bytes: int = MAX_BODY_BYTES
+
+
+class _Connections(threading.local):
+    conn: sqlite3.Connection | None = None
+
+
+def redact(path: str) -> str:
+    """A request path fit for a log: the unsubscribe token (which holds the address) removed."""
+    return _SECRET_PATH.sub(r"\1[token]", path)
+
+
+class AccessLog:
+    """Method, redacted path and status of each request; never query strings, bodies or addresses."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [0]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        log.info("%s %s %d", scope["method"], redact(scope["path"]), status[0])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or WebhookTooLarge as soon as it passes `limit` (checked before and while reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise WebhookTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise WebhookTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """urlencoded or multipart/form-data (RFC 8058 allows both) into a flat dict; stdlib only."""
+    if content_type.lower().startswith("multipart/form-data"):
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+        fields: dict[str, str] = {}
+        for part in message.iter_parts() if message.is_multipart() else ():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if isinstance(name, str) and isinstance(payload, bytes):
+                fields[name] = payload.decode("utf-8", "replace").strip()
+        return fields
+    pairs = urllib.parse.parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _page(config: Config, title: str, body: str, status: int = 200) -> HTMLResponse:
+    text = (f'<!DOCTYPE html>\n<html lang="{html.escape(config.language)}">\n<head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;max-width:34rem;"
+            "margin:3rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.6rem 1.2rem}"
+            f"</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
+    return HTMLResponse(text, status_code=status, headers=PRIVATE)
+
+
+def _button(action: str, label: str) -> str:
+    return (f'<form method="post"><input type="hidden" name="action" value="{action}">'
+            f'<button type="submit" id="{action}">{html.escape(label)}</button></form>')
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The app; opens (and migrates) the send log once so that a bad path fails at start, not on a click."""
+    config = settings.config
+    open_db(settings.db_path).close()
+    local = _Connections()
+
+    def db() -> sqlite3.Connection:
+        if local.conn is None:
+            local.conn = open_db(settings.db_path)
+        return local.conn
+
+    async def in_db(func: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run func(connection, ...) in a worker thread, on that thread's own connection."""
+        return await run_in_threadpool(lambda: func(db(), *args, **kwargs))
+
+    def published() -> Collection[str] | None:
+        return settings.published() if settings.published else sent_issues(db())
+
+    archive = Archive(config, published=published)
+    contact = config.contact.get("email") or config.reply_to or config.sender_email
+    invalid_link = ("<p>This unsubscribe link is not valid. Use the link in the newsletter exactly as it came, or "
+                    f'write to <a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
+
+    async def unsubscribe(request: Request) -> Response:
+        token = tokens.verify(settings.secret, request.path_params["token"])
+        if token is None:  # same answer for every bad token: nothing about any address is looked up
+            return _page(config, "Link not valid", invalid_link, 400)
+        if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
+            return _page(config, f"Unsubscribe from {config.name}?",
+                         f"<p>Stop sending {html.escape(config.name)} to <strong>{html.escape(token.email)}"
+                         f"</strong>?</p>{_button('unsubscribe', 'Unsubscribe')}")
+        try:
+            fields = form_fields(request.headers.get("content-type", ""), await read_body(request, MAX_FORM_BYTES))
+        except WebhookError as exc:
+            return PlainTextResponse(str(exc), status_code=exc.status, headers=PRIVATE)
+        if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: no page wanted
+            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
+            return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
+        action = fields.get("action")
+        if action == "unsubscribe":
+            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
+            return _page(config, "You are unsubscribed",
+                         f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
+                         f"<p>Clicked by mistake?</p>{_button('resubscribe', 'Re-subscribe')}")
+        if action == "resubscribe":
+            _, remaining = await in_db(link_resubscribe, email=token.email)
+            if remaining:
+                return _page(config, "Not re-subscribed",
+                             f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
+                             f"({html.escape(remaining)}). To receive {html.escape(config.name)} again, write to "
+                             f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
+            return _page(config, "You are subscribed again",
+                         f"<p>{html.escape(token.email)} will receive {html.escape(config.name)} again.</p>"
+                         f"{_button('unsubscribe', 'Unsubscribe')}")
+        return PlainTextResponse("Unknown request: POST List-Unsubscribe=One-Click, or use the button on this page.\n",
+                                 status_code=400, headers=PRIVATE)
+
+    async def webhook(request: Request) -> Response:
+        if settings.webhook_key is None:
+            return JSONResponse({"error": "webhook not configured: set SENDGRID_WEBHOOK_PUBLIC_KEY"}, 503)
+        try:
+            body = await read_body(request, settings.max_webhook_bytes)
+            verify_signature(settings.webhook_key, body, request.headers.get(SIGNATURE_HEADER),
+                             request.headers.get(TIMESTAMP_HEADER))
+            try:
+                events = parse_events(body)
+            except WebhookError:
+                await in_db(record_reject, body, "not an array of event objects")
+                raise
+            outcome = await in_db(process_events, events)
+        except WebhookError as exc:
+            log.warning("webhook refused (%d): %s", exc.status, exc.args[0])
+            return JSONResponse({"error": exc.args[0]}, exc.status)
+        except sqlite3.OperationalError as exc:  # locked for longer than busy_timeout: let SendGrid retry
+            log.error("webhook: send log busy (%s)", exc)
+            return JSONResponse({"error": "send log busy, retry later"}, 503)
+        counts = outcome.as_dict()
+        log.info("webhook: %s", counts)
+        if outcome.skipped:
+            return JSONResponse({"error": "some events were stored but not applied: unknown event types, unknown "
+                                 "sends or missing fields (see the events table)", **counts}, 422)
+        return JSONResponse(counts)
+
+    async def archive_page(request: Request) -> Response:
+        path = request.path_params.get("path", "")
+        if path.endswith("index.html"):
+            path = path[: -len("index.html")]
+        try:
+            page = await run_in_threadpool(archive.get, path)
+        except PipelineError as exc:  # e.g. the theme changed since and no longer renders this issue
+            log.error("archive: %s", exc)
+            return PlainTextResponse("This page cannot be shown right now.\n", status_code=500)
+        if (page is None and path and not path.endswith("/")
+                and await run_in_threadpool(archive.get, path + "/") is not None):
+            return RedirectResponse(path.rsplit("/", 1)[-1] + "/", 308)  # relative: works under any prefix
+        if page is None:
+            return PlainTextResponse("Not found in the archive.\n", status_code=404)
+        return Response(page.body, media_type=page.media_type, headers={"Cache-Control": "max-age=300"})
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def to_archive(request: Request) -> Response:
+        return RedirectResponse("archive/", 308)  # relative, as every link here: the prefix is the proxy's
+
+    routes = [
+        Route("/unsubscribe/{token}", unsubscribe, methods=["GET", "POST"]),
+        Route("/webhooks/sendgrid", webhook, methods=["POST"]),
+        Route("/archive/{path:path}", archive_page, methods=["GET"]),
+        Route("/archive", to_archive, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/", to_archive, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def serve(settings: Settings, *, host: str, port: int, root_path: str = "", forwarded_allow_ips: str = "127.0.0.1",
+          echo: Callable[[str], None] = print) -> None:
+    """Run the app with uvicorn until interrupted. Behind a proxy, X-Forwarded-* are trusted from
+    `forwarded_allow_ips` only; `root_path` is the path prefix the proxy publishes us under, if any."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    echo(f"serving on http://{host}:{port}{root_path}/ (unsubscribe, /webhooks/sendgrid, /archive/); Ctrl+C stops")
+    uvicorn.run(app, host=host, port=port, root_path=root_path, proxy_headers=True,
+                forwarded_allow_ips=forwarded_allow_ips, access_log=False, log_level="warning",
+                server_header=False, lifespan="off")
