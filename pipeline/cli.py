@@ -285,15 +285,22 @@ def subscribers_import(file: Path, list_name: str) -> None:
     from pipeline.config import load_config
     from pipeline.subscribers import import_export, list_path
 
-    dest = list_path(load_config(), list_name, must_exist=False)
+    config = load_config()
+    dest = list_path(config, list_name, must_exist=False)
     result = import_export(file, dest)
     _print_problems(result.problems)
+    suppressed = 0
+    if result.to_suppress:
+        from pipeline.sendlog import insert_suppression, open_sendlog, transaction
+
+        conn = open_sendlog(config.sendlog_path)
+        with transaction(conn):
+            for email, reason in result.to_suppress:
+                suppressed += insert_suppression(conn, email, reason=reason, source=f"import {file.name}")
     click.echo(f"{file.name} ({result.source_format}) -> {dest.name}: {result.added} added, "
                f"{result.already_present} already present, {result.invalid} invalid, "
-               f"{len(result.to_suppress)} to suppress")
-    if result.to_suppress:
-        click.echo(f"{len(result.to_suppress)} address(es) unsubscribed or bounced in the export were not added; "
-                   f"keep them suppressed", err=True)
+               f"{len(result.to_suppress)} unsubscribed or bounced in the export "
+               f"({suppressed} newly suppressed for every list)")
 
 
 # --- serve, suppressions, archive, report (issue #4) ------------------------------------------------

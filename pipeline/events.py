@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.sendlog import Migration, now, open_sendlog, transaction
+from pipeline.sendlog import Migration, insert_suppression, now, open_sendlog, transaction
 
 MIGRATIONS: list[Migration] = [
     ("events_001_initial", """
@@ -62,7 +62,7 @@ MIGRATIONS: list[Migration] = [
 # `dropped` reasons that mean the address itself must not be mailed again, and the suppression reason.
 DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam reporting address": "spamreport",
                     "unsubscribed address": "unsubscribe"}
-# Our names for them -> the send log's suppression reasons (sendlog.REASONS, plus block and invalid).
+# Our names for them -> the send log's suppression reasons (sendlog.REASONS).
 SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
                        "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
 # How far a delivery got; a later event never moves it back (events arrive out of order).
@@ -143,13 +143,6 @@ def advance_outcome(conn: sqlite3.Connection, delivery_id: int, outcome: str, at
                  (delivery_id, outcome, at, now()))
 
 
-def suppress(conn: sqlite3.Connection, email: str, *, reason: str, source: str) -> bool:
-    """sendlog.add_suppression's insert, for use inside a transaction that also records the event."""
-    cursor = conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, source, created_at) VALUES (?, ?, ?, ?)",
-                          (email.strip(), reason, source, now()))
-    return cursor.rowcount == 1
-
-
 def record_reject(conn: sqlite3.Connection, body: bytes, reason: str) -> None:
     """Keep a signed body we could not read (once per distinct body; SendGrid retries it)."""
     digest = hashlib.sha256(body).hexdigest()
@@ -168,7 +161,7 @@ def link_unsubscribe(conn: sqlite3.Connection, *, email: str, list_name: str, is
     fields = {"event": "unsubscribe", "email": email.lower(), "nl_list": list_name, "nl_issue": issue}
     key = hashlib.sha256(json.dumps(["link", fields], sort_keys=True).encode()).hexdigest()
     with transaction(conn):
-        added = suppress(conn, email, reason="unsubscribed", source=f"{LINK_SOURCE} {list_name} {issue}")
+        added = insert_suppression(conn, email, reason="unsubscribed", source=f"{LINK_SOURCE} {list_name} {issue}")
         match = _match_link(conn, email=email, list_name=list_name, issue=issue)
         record_event(conn, key=key, event=fields, status="applied", source="link", match=match)
     return added

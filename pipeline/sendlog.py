@@ -88,7 +88,7 @@ MIGRATIONS: list[Migration] = [
 
 STATES = ("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed")
 TO_SEND = ("pending", "failed")  # certainly not sent: what a run sends
-REASONS = ("unsubscribed", "bounced", "complained", "manual")
+REASONS = ("unsubscribed", "bounced", "blocked", "invalid", "complained", "manual")
 
 
 def now() -> str:
@@ -176,13 +176,17 @@ class Suppression:
     created_at: str
 
 
+def insert_suppression(conn: sqlite3.Connection, email: str, *, reason: str, source: str) -> bool:
+    """add_suppression inside a transaction the caller holds (an event and its suppression commit together)."""
+    cursor = conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, source, created_at) VALUES (?, ?, ?, ?)",
+                          (email.strip(), reason, source, now()))
+    return cursor.rowcount == 1
+
+
 def add_suppression(conn: sqlite3.Connection, email: str, *, reason: str, source: str) -> bool:
     """Suppress an address for every list; False if it already was (the first reason is kept)."""
     with transaction(conn):
-        cursor = conn.execute(
-            "INSERT OR IGNORE INTO suppressions (email, reason, source, created_at) VALUES (?, ?, ?, ?)",
-            (email.strip(), reason, source, now()))
-    return cursor.rowcount == 1
+        return insert_suppression(conn, email, reason=reason, source=source)
 
 
 def remove_suppression(conn: sqlite3.Connection, email: str) -> bool:

@@ -20,8 +20,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from pipeline.errors import ConfigError, SendError
-from pipeline.events import suppress
-from pipeline.sendlog import transaction
+from pipeline.sendlog import insert_suppression, transaction
 
 API_KEY_ENV = "SENDGRID_API_KEY"
 API_HOST_ENV = "SENDGRID_API_HOST"  # only to point the client at a stand-in in tests
@@ -130,7 +129,7 @@ def sync(conn: sqlite3.Connection, fetch: Fetch, *, group_id: int | None = None,
                 source = f"sendgrid {kind.name}"
                 if kind.name == "group_unsubscribes":
                     source += f" group {entry.get('group_id')}"
-                added += suppress(conn, email, reason=kind.reason, source=source)
+                added += insert_suppression(conn, email, reason=kind.reason, source=source)
             result.fetched[kind.name] = len(entries)
             result.added[kind.name] = added
     return result

@@ -28,10 +28,9 @@ from pipeline.events import (
     advance_outcome,
     find_delivery,
     record_event,
-    suppress,
     suppression_reason,
 )
-from pipeline.sendlog import transaction
+from pipeline.sendlog import insert_suppression, transaction
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -183,6 +182,6 @@ def process_events(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> Ou
                 conn.execute("DELETE FROM suppressions WHERE email = ? AND source = 'webhook group_unsubscribe'",
                              (email.strip(),))
             reason = suppression_reason(item)
-            if reason and suppress(conn, email, reason=SUPPRESSION_REASONS[reason], source=f"webhook {kind}"):
+            if reason and insert_suppression(conn, email, reason=SUPPRESSION_REASONS[reason], source=f"webhook {kind}"):
                 outcome.suppressed.append(email)
     return outcome

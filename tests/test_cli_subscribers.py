@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pipeline.cli import main
+from pipeline.sendlog import list_suppressions, open_sendlog
 
 LISTS = Path(__file__).parent / "fixtures" / "lists"
 REPO = Path(__file__).parent.parent
@@ -56,18 +57,22 @@ def test_import_creates_the_list_then_adds_nothing_twice(site: Path, monkeypatch
     first = run(site, monkeypatch, "import", export, "--list", "weekly")
     assert first.exit_code == 0, first.output
     assert ("mailchimp_subscribed.csv (mailchimp) -> weekly.csv: 3 added, 1 already present, 1 invalid, "
-            "0 to suppress") in first.stdout
+            "0 unsubscribed or bounced") in first.stdout
     assert "mailchimp_subscribed.csv:5: error: invalid address 'alan@example'" in first.stderr
     second = run(site, monkeypatch, "import", export, "--list", "weekly")
     assert "0 added, 4 already present" in second.stdout
     assert (site / "subscribers" / "weekly.csv").read_text().count("\n") == 4
 
 
-def test_import_reports_addresses_to_suppress(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_import_suppresses_unsubscribed_addresses(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run(site, monkeypatch, "import", str(LISTS / "mailchimp_unsubscribed.csv"), "--list", "sample")
     assert result.exit_code == 0
-    assert "0 added, 0 already present, 0 invalid, 2 to suppress" in result.stdout
-    assert "2 address(es) unsubscribed or bounced" in result.stderr
+    assert "0 added, 0 already present, 0 invalid, 2 unsubscribed or bounced in the export " \
+           "(2 newly suppressed for every list)" in result.stdout
+    stored = list_suppressions(open_sendlog(site / ".newsletter" / "sendlog.sqlite3"))
+    assert [(s.reason, s.source) for s in stored] == [("unsubscribed", "import mailchimp_unsubscribed.csv")] * 2
+    again = run(site, monkeypatch, "import", str(LISTS / "mailchimp_unsubscribed.csv"), "--list", "sample")
+    assert "(0 newly suppressed for every list)" in again.stdout
 
 
 def test_import_refuses_a_list_name_with_a_folder(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
