@@ -168,7 +168,8 @@ class OutboxTransport:
         p = self.personalizer
         for _, address, name, fields_json in batch.rows:
             values = p.values(address, name, p.parse_fields(fields_json))
-            headers = {**p.headers(values["unsubscribe_url"]), **self._extra}
+            headers = {**p.headers(values["unsubscribe_url"]), **self._extra, "Date": email.utils.formatdate(),
+                       "Message-ID": email.utils.make_msgid(domain=self._sender.domain)}  # what a mail client expects
             to = Address(display_name(name), addr_spec=address)
             msg = mime_message(p.mailing.email, sender=self._sender, to=to, values=values, headers=headers,
                                reply_to=p.mailing.reply_to)
