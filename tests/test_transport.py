@@ -127,6 +127,7 @@ def test_outbox_writes_personalised_messages(site: Path, tmp_path: Path) -> None
     url = p.values("ada@example.org", "Ada", {})["unsubscribe_url"]
     assert msg["List-Unsubscribe"] == f"<{url}>, <mailto:editor@example.org?subject=unsubscribe>"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["Date"].datetime is not None and msg["Message-ID"].endswith("@example.org>")
     text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert "Hi Ada of London" in text and url in text
