@@ -19,7 +19,7 @@ SAMPLE = "issues/027-2022-04-01"
 LAYOUT_PROBE = """() => {
   const vw = document.documentElement.clientWidth;
   const out = {vw, scrollWidth: document.documentElement.scrollWidth, wideImages: [], unstacked: [],
-               breakable: [], lowContrast: []};
+               breakable: [], lowContrast: [], korean: 0};
   out.tooWide = [...document.body.querySelectorAll('*')]
     .filter(e => e.getBoundingClientRect().right > vw + 0.5).map(e => e.outerHTML.slice(0, 80));
   for (const img of document.images) {
@@ -49,7 +49,10 @@ LAYOUT_PROBE = """() => {
     if (!text || !el.getClientRects().length || getComputedStyle(el).display === 'none') continue;
     const style = getComputedStyle(el);
     if (parseFloat(style.maxHeight) === 0 || style.opacity === '0') continue;  // the hidden preheader
-    if (/[\\uac00-\\ud7a3]/.test(text) && style.wordBreak !== 'keep-all') out.breakable.push(text.slice(0, 30));
+    if (/[\\uac00-\\ud7a3]/.test(text)) {
+      out.korean += 1;
+      if (style.wordBreak !== 'keep-all') out.breakable.push(text.slice(0, 30));
+    }
     const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(el))];
     const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
     if (ratio < 4.5) out.lowContrast.push(`${text.slice(0, 30)} (${ratio.toFixed(2)})`);
@@ -68,6 +71,10 @@ def layout(url: str, *, scheme: str = "light") -> dict[int, dict[str, Any]]:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_sample_issue_in_chromium(sample_root: Path, scheme: str) -> None:
+    # The sample is an English translation: give it Korean text (a list item, a paragraph) to lay out.
+    article = sorted((sample_root / SAMPLE / "articles").glob("*.md"))[0]
+    article.write_text(article.read_text("utf-8") + "\n- 국토교통부는 스마트시티 국가시범도시 조성을 추진하고 있습니다.\n\n"
+                       + "세종과 부산의 국가시범도시는 시민 참여형 리빙랩을 운영합니다. " * 8 + "\n", "utf-8")
     config = load_config(sample_root)
     with PreviewServer(sample_root / SAMPLE, config) as server:
         assert server.preview.error is None, server.preview.error
@@ -75,7 +82,7 @@ def test_sample_issue_in_chromium(sample_root: Path, scheme: str) -> None:
     for width, m in measured.items():
         assert m["scrollWidth"] <= m["vw"], f"horizontal scroll at {width}px"
         assert m["tooWide"] == [] and m["wideImages"] == [] and m["unstacked"] == []
-        assert m["breakable"] == [], f"Korean text may break mid-word at {width}px"
+        assert m["korean"] >= 2 and m["breakable"] == [], f"Korean text may break mid-word at {width}px"
         assert m["lowContrast"] == [], f"unreadable text in {scheme} mode at {width}px"
 
 
