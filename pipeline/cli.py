@@ -47,7 +47,7 @@ issue_dir = click.argument("issue_dir", type=click.Path(path_type=Path, file_oka
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show tracebacks and keep failed build output.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line error messages.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """Compile newsletter issues into email and send them exactly once."""
