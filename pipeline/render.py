@@ -186,27 +186,34 @@ def _mjml_problem(exc: ValueError, source: str, file: Path) -> Problem:
                    fix="look at that line of the rendered MJML and fix the template that produced it")
 
 
+def _refuse_fetch(*args: object, **kwargs: object) -> None:
+    raise IssueError("premailer tried to fetch a stylesheet; remove <link> and @import from the theme")
+
+
+_NO_REQUESTS = types.ModuleType("requests", "premailer may not fetch anything")
+_NO_REQUESTS.get = _refuse_fetch  # type: ignore[attr-defined]
+
+
 def _premailer() -> Any:
-    """Import premailer with `requests` replaced by a module that refuses every call.
+    """premailer whose `requests` is a module that refuses every call.
 
-    premailer needs requests only to fetch external stylesheets, which we never allow; the stand-in makes
-    a fetch impossible and spares a cold build the import of requests and urllib3 (about a third of it).
+    premailer needs requests only to fetch external stylesheets, which we never allow: the refusal makes a
+    fetch impossible and, when premailer is imported here first, spares a cold build the import of requests
+    and urllib3 (about a third of it).
     """
-    if "premailer" not in sys.modules and "requests" not in sys.modules:
-        refuse = types.ModuleType("requests", "premailer may not fetch anything")
-
-        def get(*args: object, **kwargs: object) -> None:
-            raise IssueError("premailer tried to fetch a stylesheet; remove <link> and @import from the theme")
-
-        refuse.get = get  # type: ignore[attr-defined]
-        sys.modules["requests"] = refuse
+    if "premailer.premailer" not in sys.modules:
+        real = sys.modules.get("requests")
+        sys.modules["requests"] = _NO_REQUESTS
         try:
-            importlib.import_module("premailer")
+            importlib.import_module("premailer.premailer")
         finally:
-            del sys.modules["requests"]
-    from premailer import Premailer
-
-    return Premailer
+            if real is None:
+                del sys.modules["requests"]
+            else:
+                sys.modules["requests"] = real
+    module = sys.modules["premailer.premailer"]
+    module.requests = _NO_REQUESTS  # type: ignore[attr-defined]  # also when requests was imported before
+    return module.Premailer
 
 
 def inline_css(html: str, css: str) -> str:

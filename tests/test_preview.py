@@ -73,8 +73,9 @@ def layout(url: str, *, scheme: str = "light") -> dict[int, dict[str, Any]]:
 def test_sample_issue_in_chromium(sample_root: Path, scheme: str) -> None:
     # The sample is an English translation: give it Korean text (a list item, a paragraph) to lay out.
     article = sorted((sample_root / SAMPLE / "articles").glob("*.md"))[0]
-    article.write_text(article.read_text("utf-8") + "\n- 국토교통부는 스마트시티 국가시범도시 조성을 추진하고 있습니다.\n\n"
-                       + "세종과 부산의 국가시범도시는 시민 참여형 리빙랩을 운영합니다. " * 8 + "\n", "utf-8")
+    korean = ("\n- 국토교통부는 스마트시티 국가시범도시 조성을 추진하고 있습니다.\n\n"
+              + "세종과 부산의 국가시범도시는 시민 참여형 리빙랩을 운영합니다. " * 8 + "\n")
+    article.write_text(article.read_text("utf-8") + korean, "utf-8")
     config = load_config(sample_root)
     with PreviewServer(sample_root / SAMPLE, config) as server:
         assert server.preview.error is None, server.preview.error

@@ -330,3 +330,21 @@ def test_broken_mjml_reports_line_and_column(sample_root: Path) -> None:
     assert problem.line is not None and problem.line > 10
     assert problem.column == 9  # the indented <mj-text> that is never closed
     assert "<mj-text" in problem.message
+
+
+@pytest.mark.parametrize("css", ["@import url(https://fonts.example.org/a.css);\n",
+                                 ".masthead { background: url('https://cdn.example.org/bg.png'); }\n"])
+def test_inline_css_that_would_fetch_is_refused(sample_root: Path, css: str) -> None:
+    path = sample_root / "templates/default/inline.css"
+    path.write_text(css + path.read_text("utf-8"), "utf-8")
+    with pytest.raises(IssueError, match="may not use @import or remote url"):
+        render(sample_root)
+
+
+def test_premailer_cannot_fetch_anything() -> None:
+    """Even a <link> stylesheet in the HTML cannot make premailer reach the network: its requests is a refusal."""
+    from pipeline.render import _premailer
+
+    page = '<html><head><link rel="stylesheet" href="https://cdn.example.org/x.css"></head><body></body></html>'
+    with pytest.raises(IssueError, match="premailer tried to fetch"):
+        _premailer()(page, allow_network=True).transform()
