@@ -66,6 +66,8 @@ DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam rep
 SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
                        "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
 # How far a delivery got; a later event never moves it back (events arrive out of order).
+# Kept out of the stored payload: personal data the report does not need (the event key still covers them).
+UNSTORED_FIELDS = frozenset({"ip", "useragent"})
 OUTCOME_RANK = {"processed": 1, "deferred": 2, "delivered": 3, "bounce": 4, "dropped": 4}
 
 
@@ -120,7 +122,8 @@ def record_event(conn: sqlite3.Connection, *, key: str, event: Mapping[str, Any]
          match.issue if match else _text(event.get("nl_issue")),
          match.list_name if match else _text(event.get("nl_list")),
          int(occurred) if isinstance(occurred, int | float) else None, _text(event.get("url")),
-         json.dumps(dict(event), sort_keys=True, default=str), now()))
+         json.dumps({k: v for k, v in event.items() if k not in UNSTORED_FIELDS}, sort_keys=True, default=str),
+         now()))
     return cursor.rowcount == 1
 
 

@@ -249,6 +249,19 @@ def test_forged_posts_get_403_and_change_nothing(server: tuple[str, Path, int], 
     assert dump(db_path) == before
 
 
+def test_events_are_stored_without_the_readers_ip_and_user_agent(server: tuple[str, Path, int],
+                                                                 signer: Signer) -> None:
+    url, db_path, send_id = server
+    status, counts = post(url, signer, [event("open", send_id=str(send_id), ip="203.0.113.9",
+                                              useragent="Mozilla/5.0 (Reader's phone)")])
+    assert status == 200 and counts["applied"] == 1
+    with sqlite3.connect(db_path) as conn:
+        (payload,) = conn.execute("SELECT payload FROM events WHERE event = 'open'").fetchone()
+    stored = json.loads(payload)
+    assert stored["email"] == "ada@example.org" and "ip" not in stored and "useragent" not in stored
+    assert "203.0.113.9" not in payload and "Reader's phone" not in payload
+
+
 def test_bad_input_gets_a_clear_4xx_and_loses_nothing(server: tuple[str, Path, int], signer: Signer) -> None:
     url, db_path, send_id = server
     junk = b'[{"event": "open", "email": '
