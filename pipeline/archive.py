@@ -27,6 +27,7 @@ from pipeline.render import UNSUBSCRIBE, render_email
 # Rendered with this instead of base_url, then replaced by relative links (never a real host: .invalid).
 _SENTINEL = "https://archive-base.invalid"
 NEUTRAL_UNSUBSCRIBE = "../unsubscribe/"
+WRITTEN_LIST = ".archive-files"  # in the --out folder: what the last write put there
 ATOM = "http://www.w3.org/2005/Atom"
 
 
@@ -207,25 +208,39 @@ class Archive:
         return Page(source.read_bytes(), mimetypes.guess_type(source.name)[0] or "application/octet-stream")
 
     def write(self, out: Path) -> tuple[list[Path], list[Problem]]:
-        """Write the whole archive as static files under `out` (which is published as /archive/)."""
+        """Write the whole archive as static files under `out` (which is published as /archive/).
+
+        Every page is rendered before the first file is written. Files an earlier write put there and this
+        one does not (an issue no longer published, an image no longer used) are removed; other files in
+        `out` are left alone."""
         issues, problems = self.issues()
-        out.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-
-        def put(rel: str, text: str) -> None:
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, "utf-8")
-            written.append(target)
-
-        put("index.html", index_page(issues, self.config))
-        put("feed.xml", feed(issues, self.config))
-        put("unsubscribe/index.html", unsubscribe_page(self.config))
+        pages = {"index.html": index_page(issues, self.config), "feed.xml": feed(issues, self.config),
+                 "unsubscribe/index.html": unsubscribe_page(self.config)}
+        copies: dict[str, Path] = {}
         for issue in issues:
-            put(f"{issue.slug}/index.html", self.issue_html(issue))
-            for rel, source in issue_files(issue).items():
-                target = out / issue.slug / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-                written.append(target)
-        return written, problems
+            pages[f"{issue.slug}/index.html"] = self.issue_html(issue)
+            copies.update({f"{issue.slug}/{rel}": source for rel, source in issue_files(issue).items()})
+        for rel in [*pages, *copies]:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        for rel, text in pages.items():
+            (out / rel).write_text(text, "utf-8")
+        for rel, source in copies.items():
+            shutil.copyfile(source, out / rel)
+        prune(out, {*pages, *copies})
+        return [out / rel for rel in [*pages, *copies]], problems
+
+
+def prune(out: Path, current: set[str]) -> None:
+    """Remove what the previous write listed and this one did not write, then list this write's files."""
+    listing = out / WRITTEN_LIST
+    previous = listing.read_text("utf-8").splitlines() if listing.is_file() else []
+    for rel in sorted(set(previous) - current):
+        target = out / rel
+        if ".." in Path(rel).parts or not target.is_file():
+            continue
+        target.unlink()
+        for folder in target.parents:
+            if folder == out or any(folder.iterdir()):
+                break
+            folder.rmdir()
+    listing.write_text("".join(f"{rel}\n" for rel in sorted(current)), "utf-8")

@@ -82,6 +82,19 @@ def test_static_files_are_the_served_pages(site: Path, tmp_path: Path) -> None:
     assert archive.get("002-second/") is None
 
 
+def test_a_rewrite_removes_what_is_no_longer_published_and_nothing_else(site: Path, tmp_path: Path) -> None:
+    config = with_second_issue(site)
+    out = tmp_path / "out"
+    Archive(config, published=lambda: {"001-hello", "002-second"}).write(out)
+    assert (out / "002-second/index.html").is_file()
+    (out / "robots.txt").write_text("User-agent: *\n", "utf-8")  # the operator's own file
+    written, _ = Archive(config, published=lambda: {"001-hello"}).write(out)
+    assert not (out / "002-second").exists()
+    assert (out / "001-hello/images/square.png").is_file() and (out / "robots.txt").is_file()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(
+        [".archive-files", "robots.txt", *(p.relative_to(out).as_posix() for p in written)])
+
+
 def test_sample_issue_web_version_references_only_published_images(tmp_path: Path) -> None:
     """The repository's own newsletter (its default theme and sample issue), not only the test fixture."""
     import re
