@@ -291,12 +291,10 @@ def subscribers_import(file: Path, list_name: str) -> None:
     _print_problems(result.problems)
     suppressed = 0
     if result.to_suppress:
-        from pipeline.sendlog import insert_suppression, open_sendlog, transaction
+        from pipeline.sendlog import add_suppressions, open_sendlog
 
-        conn = open_sendlog(config.sendlog_path)
-        with transaction(conn):
-            for email, reason in result.to_suppress:
-                suppressed += insert_suppression(conn, email, reason=reason, source=f"import {file.name}")
+        suppressed = add_suppressions(open_sendlog(config.sendlog_path), result.to_suppress,
+                                      source=f"import {file.name}")
     click.echo(f"{file.name} ({result.source_format}) -> {dest.name}: {result.added} added, "
                f"{result.already_present} already present, {result.invalid} invalid, "
                f"{len(result.to_suppress)} unsubscribed or bounced in the export "
@@ -304,25 +302,6 @@ def subscribers_import(file: Path, list_name: str) -> None:
 
 
 # --- serve, suppressions, archive, report (issue #4) ------------------------------------------------
-
-
-def _sent_issues_or_all(sendlog_path: Path, all_issues: bool) -> Callable[[], set[str] | None]:
-    """The archive's selection: issues the send log has sent (read only: no send log, nothing sent)."""
-
-    def published() -> set[str] | None:
-        if all_issues:
-            return None
-        import sqlite3
-        from contextlib import closing
-
-        from pipeline.archive import sent_issues
-
-        if not sendlog_path.is_file():
-            return set()
-        with closing(sqlite3.connect(f"file:{sendlog_path}?mode=ro", uri=True, timeout=30)) as conn:
-            return sent_issues(conn)
-
-    return published
 
 
 all_issues_option = click.option("--all-issues", is_flag=True,
@@ -437,11 +416,15 @@ def suppressions_remove(address: str) -> None:
 @_report_errors
 def archive(out: Path, all_issues: bool) -> None:
     """Write the web archive as static files: index, one page per issue, images, feed.xml."""
-    from pipeline.archive import Archive
+    from pipeline.archive import Archive, sent_issues_in
     from pipeline.config import load_config
 
     config = load_config()
-    written, problems = Archive(config, published=_sent_issues_or_all(config.sendlog_path, all_issues)).write(out)
+
+    def published() -> set[str] | None:  # None: every valid issue
+        return None if all_issues else sent_issues_in(config.sendlog_path)
+
+    written, problems = Archive(config, published=published).write(out)
     _print_problems(problems)
     pages = sum(p.name == "index.html" for p in written) - 2  # the index and the unsubscribe page
     click.echo(f"wrote {len(written)} files to {out} ({pages} issue(s))")

@@ -189,6 +189,12 @@ def add_suppression(conn: sqlite3.Connection, email: str, *, reason: str, source
         return insert_suppression(conn, email, reason=reason, source=source)
 
 
+def add_suppressions(conn: sqlite3.Connection, found: Iterable[tuple[str, str]], *, source: str) -> int:
+    """(address, reason) pairs in one transaction; returns how many were new."""
+    with transaction(conn):
+        return sum(insert_suppression(conn, email, reason=reason, source=source) for email, reason in found)
+
+
 def remove_suppression(conn: sqlite3.Connection, email: str) -> bool:
     """Allow mail to an address again; False if it was not suppressed."""
     with transaction(conn):
