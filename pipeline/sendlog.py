@@ -30,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.bulk import insert_chunks, json_columns
 from pipeline.errors import SendError
 
 Migration = tuple[str, str]  # (globally unique name, SQL script)
@@ -285,12 +286,22 @@ Row = tuple[str, str, str | None]  # (email, name, merge fields as JSON or None)
 
 
 def add_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row]) -> int:
-    """Record the recipients of a new send (one transaction); duplicates are ignored. Returns rows added."""
-    with transaction(conn):
-        before = conn.total_changes
-        conn.executemany(f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
-                         f"VALUES ({int(send_id)}, ?, ?, ?)", rows)
-        return conn.total_changes - before
+    """Record the recipients of a new send (one transaction); duplicates are ignored. Returns rows added.
+
+    `rows` is read in a helper thread while SQLite inserts (see pipeline.bulk). The send's row is checked
+    once instead of a foreign key lookup for each of a million rows: that lookup was a fifth of the insert.
+    """
+    conn.execute("PRAGMA foreign_keys = OFF")  # a no-op inside a transaction: so before it, and on again after
+    try:
+        with transaction(conn):
+            if conn.execute("SELECT 1 FROM sends WHERE id = ?", (send_id,)).fetchone() is None:
+                raise SendError(f"send {send_id} is not in the send log")
+            before = conn.total_changes
+            insert_chunks(conn, f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
+                          f"SELECT {int(send_id)}, {json_columns(3)} FROM json_each(?)", rows)
+            return conn.total_changes - before
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
 
 
 def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row]) -> int:
@@ -304,7 +315,8 @@ def sync_recipients(conn: sqlite3.Connection, send_id: int, rows: Iterable[Row])
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE, "
                      "name TEXT, fields TEXT)")
         conn.execute("DELETE FROM temp.listed")
-        conn.executemany("INSERT OR IGNORE INTO temp.listed (email, name, fields) VALUES (?, ?, ?)", rows)
+        insert_chunks(conn, f"INSERT OR IGNORE INTO temp.listed (email, name, fields) "
+                      f"SELECT {json_columns(3)} FROM json_each(?)", rows)
         before = conn.total_changes
         conn.execute("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
                      "SELECT ?, email, name, fields FROM temp.listed ORDER BY rowid", (send_id,))

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,28 @@ def test_sync_lifts_suppressed_rows_that_are_listed_again(conn: sqlite3.Connecti
     sendlog.remove_suppression(conn, "r0@example.org")
     sendlog.sync_recipients(conn, send.id, [("r0@example.org", "", None), ("r1@example.org", "", None)])
     assert sendlog.counts(conn, send.id)["pending"] == 1
+
+
+def test_add_recipients_in_chunks_keeps_order_and_rolls_back_on_error(conn: sqlite3.Connection,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline import bulk
+
+    monkeypatch.setattr(bulk, "CHUNK_ROWS", 3)
+    send = sendlog.create_send(conn, issue="001", list_name="l", transport="sendgrid", content_hash="h", subject="s")
+    rows = [(f"r{i}@example.org", f"Zoë {i}", '{"city": "Köln"}' if i % 2 else None) for i in range(10)]
+    assert sendlog.add_recipients(conn, send.id, iter(rows)) == 10
+    stored = conn.execute("SELECT email, name, fields FROM deliveries WHERE send_id = ? ORDER BY id", (send.id,))
+    assert [tuple(r) for r in stored] == rows
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+    def broken() -> Iterator[sendlog.Row]:
+        yield from [(f"b{i}@example.org", "", None) for i in range(7)]
+        raise ValueError("bad row")
+
+    other = sendlog.create_send(conn, issue="002", list_name="l", transport="sendgrid", content_hash="h", subject="s")
+    with pytest.raises(ValueError, match="bad row"):
+        sendlog.add_recipients(conn, other.id, broken())
+    assert conn.execute("SELECT count(*) FROM deliveries WHERE send_id = ?", (other.id,)).fetchone()[0] == 0
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    with pytest.raises(SendError, match="not in the send log"):
+        sendlog.add_recipients(conn, 999, rows)
