@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pipeline import sendlog, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
+from pipeline.bodies import BodyBuilder, Lookahead
 from pipeline.config import Config
 from pipeline.errors import Problem, SendError, SubscriberError
 from pipeline.lock import SendLock
@@ -260,32 +261,44 @@ class SendJob:
         states = (*sendlog.TO_SEND, "in_doubt") if self.options.resend_in_doubt else sendlog.TO_SEND
         size = self.config.sending.batch_size
         after, self._streak = 0, 0
-        # One request in flight at a time; while it is, the next batch's rows are read and its body built.
-        upcoming = self._prefetch(states, after)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
-            while True:
-                self._check_schedule()
-                if upcoming[0]:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
-                    self._pace()
-                claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
-                                            request_id=uuid.uuid4().hex)
-                if claim is None:
-                    break
-                if not upcoming[0]:  # rare: the rows looked at ahead were all suppressed meanwhile
-                    self._pace()
-                after = claim.last
-                body = upcoming[1] if upcoming[0] == claim.rows else self._body(claim.rows)
-                batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=body)
-                self._last_request, self._attempts = self.clock(), 1
-                summary.requests += 1
-                future = pool.submit(self._transport.send, batch)
-                try:
-                    upcoming = self._prefetch(states, after)
-                finally:  # whatever happened meanwhile, the answer is recorded
-                    result = future.result()
-                    if result.outcome is Outcome.RETRY:
-                        result = self._deliver(batch, summary, claim, first=result)
-                    self._record(claim, result, summary, progress)
+        # One request in flight at a time; while it is, the next batches' rows are read and their bodies built
+        # (by a helper process: see pipeline.bodies).
+        p = self._personalizer
+        builder = BodyBuilder(p) if p is not None and self._sends_bodies() else None
+        ahead = Lookahead(self.conn, self.send.id, size=size, states=states, build=self._body, builder=builder)
+        try:
+            ahead.fill(after)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
+                while True:
+                    self._check_schedule()
+                    head = ahead.head
+                    if head and head.rows:  # pause before the claim: a kill while pausing leaves nothing in doubt
+                        self._pace()
+                    request_id = uuid.uuid4().hex
+                    claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, version=head.version,
+                                                 states=states, request_id=request_id) if head else None
+                    if claim is None:
+                        claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
+                                                    request_id=request_id)
+                    if claim is None:
+                        break
+                    if not (head and head.rows):  # rare: the rows looked at ahead were all suppressed meanwhile
+                        self._pace()
+                    after = claim.last
+                    batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=ahead.body(claim))
+                    self._last_request, self._attempts = self.clock(), 1
+                    summary.requests += 1
+                    future = pool.submit(self._transport.send, batch)
+                    try:
+                        ahead.fill(after)
+                    finally:  # whatever happened meanwhile, the answer is recorded
+                        result = future.result()
+                        if result.outcome is Outcome.RETRY:
+                            result = self._deliver(batch, summary, claim, first=result)
+                        self._record(claim, result, summary, progress)
+        finally:
+            if builder is not None:
+                builder.close()
         counts = sendlog.counts(self.conn, self.send.id)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
@@ -294,16 +307,14 @@ class SendJob:
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _prefetch(self, states: tuple[str, ...], after: int) -> tuple[list[sendlog.DeliveryRow], str | None]:
-        assert self.conn is not None and self.send is not None
-        rows = sendlog.peek_batch(self.conn, self.send.id, size=self.config.sending.batch_size, after=after,
-                                  states=states)
-        return rows, self._body(rows) if rows else None
+    def _sends_bodies(self) -> bool:
+        return self._transport.kind == "sendgrid" and self._personalizer is not None
 
     def _body(self, rows: list[sendlog.DeliveryRow]) -> str | None:
         """The request body, built ahead for transports that send one (SendGrid)."""
-        if self._transport.kind != "sendgrid" or self._personalizer is None:
+        if not self._sends_bodies():
             return None
+        assert self._personalizer is not None
         return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
 
     def _record(self, claim: sendlog.Claim, result: Result, summary: Summary, progress: Progress) -> None:

@@ -100,6 +100,20 @@ def sendgrid_errors(body: bytes | None) -> str:
     return "; ".join(parts) or (body or b"").decode("utf-8", "replace")[:300] or "no error message"
 
 
+class _Body(str):
+    """A request body as python_http_client takes it (text it encodes). The client formats every body into
+    a DEBUG message, logged or not; for 500 KB of bytes that repr cost 2 ms, more than the rest of the
+    request. The bytes it gets from `encode` format as their size instead."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return _Encoded(str.encode(self, encoding, errors))
+
+
+class _Encoded(bytes):
+    def __format__(self, spec: str) -> str:
+        return f"<{len(self)} bytes>"
+
+
 class SendGridTransport:
     """The real thing. The API key is kept only inside the client and scrubbed from every message."""
 
@@ -126,7 +140,7 @@ class SendGridTransport:
 
         body = self.personalizer.body(batch)
         try:
-            response = self._client.client.mail.send.post(request_body=body)
+            response = self._client.client.mail.send.post(request_body=_Body(body))
         except HTTPError as exc:
             status = int(exc.status_code)
             message = self._scrub(sendgrid_errors(exc.body))

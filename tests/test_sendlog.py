@@ -163,3 +163,38 @@ def test_add_recipients_in_chunks_keeps_order_and_rolls_back_on_error(conn: sqli
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     with pytest.raises(SendError, match="not in the send log"):
         sendlog.add_recipients(conn, 999, rows)
+
+
+def test_claim_peeked_takes_the_peeked_rows_or_nothing(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    send = _send(conn, 6)
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=2)
+    claim = sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="a")
+    assert claim is not None and claim.rows is rows and sendlog.counts(conn, send.id)["in_flight"] == 2
+    batch = conn.execute("SELECT size, first_delivery, last_delivery FROM batches WHERE id = ?", (claim.id,))
+    assert tuple(batch.fetchone()) == (2, rows[0][0], rows[1][0])
+    # a suppression committed by another process (`newsletter serve`) after the peek: nothing is taken
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=2, after=claim.last)
+    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
+    sendlog.add_suppression(other, "R3@example.org", reason="unsubscribed", source="webhook")
+    other.close()
+    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b") is None
+    assert sendlog.counts(conn, send.id)["in_flight"] == 2
+    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
+    slow = sendlog.claim_batch(conn, send.id, size=2, after=claim.last, request_id="b")
+    assert slow is not None and [r[1] for r in slow.rows] == ["r2@example.org"]
+    assert sendlog.counts(conn, send.id)["suppressed"] == 1
+    assert sendlog.claim_peeked(conn, send.id, [], version=version, request_id="c") is None
+
+
+def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 3)
+    sendlog.add_suppression(conn, "r1@example.org", reason="manual", source="test")
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=3)
+    assert [r[1] for r in rows] == ["r0@example.org", "r2@example.org"]  # the peek skips it, the range has it
+    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="a") is None
+    claim = sendlog.claim_batch(conn, send.id, size=3, request_id="a")
+    assert claim is not None and claim.rows == rows
+    assert sendlog.counts(conn, send.id)["suppressed"] == 1
