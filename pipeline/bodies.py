@@ -69,6 +69,7 @@ class BodyBuilder:
 
 def _serve(personalizer: Personalizer, pipe: Connection, parent_end: Connection) -> None:
     """The helper: read rows (in a thread, so the parent never blocks sending them), build, answer."""
+    os.nice(10)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
     parent_end.close()  # else this process would hold both ends and never see EOF
     keep = pipe.fileno()

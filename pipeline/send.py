@@ -66,6 +66,7 @@ class SendJob:
         self._personalizer: Personalizer | None = None
         self._last_request = -1e9
         self._attempts = 0
+        self._unrecorded: sendlog.Finish | None = None  # an answer 202 recorded with the next claim
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -108,8 +109,11 @@ class SendJob:
                                       send_id=self.send.id, secret=secret, throwaway_secret=throwaway,
                                       send_at=send_at)
         self._personalizer = Personalizer(mailing)
-        listed, skipped = self._record_list(path)
-        counts = sendlog.counts(self.conn, self.send.id)
+        listed, added, skipped = self._record_list(path)
+        if self._created:  # all of them pending: no need to count a million rows
+            counts = {**dict.fromkeys(sendlog.STATES, 0), "pending": added}
+        else:
+            counts = sendlog.counts(self.conn, self.send.id)
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *skipped), listed=listed, to_send=to_send,
                                accepted=counts["accepted"], in_doubt=counts["in_doubt"])
@@ -177,9 +181,9 @@ class SendJob:
             return (0, address, recipient.name, fields)
         return (0, address, "", None)
 
-    def _record_list(self, path: Path) -> tuple[int, tuple[Problem, ...]]:
+    def _record_list(self, path: Path) -> tuple[int, int, tuple[Problem, ...]]:
         """Read the list once, checking every row, into the send log in one transaction (rolled back if
-        any row is bad and --skip-invalid was not given)."""
+        any row is bad and --skip-invalid was not given). Returns rows listed, rows added, problems."""
         assert self.conn is not None and self.send is not None and self._personalizer is not None
         started = time.perf_counter()
         reader = self._reader(path)
@@ -209,9 +213,9 @@ class SendJob:
 
         try:
             if self._created:
-                sendlog.add_recipients(self.conn, self.send.id, rows())
+                added = sendlog.add_recipients(self.conn, self.send.id, rows())
             else:
-                sendlog.sync_recipients(self.conn, self.send.id, rows())
+                added = sendlog.sync_recipients(self.conn, self.send.id, rows())
         except BaseException:
             self.cancel()
             raise
@@ -220,7 +224,7 @@ class SendJob:
         log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded "
                  "in %.1f s", self.options.list_name, listed, reader.invalid, reader.duplicates, reader.suppressed,
                  time.perf_counter() - started)
-        return listed, skipped
+        return listed, added, skipped
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
               listed: int, to_send: int, accepted: int = 0, in_doubt: int = 0) -> Plan:
@@ -275,9 +279,13 @@ class SendJob:
                     if head and head.rows:  # pause before the claim: a kill while pausing leaves nothing in doubt
                         self._pace()
                     request_id = uuid.uuid4().hex
-                    claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, version=head.version,
-                                                 states=states, request_id=request_id) if head else None
+                    claim = None
+                    if head and head.rows:  # the last answer and the next intent in one commit
+                        claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, version=head.version,
+                                                     states=states, request_id=request_id, finished=self._unrecorded)
+                        self._unrecorded = None
                     if claim is None:
+                        self._flush()
                         claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
                                                     request_id=request_id)
                     if claim is None:
@@ -297,8 +305,11 @@ class SendJob:
                             result = self._deliver(batch, summary, claim, first=result)
                         self._record(claim, result, summary, progress)
         finally:
-            if builder is not None:
-                builder.close()
+            try:
+                self._flush()
+            finally:
+                if builder is not None:
+                    builder.close()
         counts = sendlog.counts(self.conn, self.send.id)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
@@ -321,9 +332,10 @@ class SendJob:
         """The outcome of a request into the send log; stops the send on a refusal or a spent budget."""
         assert self.conn is not None
         size = len(claim.rows)
-        if result.outcome is Outcome.ACCEPTED:
-            sendlog.finish_batch(self.conn, claim, state="accepted", attempts=self._attempts,
-                                 http_status=result.status, message_id=result.message_id)
+        self._flush()
+        if result.outcome is Outcome.ACCEPTED:  # recorded with the next claim, or by _flush before any pause
+            self._unrecorded = sendlog.Finish(claim=claim, state="accepted", attempts=self._attempts,
+                                              http_status=result.status, message_id=result.message_id)
             summary.accepted += size
             self._streak = 0
             progress.advance(size)
@@ -342,6 +354,12 @@ class SendJob:
             summary.failed += size
             self._raise_unless_accepted(result, summary, test=False)
 
+    def _flush(self) -> None:
+        """Record an answer 202 kept for the next claim now: before any pause, and when the loop ends."""
+        if self._unrecorded is not None and self.conn is not None:
+            sendlog.record(self.conn, self._unrecorded)
+            self._unrecorded = None
+
     def _check_schedule(self) -> None:
         at = self.plan.send_at if self.plan else None
         if at is not None and time.time() >= at:
@@ -352,6 +370,7 @@ class SendJob:
                  first: Result | None = None) -> Result:
         """One request (or the answer `first` already got), retried on 429/5xx within the retry budget;
         returns the last answer."""
+        self._flush()
         budget = self.config.sending.retry_budget_seconds
         started = self.clock()
         self._attempts = 1 if first else 0
@@ -381,6 +400,7 @@ class SendJob:
         """The requests-per-second ceiling: wait until 1/rps has passed since the last request began."""
         wait = self._last_request + 1.0 / self.config.sending.requests_per_second - self.clock()
         if wait > 0:
+            self._flush()
             self.sleep(wait)
 
     def _raise_unless_accepted(self, result: Result, summary: Summary, *, test: bool) -> None:

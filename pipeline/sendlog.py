@@ -371,12 +371,12 @@ def recover_in_flight(conn: sqlite3.Connection, send_id: int) -> int:
     return cursor.rowcount
 
 
+_COUNTS = "SELECT " + ", ".join(f"count(*) FILTER (WHERE state = '{s}')" for s in STATES) + " FROM deliveries"
+
+
 def counts(conn: sqlite3.Connection, send_id: int) -> dict[str, int]:
-    found = dict.fromkeys(STATES, 0)
-    for state, n in conn.execute("SELECT state, count(*) FROM deliveries WHERE send_id = ? GROUP BY state",
-                                 (send_id,)):
-        found[state] = n
-    return found
+    """Deliveries per state, in one pass (GROUP BY would sort a million rows: a third slower)."""
+    return dict(zip(STATES, conn.execute(f"{_COUNTS} WHERE send_id = ?", (send_id,)).fetchone(), strict=True))
 
 
 def in_doubt_addresses(conn: sqlite3.Connection, send_id: int) -> list[str]:
@@ -468,38 +468,47 @@ def data_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
 
-class _Changed(Exception):
-    """The rows peeked are no longer exactly those to claim: roll back, claim the slow way."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Finish:
+    """A request's outcome to record: `accepted`, `in_doubt` or `failed` (its deliveries go back to be sent)."""
+
+    claim: Claim
+    state: str
+    attempts: int
+    http_status: int | None = None
+    message_id: str | None = None
+    error: str | None = None
 
 
 def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow], *, version: int,
-                 states: Sequence[str] = TO_SEND, request_id: str) -> Claim | None:
+                 states: Sequence[str] = TO_SEND, request_id: str, finished: Finish | None = None) -> Claim | None:
     """`claim_batch` of rows that `peek_batch` read when `data_version` was `version`, without reading them
     again: one UPDATE of their id range. Only if nothing can have changed: no other connection committed
     since (so no suppression arrived) and the range holds exactly these rows to send (none suppressed
-    between them). Otherwise nothing is written and None returned: the caller uses `claim_batch`.
+    between them). Otherwise nothing is claimed and None returned: the caller uses `claim_batch`.
     `data_version` sees other connections' commits only: between the peek and the claim, this connection
     itself must not change the rows or the suppressions (the send loop writes only earlier batches).
+
+    `finished`, the outcome of the previous request, is recorded in the same transaction, claimed or not:
+    one commit (and fsync) per request instead of two.
     """
-    if not rows:
-        return None
     marks = ",".join("?" * len(states))
-    first, last = rows[0][0], rows[-1][0]
-    try:
-        with unchecked(conn):
-            if data_version(conn) != version:
-                return None
-            batch_id = conn.execute(
-                "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-                "VALUES (?, ?, 'in_flight', ?, ?, ?, ?)", (send_id, request_id, len(rows), first, last, now())
-            ).lastrowid
-            taken = conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND "
-                                 f"id BETWEEN ? AND ? AND state IN ({marks})",
-                                 (batch_id, send_id, first, last, *states)).rowcount
-            if taken != len(rows):
-                raise _Changed
-    except _Changed:
-        return None
+    with unchecked(conn):
+        if finished is not None:
+            _finish(conn, finished)
+        if not rows or data_version(conn) != version:
+            return None
+        conn.execute("SAVEPOINT claim")
+        batch_id = conn.execute(
+            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+            "VALUES (?, ?, 'in_flight', ?, ?, ?, ?)", (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now())
+        ).lastrowid
+        taken = conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND "
+                             f"id BETWEEN ? AND ? AND state IN ({marks})",
+                             (batch_id, send_id, rows[0][0], rows[-1][0], *states)).rowcount
+        if taken != len(rows):
+            conn.execute("ROLLBACK TO claim")  # the outcome recorded above stays
+            return None
     assert batch_id is not None
     return Claim(id=batch_id, request_id=request_id, rows=rows)
 
@@ -507,14 +516,25 @@ def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow]
 def finish_batch(conn: sqlite3.Connection, claim: Claim, *, state: str, attempts: int,
                  http_status: int | None = None, message_id: str | None = None, error: str | None = None) -> None:
     """Record a request's outcome: `accepted`, `in_doubt` or `failed` (its deliveries go back to be sent)."""
-    assert state in ("accepted", "in_doubt", "failed")
+    record(conn, Finish(claim=claim, state=state, attempts=attempts, http_status=http_status,
+                        message_id=message_id, error=error))
+
+
+def record(conn: sqlite3.Connection, finished: Finish) -> None:
+    """`finish_batch` of a Finish."""
     with unchecked(conn):
-        stamp = now()
-        conn.execute("UPDATE batches SET state = ?, attempts = ?, http_status = ?, message_id = ?, error = ?, "
-                     "finished_at = ? WHERE id = ?", (state, attempts, http_status, message_id, error, stamp, claim.id))
-        conn.execute("UPDATE deliveries SET state = ?, message_id = ?, updated_at = ? WHERE id BETWEEN ? AND ? "
-                     "AND batch_id = ? AND state = 'in_flight'",
-                     (state, message_id, stamp, claim.first, claim.last, claim.id))
+        _finish(conn, finished)
+
+
+def _finish(conn: sqlite3.Connection, f: Finish) -> None:
+    assert f.state in ("accepted", "in_doubt", "failed")
+    stamp = now()
+    conn.execute("UPDATE batches SET state = ?, attempts = ?, http_status = ?, message_id = ?, error = ?, "
+                 "finished_at = ? WHERE id = ?", (f.state, f.attempts, f.http_status, f.message_id, f.error, stamp,
+                                                  f.claim.id))
+    conn.execute("UPDATE deliveries SET state = ?, message_id = ?, updated_at = ? WHERE id BETWEEN ? AND ? "
+                 "AND batch_id = ? AND state = 'in_flight'",
+                 (f.state, f.message_id, stamp, f.claim.first, f.claim.last, f.claim.id))
 
 
 def mark_waiting(conn: sqlite3.Connection, claim: Claim, *, attempts: int, http_status: int | None,

@@ -198,3 +198,37 @@ def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.C
     claim = sendlog.claim_batch(conn, send.id, size=3, request_id="a")
     assert claim is not None and claim.rows == rows
     assert sendlog.counts(conn, send.id)["suppressed"] == 1
+
+
+def test_claim_peeked_records_the_last_answer_claimed_or_not(conn: sqlite3.Connection, tmp_path: Path) -> None:
+    send = _send(conn, 6)
+    first = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    assert first is not None
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=2, after=first.last)
+    done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")
+    second = sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b", finished=done)
+    assert second is not None
+    assert (sendlog.counts(conn, send.id)["accepted"], sendlog.counts(conn, send.id)["in_flight"]) == (2, 2)
+    rows = sendlog.peek_batch(conn, send.id, size=2, after=second.last)
+    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
+    sendlog.add_suppression(other, "r5@example.org", reason="bounced", source="webhook")
+    other.close()
+    done = sendlog.Finish(claim=second, state="accepted", attempts=1, http_status=202, message_id="M2")
+    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="c", finished=done) is None
+    counts = sendlog.counts(conn, send.id)
+    assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (4, 0, 2)
+
+
+def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 4)
+    first = sendlog.claim_batch(conn, send.id, size=1, request_id="a")
+    assert first is not None
+    sendlog.add_suppression(conn, "r2@example.org", reason="manual", source="test")
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=3, after=first.last)
+    done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202)
+    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b", finished=done) is None
+    counts = sendlog.counts(conn, send.id)
+    assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (1, 0, 3)
+    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
