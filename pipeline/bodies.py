@@ -6,9 +6,9 @@ the helper builds it on the other core instead. It gets the rows through a pipe 
 JSON text, in order. The secret reaches it only by fork (the personalizer is inherited, never sent),
 and it keeps no other file open: not the send lock, not the send log.
 
-A body the helper cannot build comes back empty, and the helper's end shows as EOFError: either way the
-caller builds that body itself (`BodyBuilder.result` returns None), so a broken helper slows a send
-down and changes nothing else.
+A body the helper cannot build comes back empty, a helper that died shows as EOFError and one that is
+too late (it runs only on an idle core) is given up: in each case the caller builds the body itself
+(`BodyBuilder.result` returns None), so a broken helper slows a send down and changes nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from pipeline.sendlog import DeliveryRow
 class BodyBuilder:
     """`submit(rows)` then `result()` in the same order: the body as JSON text, or None (build it yourself)."""
 
+    patience = 1.0  # seconds; a helper this late (a machine busy with other work) is given up for this send
+
     def __init__(self, personalizer: Personalizer) -> None:
         context = multiprocessing.get_context("fork")
         self._pipe, child = context.Pipe()
@@ -52,6 +54,8 @@ class BodyBuilder:
         if self._broken:
             return None
         try:
+            if not self._pipe.poll(self.patience):
+                raise TimeoutError
             body = self._pipe.recv_bytes()
         except (EOFError, OSError):
             self._broken = True
@@ -69,7 +73,9 @@ class BodyBuilder:
 
 def _serve(personalizer: Personalizer, pipe: Connection, parent_end: Connection) -> None:
     """The helper: read rows (in a thread, so the parent never blocks sending them), build, answer."""
-    os.nice(10)
+    # Only on a core nothing else wants: the stand-in or SendGrid client and the sending process are on each
+    # request's critical path, this helper is a batch or two ahead of it.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
     parent_end.close()  # else this process would hold both ends and never see EOF
     keep = pipe.fileno()

@@ -3,8 +3,13 @@ helper that dies only costs time."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import time
 from pathlib import Path
+
+import pytest
 
 from pipeline import sendlog
 from pipeline.batches import Batch, Personalizer
@@ -66,4 +71,20 @@ def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: 
         head = ahead.head
         assert head is not None and [r[1] for r in head.rows] == ["r6@example.org"]
     finally:
+        builder.close()
+
+
+def test_a_helper_too_late_is_given_up(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BodyBuilder, "patience", 0.2)
+    builder = BodyBuilder(_personalizer(site))
+    try:
+        assert builder._process.pid is not None
+        os.kill(builder._process.pid, signal.SIGSTOP)  # as if other work on the machine took every core
+        builder.submit(ROWS)
+        started = time.monotonic()
+        assert builder.result() is None and builder.result() is None
+        assert time.monotonic() - started < 1.0
+    finally:
+        if builder._process.pid is not None:
+            os.kill(builder._process.pid, signal.SIGCONT)
         builder.close()
