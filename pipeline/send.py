@@ -193,17 +193,17 @@ class SendJob:
 
         def rows() -> Iterator[tuple[str, str, str | None]]:
             nonlocal listed
-            for r in reader:
-                size = p.size_without_url(r.name, r.fields) + p.url_bytes_max(r.email) if (
-                    r.fields or len(r.name) > 100) else 0
-                if size > MAX_SUBSTITUTION_BYTES:
-                    oversized.append(Problem(
-                        message=f"the name and merge fields of this row come to about {size} bytes, over "
-                        f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
-                        line=r.line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
-                    continue
+            for email, name, fields, line in reader.rows():
+                if fields or len(name) > 100:
+                    size = p.size_without_url(name, fields) + p.url_bytes_max(email)
+                    if size > MAX_SUBSTITUTION_BYTES:
+                        oversized.append(Problem(
+                            message=f"the name and merge fields of this row come to about {size} bytes, over "
+                            f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
+                            line=line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
+                        continue
                 listed += 1
-                yield r.email, r.name, (json.dumps(dict(r.fields), ensure_ascii=False) if r.fields else None)
+                yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
             blocking = [*(p for p in reader.problems if p.blocking), *oversized]
             if blocking and not self.options.skip_invalid:
                 raise SubscriberError(
