@@ -193,7 +193,7 @@ class SendJob:
 
         def rows() -> Iterator[tuple[str, str, str | None]]:
             nonlocal listed
-            for email, name, fields, line in reader.rows():
+            for email, name, fields, line in reader.rows(dedupe=not self._created):
                 if fields or len(name) > 100:
                     size = p.size_without_url(name, fields) + p.url_bytes_max(email)
                     if size > MAX_SUBSTITUTION_BYTES:
@@ -219,10 +219,13 @@ class SendJob:
         except BaseException:
             self.cancel()
             raise
+        duplicates = reader.duplicates
+        if self._created:  # the send log dropped the duplicates: they were counted as listed until then
+            duplicates, listed = listed - added, added
         skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                         for p in [*reader.problems, *oversized])
         log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded "
-                 "in %.1f s", self.options.list_name, listed, reader.invalid, reader.duplicates, reader.suppressed,
+                 "in %.1f s", self.options.list_name, listed, reader.invalid, duplicates, reader.suppressed,
                  time.perf_counter() - started)
         return listed, added, skipped
 

@@ -336,3 +336,15 @@ def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
         job.prepare()
         assert job.run(Quiet()).requests == 3
     assert len(sleeps) == 2 and all(0.45 <= s <= 0.5 for s in sleeps)
+
+
+def test_duplicates_are_listed_and_mailed_once(site: Path, standin: StandIn, env: dict[str, str],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    addresses = write_list(site, "big", 5, extra="PERSON00001@example.org,Again,X\nperson00003@example.org,,\n")
+    with caplog.at_level("INFO", logger="pipeline.send"), \
+            SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env,
+                    sleep=Sleeps()) as job:
+        assert job.prepare().listed == 5
+        assert job.run(Quiet()).accepted == 5
+    assert standin.recipients() == dict.fromkeys(addresses, 1)
+    assert "5 recipients (0 invalid, 2 duplicates, 0 suppressed skipped)" in caplog.text
