@@ -232,3 +232,13 @@ def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(conn: sqlit
     counts = sendlog.counts(conn, send.id)
     assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (1, 0, 3)
     assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
+
+
+def test_the_message_id_and_time_of_an_answer_are_on_the_batch(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 2)
+    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    assert claim is not None
+    sendlog.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id="M1")
+    rows = conn.execute("SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
+                        "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,)).fetchall()
+    assert rows == [("accepted", "M1", 1), ("accepted", "M1", 1)]
