@@ -108,6 +108,7 @@ def _serve(personalizer: Personalizer, pipe: Connection, parent_end: Connection)
 @dataclass(slots=True)
 class Peeked:
     rows: list[DeliveryRow]
+    after: int  # the rows are the next ones to send after this delivery id
     version: int  # sendlog.data_version just before the rows were read
     building: bool = False  # its body was asked of the helper
 
@@ -140,7 +141,7 @@ class Lookahead:
                 after = self._queue[-1].rows[-1][0]
             version = sendlog.data_version(self.conn)
             rows = sendlog.peek_batch(self.conn, self.send_id, size=self.size, after=after, states=self.states)
-            peeked = Peeked(rows, version)
+            peeked = Peeked(rows, after, version)
             if rows and self._builder is not None:
                 self._builder.submit(rows)
                 peeked.building = True

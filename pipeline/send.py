@@ -284,8 +284,9 @@ class SendJob:
                     request_id = uuid.uuid4().hex
                     claim = None
                     if head and head.rows:  # the last answer and the next intent in one commit
-                        claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, version=head.version,
-                                                     states=states, request_id=request_id, finished=self._unrecorded)
+                        claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
+                                                     version=head.version, states=states, request_id=request_id,
+                                                     finished=self._unrecorded)
                         self._unrecorded = None
                     if claim is None:
                         self._flush()

@@ -481,12 +481,13 @@ class Finish:
     error: str | None = None
 
 
-def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow], *, version: int,
+def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow], *, after: int, version: int,
                  states: Sequence[str] = TO_SEND, request_id: str, finished: Finish | None = None) -> Claim | None:
-    """`claim_batch` of rows that `peek_batch` read when `data_version` was `version`, without reading them
-    again: one UPDATE of their id range. Only if nothing can have changed: no other connection committed
-    since (so no suppression arrived) and the range holds exactly these rows to send (none suppressed
-    between them). Otherwise nothing is claimed and None returned: the caller uses `claim_batch`.
+    """`claim_batch` of rows that `peek_batch(after=after)` read when `data_version` was `version`, without
+    reading them again: one UPDATE of the ids from `after` to their last. Only if nothing can have changed:
+    no other connection committed since (so no suppression arrived) and that range holds exactly these
+    rows to send (none suppressed before or between them: `claim_batch` marks those). Otherwise nothing is
+    claimed and None returned: the caller uses `claim_batch`.
     `data_version` sees other connections' commits only: between the peek and the claim, this connection
     itself must not change the rows or the suppressions (the send loop writes only earlier batches).
 
@@ -505,8 +506,8 @@ def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow]
             "VALUES (?, ?, 'in_flight', ?, ?, ?, ?)", (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now())
         ).lastrowid
         taken = conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND "
-                             f"id BETWEEN ? AND ? AND state IN ({marks})",
-                             (batch_id, send_id, rows[0][0], rows[-1][0], *states)).rowcount
+                             f"id > ? AND id <= ? AND state IN ({marks})",
+                             (batch_id, send_id, after, rows[-1][0], *states)).rowcount
         if taken != len(rows):
             conn.execute("ROLLBACK TO claim")  # the outcome recorded above stays
             return None

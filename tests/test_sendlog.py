@@ -169,7 +169,7 @@ def test_claim_peeked_takes_the_peeked_rows_or_nothing(conn: sqlite3.Connection,
     send = _send(conn, 6)
     version = sendlog.data_version(conn)
     rows = sendlog.peek_batch(conn, send.id, size=2)
-    claim = sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="a")
+    claim = sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a")
     assert claim is not None and claim.rows is rows and sendlog.counts(conn, send.id)["in_flight"] == 2
     batch = conn.execute("SELECT size, first_delivery, last_delivery FROM batches WHERE id = ?", (claim.id,))
     assert tuple(batch.fetchone()) == (2, rows[0][0], rows[1][0])
@@ -179,13 +179,13 @@ def test_claim_peeked_takes_the_peeked_rows_or_nothing(conn: sqlite3.Connection,
     other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
     sendlog.add_suppression(other, "R3@example.org", reason="unsubscribed", source="webhook")
     other.close()
-    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b") is None
+    assert sendlog.claim_peeked(conn, send.id, rows, after=claim.last, version=version, request_id="b") is None
     assert sendlog.counts(conn, send.id)["in_flight"] == 2
     assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
     slow = sendlog.claim_batch(conn, send.id, size=2, after=claim.last, request_id="b")
     assert slow is not None and [r[1] for r in slow.rows] == ["r2@example.org"]
     assert sendlog.counts(conn, send.id)["suppressed"] == 1
-    assert sendlog.claim_peeked(conn, send.id, [], version=version, request_id="c") is None
+    assert sendlog.claim_peeked(conn, send.id, [], after=0, version=version, request_id="c") is None
 
 
 def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.Connection) -> None:
@@ -194,7 +194,7 @@ def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.C
     version = sendlog.data_version(conn)
     rows = sendlog.peek_batch(conn, send.id, size=3)
     assert [r[1] for r in rows] == ["r0@example.org", "r2@example.org"]  # the peek skips it, the range has it
-    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="a") is None
+    assert sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
     claim = sendlog.claim_batch(conn, send.id, size=3, request_id="a")
     assert claim is not None and claim.rows == rows
     assert sendlog.counts(conn, send.id)["suppressed"] == 1
@@ -207,7 +207,8 @@ def test_claim_peeked_records_the_last_answer_claimed_or_not(conn: sqlite3.Conne
     version = sendlog.data_version(conn)
     rows = sendlog.peek_batch(conn, send.id, size=2, after=first.last)
     done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")
-    second = sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b", finished=done)
+    second = sendlog.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
+                                  finished=done)
     assert second is not None
     assert (sendlog.counts(conn, send.id)["accepted"], sendlog.counts(conn, send.id)["in_flight"]) == (2, 2)
     rows = sendlog.peek_batch(conn, send.id, size=2, after=second.last)
@@ -215,7 +216,8 @@ def test_claim_peeked_records_the_last_answer_claimed_or_not(conn: sqlite3.Conne
     sendlog.add_suppression(other, "r5@example.org", reason="bounced", source="webhook")
     other.close()
     done = sendlog.Finish(claim=second, state="accepted", attempts=1, http_status=202, message_id="M2")
-    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="c", finished=done) is None
+    assert sendlog.claim_peeked(conn, send.id, rows, after=second.last, version=version, request_id="c",
+                                finished=done) is None
     counts = sendlog.counts(conn, send.id)
     assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (4, 0, 2)
 
@@ -228,7 +230,8 @@ def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(conn: sqlit
     version = sendlog.data_version(conn)
     rows = sendlog.peek_batch(conn, send.id, size=3, after=first.last)
     done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202)
-    assert sendlog.claim_peeked(conn, send.id, rows, version=version, request_id="b", finished=done) is None
+    assert sendlog.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
+                                finished=done) is None
     counts = sendlog.counts(conn, send.id)
     assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (1, 0, 3)
     assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
@@ -242,3 +245,18 @@ def test_the_message_id_and_time_of_an_answer_are_on_the_batch(conn: sqlite3.Con
     rows = conn.execute("SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
                         "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,)).fetchall()
     assert rows == [("accepted", "M1", 1), ("accepted", "M1", 1)]
+
+
+def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(conn: sqlite3.Connection) -> None:
+    """The end of one peeked window and the start of the next can be suppressed rows the peek skipped:
+    only `claim_batch` marks them, so the fast claim must not step over them."""
+    send = _send(conn, 4)
+    sendlog.add_suppression(conn, "r0@example.org", reason="manual", source="test")
+    version = sendlog.data_version(conn)
+    rows = sendlog.peek_batch(conn, send.id, size=2)
+    assert [r[1] for r in rows] == ["r1@example.org"]
+    assert sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
+    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    assert claim is not None and claim.rows == rows
+    counts = sendlog.counts(conn, send.id)
+    assert (counts["suppressed"], counts["in_flight"], counts["pending"]) == (1, 1, 2)
