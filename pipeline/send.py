@@ -266,54 +266,22 @@ class SendJob:
             return summary
         assert self.conn is not None and self.send is not None
         states = (*sendlog.TO_SEND, "in_doubt") if self.options.resend_in_doubt else sendlog.TO_SEND
-        size = self.config.sending.batch_size
-        after, self._streak = 0, 0
+        self._streak = 0
         # One request in flight at a time; while it is, the next batches' rows are read and their bodies built
         # (by a helper process: see pipeline.bodies).
         p = self._personalizer
         builder = BodyBuilder(p) if p is not None and self._sends_bodies() else None
-        ahead = Lookahead(self.conn, self.send.id, size=size, states=states, build=self._body, builder=builder)
-        try:
-            ahead.fill(after)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
-                while True:
-                    self._check_schedule()
-                    head = ahead.head
-                    if head and head.rows:  # pause before the claim: a kill while pausing leaves nothing in doubt
-                        self._pace()
-                    request_id = uuid.uuid4().hex
-                    claim = None
-                    if head and head.rows:  # the last answer and the next intent in one commit
-                        claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
-                                                     version=head.version, states=states, request_id=request_id,
-                                                     finished=self._unrecorded)
-                        self._unrecorded = None
-                    if claim is None:
-                        self._flush()
-                        claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
-                                                    request_id=request_id)
-                    if claim is None:
-                        break
-                    if not (head and head.rows):  # rare: the rows looked at ahead were all suppressed meanwhile
-                        self._pace()
-                    after = claim.last
-                    batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=ahead.body(claim))
-                    self._last_request, self._attempts = self.clock(), 1
-                    summary.requests += 1
-                    future = pool.submit(self._transport.send, batch)
-                    try:
-                        ahead.fill(after)
-                    finally:  # whatever happened meanwhile, the answer is recorded
-                        result = future.result()
-                        if result.outcome is Outcome.RETRY:
-                            result = self._deliver(batch, summary, claim, first=result)
-                        self._record(claim, result, summary, progress)
-        finally:
+        ahead = Lookahead(self.conn, self.send.id, size=self.config.sending.batch_size, states=states,
+                          build=self._body, builder=builder)
+        with sendlog.unchecked_writes(self.conn):  # the loop's writes are sendlog's fixed ones
             try:
-                self._flush()
+                self._send_batches(ahead, states, summary, progress)
             finally:
-                if builder is not None:
-                    builder.close()
+                try:
+                    self._flush()
+                finally:
+                    if builder is not None:
+                        builder.close()
         counts = sendlog.counts(self.conn, self.send.id)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
@@ -321,6 +289,46 @@ class SendJob:
             sendlog.finish_send(self.conn, self.send.id)
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _send_batches(self, ahead: Lookahead, states: tuple[str, ...], summary: Summary,
+                      progress: Progress) -> None:
+        """Claim, request, record, until nothing is left to send (or an answer stops the send)."""
+        assert self.conn is not None and self.send is not None
+        size, after = self.config.sending.batch_size, 0
+        ahead.fill(after)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
+            while True:
+                self._check_schedule()
+                head = ahead.head
+                if head and head.rows:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
+                    self._pace()
+                request_id = uuid.uuid4().hex
+                claim = None
+                if head and head.rows:  # the last answer and the next intent in one commit
+                    claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
+                                                 version=head.version, states=states, request_id=request_id,
+                                                 finished=self._unrecorded)
+                    self._unrecorded = None
+                if claim is None:
+                    self._flush()
+                    claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
+                                                request_id=request_id)
+                if claim is None:
+                    return
+                if not (head and head.rows):  # rare: the rows looked at ahead were all suppressed meanwhile
+                    self._pace()
+                after = claim.last
+                batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=ahead.body(claim))
+                self._last_request, self._attempts = self.clock(), 1
+                summary.requests += 1
+                future = pool.submit(self._transport.send, batch)
+                try:
+                    ahead.fill(after)
+                finally:  # whatever happened meanwhile, the answer is recorded
+                    result = future.result()
+                    if result.outcome is Outcome.RETRY:
+                        result = self._deliver(batch, summary, claim, first=result)
+                    self._record(claim, result, summary, progress)
 
     def _sends_bodies(self) -> bool:
         return self._transport.kind == "sendgrid" and self._personalizer is not None

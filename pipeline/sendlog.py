@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,27 +172,43 @@ class unchecked(transaction):  # noqa: N801
     """A transaction without CHECK and foreign key checks, for the bulk writes of a send whose values are
     known good: constant states, the send's row and the batch row checked or inserted in the same
     transaction. SQLite evaluates the `state IN (...)` CHECK at a cost of ~0.8 µs a row, more than the
-    rest of a claim's UPDATE. Both pragmas are no-ops inside a transaction, so they go around it.
+    rest of a claim's UPDATE. Both pragmas are no-ops inside a transaction, so they go around it, unless
+    `unchecked_writes` holds them off already.
     """
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("PRAGMA ignore_check_constraints = ON")
-        self.conn.execute("PRAGMA foreign_keys = OFF")
+        self._switch = not self.conn.execute("PRAGMA ignore_check_constraints").fetchone()[0]
+        if self._switch:
+            _checks(self.conn, on=False)
         try:
             return super().__enter__()
         except BaseException:
-            self._restore()
+            if self._switch:
+                _checks(self.conn, on=True)
             raise
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         try:
             super().__exit__(exc_type, *rest)
         finally:
-            self._restore()
+            if self._switch:
+                _checks(self.conn, on=True)
 
-    def _restore(self) -> None:
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA ignore_check_constraints = OFF")
+
+@contextmanager
+def unchecked_writes(conn: sqlite3.Connection) -> Iterator[None]:
+    """The checks off for a whole send loop, whose writes are this module's fixed ones: each switch makes
+    SQLite prepare every statement again, 0.27 ms per request when done around each `unchecked`."""
+    _checks(conn, on=False)
+    try:
+        yield
+    finally:
+        _checks(conn, on=True)
+
+
+def _checks(conn: sqlite3.Connection, *, on: bool) -> None:
+    conn.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+    conn.execute(f"PRAGMA ignore_check_constraints = {'OFF' if on else 'ON'}")
 
 
 # --- suppressions ---------------------------------------------------------------------------------------

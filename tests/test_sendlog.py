@@ -260,3 +260,16 @@ def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(c
     assert claim is not None and claim.rows == rows
     counts = sendlog.counts(conn, send.id)
     assert (counts["suppressed"], counts["in_flight"], counts["pending"]) == (1, 1, 2)
+
+
+def test_checks_are_back_after_a_send_loop(conn: sqlite3.Connection) -> None:
+    send = _send(conn, 2)
+    with sendlog.unchecked_writes(conn):
+        claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+        assert claim is not None
+        assert conn.execute("PRAGMA ignore_check_constraints").fetchone()[0] == 1  # not switched on in between
+        sendlog.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202)
+    assert tuple(conn.execute("PRAGMA foreign_keys").fetchone()) == (1,)
+    assert tuple(conn.execute("PRAGMA ignore_check_constraints").fetchone()) == (0,)
+    with pytest.raises(sqlite3.IntegrityError):  # the CHECK on states holds again
+        conn.execute("UPDATE deliveries SET state = 'sent' WHERE send_id = ?", (send.id,))
