@@ -13,6 +13,8 @@ too late (it runs only on an idle core) is given up: in each case the caller bui
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import multiprocessing
 import os
 import queue
@@ -36,17 +38,20 @@ class BodyBuilder:
 
     def __init__(self, personalizer: Personalizer) -> None:
         context = multiprocessing.get_context("fork")
-        self._pipe, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(personalizer, child, self._pipe),
+        jobs, self._jobs = context.Pipe(duplex=False)
+        self._bodies, bodies = context.Pipe(duplex=False)
+        _widen(bodies)
+        self._process = context.Process(target=_serve, args=(personalizer, jobs, bodies, (self._jobs, self._bodies)),
                                         name="body-builder", daemon=True)
         self._process.start()
-        child.close()
+        jobs.close()
+        bodies.close()
         self._broken = False
 
     def submit(self, rows: list[DeliveryRow]) -> None:
         if not self._broken:
             try:
-                self._pipe.send(rows)
+                self._jobs.send(rows)
             except OSError:
                 self._broken = True
 
@@ -54,53 +59,67 @@ class BodyBuilder:
         if self._broken:
             return None
         try:
-            if not self._pipe.poll(self.patience):
+            if not self._bodies.poll(self.patience):
                 raise TimeoutError
-            body = self._pipe.recv_bytes()
+            body = self._bodies.recv_bytes()
         except (EOFError, OSError):
             self._broken = True
             return None
         return body.decode("ascii") if body else None
 
     def close(self) -> None:
-        """Closing the pipe ends the helper (it reads EOF); it is waited for briefly, then killed."""
-        self._pipe.close()
+        """Closing the pipes ends the helper (it reads EOF); it is waited for briefly, then killed."""
+        self._jobs.close()
+        self._bodies.close()
         self._process.join(timeout=2)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
 
 
-def _serve(personalizer: Personalizer, pipe: Connection, parent_end: Connection) -> None:
+def _widen(pipe: Connection) -> None:
+    """Room for a body or two in the pipe (64 KB by default): the helper writes a body whole and goes on
+    with the next while the sending process is busy; reading it then is one copy, not a wait per 64 KB."""
+    resize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if resize is not None:
+        with contextlib.suppress(OSError):  # over the system's limit: the default size works too, a little slower
+            fcntl.fcntl(pipe.fileno(), resize, 1 << 20)
+
+
+def _serve(personalizer: Personalizer, jobs: Connection, bodies: Connection,
+           parent_ends: tuple[Connection, Connection]) -> None:
     """The helper: read rows (in a thread, so the parent never blocks sending them), build, answer."""
     # Only on a core nothing else wants: the stand-in or SendGrid client and the sending process are on each
     # request's critical path, this helper is a batch or two ahead of it.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
-    parent_end.close()  # else this process would hold both ends and never see EOF
-    keep = pipe.fileno()
-    os.closerange(3, keep)
-    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
+    for end in parent_ends:
+        end.close()  # else this process would hold the parent's ends too and never see EOF
+    low = 3
+    for fd in sorted((jobs.fileno(), bodies.fileno())):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    jobs: queue.SimpleQueue[list[DeliveryRow] | None] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[list[DeliveryRow] | None] = queue.SimpleQueue()
 
     def read() -> None:
         try:
             while True:
-                jobs.put(pipe.recv())
+                todo.put(jobs.recv())
         except (EOFError, OSError):
-            jobs.put(None)
+            todo.put(None)
 
     threading.Thread(target=read, daemon=True).start()
-    while (rows := jobs.get()) is not None:
+    while (rows := todo.get()) is not None:
         try:
             body = personalizer.body(Batch(id=0, request_id="", rows=rows)).encode("ascii")
         except Exception:  # noqa: BLE001 - the parent builds this one itself and sees the error there
             body = b""
         try:
-            pipe.send_bytes(body)
+            bodies.send_bytes(body)
         except OSError:
             return
 
