@@ -348,3 +348,22 @@ def test_duplicates_are_listed_and_mailed_once(site: Path, standin: StandIn, env
         assert job.run(Quiet()).accepted == 5
     assert standin.recipients() == dict.fromkeys(addresses, 1)
     assert "5 recipients (0 invalid, 2 duplicates, 0 suppressed skipped)" in caplog.text
+
+
+def test_what_remains_of_a_new_send_is_what_the_log_says(site: Path, env: dict[str, str]) -> None:
+    """A new send does not count its rows at the end: the summary must still match the send log."""
+    from pipeline.transport import FakeTransport
+
+    write_list(site, "big", 7)
+    config = load_config(site)
+    conn = sendlog.open_sendlog(config.sendlog_path)
+    sendlog.add_suppression(conn, "person00006@example.org", reason="unsubscribed", source="test")
+    fake = FakeTransport([Result(outcome=Outcome.ACCEPTED, status=202), Result(outcome=Outcome.IN_DOUBT)])
+    with SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps(),
+                 transport=lambda p: fake) as job:
+        job.prepare()
+        summary = job.run(Quiet())
+    counts = _counts(site, "big")
+    assert summary.remaining == {k: counts[k] for k in ("pending", "failed", "in_doubt")} == \
+        {"pending": 0, "failed": 0, "in_doubt": 2}
+    assert not summary.finished and counts["accepted"] == 4
