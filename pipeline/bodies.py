@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import multiprocessing
 import os
 import queue
@@ -92,6 +93,7 @@ def _serve(personalizer: Personalizer, jobs: Connection, bodies: Connection,
     # Only on a core nothing else wants: the stand-in or SendGrid client and the sending process are on each
     # request's critical path, this helper is a batch or two ahead of it.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    gc.disable()  # it makes no cycles; a collection would walk (and copy) every object inherited from the parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
     for end in parent_ends:
         end.close()  # else this process would hold the parent's ends too and never see EOF

@@ -15,6 +15,7 @@ SendGrid answered 202.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -212,10 +214,11 @@ class SendJob:
                     "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
 
         try:
-            if self._created:
-                added = sendlog.add_recipients(self.conn, self.send.id, rows())
-            else:
-                added = sendlog.sync_recipients(self.conn, self.send.id, rows())
+            with gc_paused():
+                if self._created:
+                    added = sendlog.add_recipients(self.conn, self.send.id, rows())
+                else:
+                    added = sendlog.sync_recipients(self.conn, self.send.id, rows())
         except BaseException:
             self.cancel()
             raise
@@ -273,7 +276,7 @@ class SendJob:
         builder = BodyBuilder(p) if p is not None and self._sends_bodies() else None
         ahead = Lookahead(self.conn, self.send.id, size=self.config.sending.batch_size, states=states,
                           build=self._body, builder=builder)
-        with sendlog.unchecked_writes(self.conn):  # the loop's writes are sendlog's fixed ones
+        with sendlog.unchecked_writes(self.conn), gc_paused():  # the loop's writes are sendlog's fixed ones
             try:
                 self._send_batches(ahead, states, summary, progress)
             finally:
@@ -461,6 +464,19 @@ class SendJob:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a send makes millions of short-lived tuples in no cycle (reference
+    counting frees them): its collections took 5-10 % of the time. A helper forked meanwhile inherits it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def backoff(attempt: int, hint: float | None) -> float:

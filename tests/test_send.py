@@ -367,3 +367,14 @@ def test_what_remains_of_a_new_send_is_what_the_log_says(site: Path, env: dict[s
     assert summary.remaining == {k: counts[k] for k in ("pending", "failed", "in_doubt")} == \
         {"pending": 0, "failed": 0, "in_doubt": 2}
     assert not summary.finished and counts["accepted"] == 4
+
+
+def test_garbage_collection_is_back_after_a_send(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    import gc
+
+    write_list(site, "big", 3, extra="not-an-address,Nobody,Nowhere\n")
+    with pytest.raises(SubscriberError):
+        send(site, env, list_name="big")
+    assert gc.isenabled()
+    assert send(site, env, list_name="big", skip_invalid=True).finished
+    assert gc.isenabled()
