@@ -12,7 +12,7 @@ import csv
 import io
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -272,6 +272,19 @@ class ListReader:
         return self.total - self.invalid - self.duplicates - self.suppressed
 
     def __iter__(self) -> Iterator[Recipient]:
+        rows = self.rows()
+        try:
+            yield from itertools.starmap(_recipient, rows)
+        finally:
+            rows.close()  # the counts are kept when the caller stops early
+
+    def rows(self, *, dedupe: bool = True) -> Generator[tuple[str, str, Mapping[str, str], int], None, None]:
+        """What `iter` gives as Recipients, as plain (email, name, fields, line) tuples: a send records a
+        million rows, and a Recipient each was a sixth of the time it took to read them.
+
+        `dedupe=False` leaves duplicates to the caller: a new send's log drops them by its UNIQUE index,
+        exactly, without a set of a million hashes in memory (60 MB, a sixth of the reading time).
+        """
         if self._used:
             raise RuntimeError("a ListReader iterates once; make a new one")
         self._used = True
@@ -292,18 +305,19 @@ class ListReader:
                     invalid += 1
                     note_invalid(self.problems, invalid, self.path, line, why)
                     continue
-                before = len(seen)
-                seen_add(hash(email.lower()))  # dedupe_key, inlined; one probe of the set, not two
-                if len(seen) == before:
-                    duplicates += 1
-                    continue
+                if dedupe:
+                    before = len(seen)
+                    seen_add(hash(email.lower()))  # dedupe_key, inlined; one probe of the set, not two
+                    if len(seen) == before:
+                        duplicates += 1
+                        continue
                 if is_suppressed is not None and is_suppressed(email):
                     suppressed += 1
                     continue
                 if len(row) < width:
                     row += [""] * (width - len(row))
-                yield _recipient(email, clean_name(row[name_at]) if name_at is not None else "",
-                                 {k: row[i] for i, k in fields} if fields else _NO_FIELDS, line)
+                yield (email, clean_name(row[name_at]) if name_at is not None else "",
+                       {k: row[i] for i, k in fields} if fields else _NO_FIELDS, line)
             note_hidden(self.problems, invalid, self.path)
         finally:
             self.total, self.invalid, self.duplicates, self.suppressed = total, invalid, duplicates, suppressed

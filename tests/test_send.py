@@ -336,3 +336,45 @@ def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
         job.prepare()
         assert job.run(Quiet()).requests == 3
     assert len(sleeps) == 2 and all(0.45 <= s <= 0.5 for s in sleeps)
+
+
+def test_duplicates_are_listed_and_mailed_once(site: Path, standin: StandIn, env: dict[str, str],
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    addresses = write_list(site, "big", 5, extra="PERSON00001@example.org,Again,X\nperson00003@example.org,,\n")
+    with caplog.at_level("INFO", logger="pipeline.send"), \
+            SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env,
+                    sleep=Sleeps()) as job:
+        assert job.prepare().listed == 5
+        assert job.run(Quiet()).accepted == 5
+    assert standin.recipients() == dict.fromkeys(addresses, 1)
+    assert "5 recipients (0 invalid, 2 duplicates, 0 suppressed skipped)" in caplog.text
+
+
+def test_what_remains_of_a_new_send_is_what_the_log_says(site: Path, env: dict[str, str]) -> None:
+    """A new send does not count its rows at the end: the summary must still match the send log."""
+    from pipeline.transport import FakeTransport
+
+    write_list(site, "big", 7)
+    config = load_config(site)
+    conn = sendlog.open_sendlog(config.sendlog_path)
+    sendlog.add_suppression(conn, "person00006@example.org", reason="unsubscribed", source="test")
+    fake = FakeTransport([Result(outcome=Outcome.ACCEPTED, status=202), Result(outcome=Outcome.IN_DOUBT)])
+    with SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps(),
+                 transport=lambda p: fake) as job:
+        job.prepare()
+        summary = job.run(Quiet())
+    counts = _counts(site, "big")
+    assert summary.remaining == {k: counts[k] for k in ("pending", "failed", "in_doubt")} == \
+        {"pending": 0, "failed": 0, "in_doubt": 2}
+    assert not summary.finished and counts["accepted"] == 4
+
+
+def test_garbage_collection_is_back_after_a_send(site: Path, standin: StandIn, env: dict[str, str]) -> None:
+    import gc
+
+    write_list(site, "big", 3, extra="not-an-address,Nobody,Nowhere\n")
+    with pytest.raises(SubscriberError):
+        send(site, env, list_name="big")
+    assert gc.isenabled()
+    assert send(site, env, list_name="big", skip_invalid=True).finished
+    assert gc.isenabled()
