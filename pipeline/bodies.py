@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from pipeline import sendlog
+from pipeline import claims
 from pipeline.batches import Batch, Personalizer
-from pipeline.sendlog import DeliveryRow
+from pipeline.claims import DeliveryRow
 
 
 class BodyBuilder:
@@ -130,14 +130,14 @@ def _serve(personalizer: Personalizer, jobs: Connection, bodies: Connection,
 class Peeked:
     rows: list[DeliveryRow]
     after: int  # the rows are the next ones to send after this delivery id
-    version: int  # sendlog.data_version just before the rows were read
+    version: int  # claims.data_version just before the rows were read
     building: bool = False  # its body was asked of the helper
 
 
 class Lookahead:
     """The next `depth` batches, peeked from the send log in id order, their bodies being built meanwhile.
 
-    The send claims the head's rows with `sendlog.claim_peeked` (or the slow way) and asks `body` for
+    The send claims the head's rows with `claims.claim_peeked` (or the slow way) and asks `body` for
     the claim's body: the one built ahead when the claim took the peeked rows, else (a suppression or
     some other change came between) everything peeked is dropped and that body is built here.
     """
@@ -160,15 +160,15 @@ class Lookahead:
                 if not self._queue[-1].rows:
                     return  # the end, or a stretch of suppressed rows that only a claim can step over
                 after = self._queue[-1].rows[-1][0]
-            version = sendlog.data_version(self.conn)
-            rows = sendlog.peek_batch(self.conn, self.send_id, size=self.size, after=after, states=self.states)
+            version = claims.data_version(self.conn)
+            rows = claims.peek_batch(self.conn, self.send_id, size=self.size, after=after, states=self.states)
             peeked = Peeked(rows, after, version)
             if rows and self._builder is not None:
                 self._builder.submit(rows)
                 peeked.building = True
             self._queue.append(peeked)
 
-    def body(self, claim: sendlog.Claim) -> str | None:
+    def body(self, claim: claims.Claim) -> str | None:
         head = self._queue.popleft() if self._queue else None
         if head is not None and head.rows == claim.rows:
             body = self._result(head)

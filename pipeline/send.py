@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import sendlog, tokens
+from pipeline import claims, sendlog, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.bodies import BodyBuilder, Lookahead
 from pipeline.config import Config
@@ -64,11 +64,11 @@ class SendJob:
         self.send: sendlog.Send | None = None
         self.plan: Plan | None = None
         self._created = False
-        self._test_row: sendlog.DeliveryRow | None = None
+        self._test_row: claims.DeliveryRow | None = None
         self._personalizer: Personalizer | None = None
         self._last_request = -1e9
         self._attempts = 0
-        self._unrecorded: sendlog.Finish | None = None  # an answer 202 recorded with the next claim
+        self._unrecorded: claims.Finish | None = None  # an answer 202 recorded with the next claim
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class SendJob:
         suppressed = sendlog.suppressed_set(self.conn)
         return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
 
-    def _first_recipient(self, path: Path, address: str) -> sendlog.DeliveryRow:
+    def _first_recipient(self, path: Path, address: str) -> claims.DeliveryRow:
         """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
         for recipient in self._reader(path):
             fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
@@ -311,13 +311,13 @@ class SendJob:
                 request_id = uuid.uuid4().hex
                 claim = None
                 if head and head.rows:  # the last answer and the next intent in one commit
-                    claim = sendlog.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
+                    claim = claims.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
                                                  version=head.version, states=states, request_id=request_id,
                                                  finished=self._unrecorded)
                     self._unrecorded = None
                 if claim is None:
                     self._flush()
-                    claim = sendlog.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
+                    claim = claims.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
                                                 request_id=request_id)
                 if claim is None:
                     return
@@ -339,26 +339,26 @@ class SendJob:
     def _sends_bodies(self) -> bool:
         return self._transport.kind == "sendgrid" and self._personalizer is not None
 
-    def _body(self, rows: list[sendlog.DeliveryRow]) -> str | None:
+    def _body(self, rows: list[claims.DeliveryRow]) -> str | None:
         """The request body, built ahead for transports that send one (SendGrid)."""
         if not self._sends_bodies():
             return None
         assert self._personalizer is not None
         return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
 
-    def _record(self, claim: sendlog.Claim, result: Result, summary: Summary, progress: Progress) -> None:
+    def _record(self, claim: claims.Claim, result: Result, summary: Summary, progress: Progress) -> None:
         """The outcome of a request into the send log; stops the send on a refusal or a spent budget."""
         assert self.conn is not None
         size = len(claim.rows)
         self._flush()
         if result.outcome is Outcome.ACCEPTED:  # recorded with the next claim, or by _flush before any pause
-            self._unrecorded = sendlog.Finish(claim=claim, state="accepted", attempts=self._attempts,
+            self._unrecorded = claims.Finish(claim=claim, state="accepted", attempts=self._attempts,
                                               http_status=result.status, message_id=result.message_id)
             summary.accepted += size
             self._streak = 0
             progress.advance(size)
         elif result.outcome is Outcome.IN_DOUBT:
-            sendlog.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
+            claims.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
             summary.in_doubt += size
             self._streak += 1
             progress.note(f"a request for {size} recipient(s) got no answer ({result.error}); "
@@ -367,7 +367,7 @@ class SendJob:
                 self._stop(summary, f"{self._streak} requests in a row got no answer; stopped so as not to put "
                            "more recipients in doubt — check the network, then run the same command again")
         else:
-            sendlog.finish_batch(self.conn, claim, state="failed", attempts=self._attempts,
+            claims.finish_batch(self.conn, claim, state="failed", attempts=self._attempts,
                                  http_status=result.status, error=result.error)
             summary.failed += size
             self._raise_unless_accepted(result, summary, test=False)
@@ -375,7 +375,7 @@ class SendJob:
     def _flush(self) -> None:
         """Record an answer 202 kept for the next claim now: before any pause, and when the loop ends."""
         if self._unrecorded is not None and self.conn is not None:
-            sendlog.record(self.conn, self._unrecorded)
+            claims.record(self.conn, self._unrecorded)
             self._unrecorded = None
 
     def _check_schedule(self) -> None:
@@ -384,7 +384,7 @@ class SendJob:
             raise SendError(f"the scheduled time (send_at {at}) has passed while sending; the rest was not sent "
                             "— run the same command with a later --at, or without --at to send now")
 
-    def _deliver(self, batch: Batch, summary: Summary, claim: sendlog.Claim | None,
+    def _deliver(self, batch: Batch, summary: Summary, claim: claims.Claim | None,
                  first: Result | None = None) -> Result:
         """One request (or the answer `first` already got), retried on 429/5xx within the retry budget;
         returns the last answer."""
@@ -398,7 +398,7 @@ class SendJob:
                 if result.outcome is not Outcome.RETRY:
                     return result
                 if claim is not None and self.conn is not None:
-                    sendlog.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
+                    claims.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
                                          error=result.error)
                 delay = backoff(self._attempts, result.retry_after)
                 if self.clock() - started + delay > budget:
@@ -408,7 +408,7 @@ class SendJob:
             if self._attempts:
                 self._pace()
                 if claim is not None and self.conn is not None:
-                    sendlog.mark_in_flight(self.conn, claim)
+                    claims.mark_in_flight(self.conn, claim)
             self._last_request = self.clock()
             self._attempts += 1
             summary.requests += 1

@@ -4,7 +4,7 @@ People who unsubscribed or bounced elsewhere must not be mailed here either: suc
 but returned in `ImportResult.to_suppress`, for the suppression store. The list is rewritten atomically
 (temporary file, then os.replace), so a crash leaves either the old list or the new one.
 
-What we assume of the exports (see README.d/40-subscribers.md):
+What we assume of the exports (see the README, "Importing from Mailchimp or Substack"):
 - Mailchimp: "Email Address", "First Name", "Last Name", user-defined fields by label, and system
   columns (MEMBER_RATING, OPTIN_IP, LATITUDE, ...), which we drop: they are personal data we do not
   need. The unsubscribed file has UNSUB_TIME, the cleaned (bounced) file CLEAN_TIME.

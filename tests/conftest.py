@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,11 @@ def run_cli(cwd: Path, *args: str, env: dict[str, str] | None = None,
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    """A new send log (pipeline.sendlog) in the test's own folder."""
+    from pipeline import sendlog
+
+    return sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")

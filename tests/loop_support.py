@@ -100,7 +100,7 @@ RECIPIENTS = ("ada@example.org", "grace@example.org", "alan@example.org")
 def seed_send(db_path: Any, *, issue: str = "001-hello", list_name: str = "sample",
               recipients: tuple[str, ...] = RECIPIENTS, message_id: str = "msg-1") -> int:
     """A finished real send in the send log, as the send stage leaves it: every delivery accepted."""
-    from pipeline import sendlog
+    from pipeline import claims, sendlog
     from pipeline.events import open_db
 
     conn = open_db(db_path)
@@ -108,9 +108,9 @@ def seed_send(db_path: Any, *, issue: str = "001-hello", list_name: str = "sampl
         send = sendlog.create_send(conn, issue=issue, list_name=list_name, transport="sendgrid",
                                    content_hash="0" * 64, subject=f"Issue {issue}")
         sendlog.add_recipients(conn, send.id, [(email, "", None) for email in recipients])
-        claim = sendlog.claim_batch(conn, send.id, size=1000, request_id=f"req-{issue}-{list_name}")
+        claim = claims.claim_batch(conn, send.id, size=1000, request_id=f"req-{issue}-{list_name}")
         assert claim is not None
-        sendlog.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id=message_id)
+        claims.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id=message_id)
         sendlog.finish_send(conn, send.id)
         return send.id
     finally:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline import sendlog
 from pipeline.config import load_config
 from pipeline.plan import SendOptions, Summary
 from pipeline.send import SendJob
@@ -81,3 +83,11 @@ def cli(site: Path, *args: str, env: Mapping[str, str], timeout: float = 120) ->
     """`python -m pipeline ARGS` in the site folder, as a user runs it (no terminal: stdin is closed)."""
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=site, env=dict(env), text=True,
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+def recorded_send(conn: sqlite3.Connection, n: int = 5) -> sendlog.Send:
+    """A send of issue 001 to list `sample` with n recipients r0..r{n-1}@example.org, recorded and pending."""
+    send = sendlog.create_send(conn, issue="001", list_name="sample", transport="sendgrid",
+                               content_hash="h1", subject="Hello")
+    sendlog.add_recipients(conn, send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
+    return send

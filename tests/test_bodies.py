@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sendlog
+from pipeline import claims, sendlog
 from pipeline.batches import Batch, Personalizer
 from pipeline.bodies import BodyBuilder, Lookahead
 from tests.test_batches import ROWS, _personalizer
 
 
-def _body(p: Personalizer, rows: list[sendlog.DeliveryRow]) -> str:
+def _body(p: Personalizer, rows: list[claims.DeliveryRow]) -> str:
     return p.body(Batch(id=0, request_id="", rows=rows))
 
 
@@ -54,16 +54,16 @@ def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: 
         ahead.fill(0)
         head = ahead.head
         assert head is not None and [r[1] for r in head.rows] == ["r0@example.org", "r1@example.org", "r2@example.org"]
-        claim = sendlog.claim_peeked(conn, send_id, head.rows, after=0, version=head.version, request_id="a")
+        claim = claims.claim_peeked(conn, send_id, head.rows, after=0, version=head.version, request_id="a")
         assert claim is not None and ahead.body(claim) == _body(p, claim.rows)
         ahead.fill(claim.last)
         other = sendlog.open_sendlog(tmp_path / "log.sqlite3")  # as `newsletter serve` would, between peek and claim
         sendlog.add_suppression(other, "r3@example.org", reason="unsubscribed", source="web")
         other.close()
         head = ahead.head
-        assert head is not None and sendlog.claim_peeked(conn, send_id, head.rows, after=head.after,
+        assert head is not None and claims.claim_peeked(conn, send_id, head.rows, after=head.after,
                                                          version=head.version, request_id="b") is None
-        claim = sendlog.claim_batch(conn, send_id, size=3, after=claim.last, request_id="b")
+        claim = claims.claim_batch(conn, send_id, size=3, after=claim.last, request_id="b")
         assert claim is not None and [r[1] for r in claim.rows] == ["r4@example.org", "r5@example.org"]
         assert ahead.body(claim) == _body(p, claim.rows)  # the bodies built ahead are dropped
         assert ahead.head is None

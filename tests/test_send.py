@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sendlog
+from pipeline import claims, sendlog
 from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
 from pipeline.lock import SendLock
@@ -118,7 +118,7 @@ def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, 
     job = SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps())
     job.prepare()
     assert job.conn is not None and job.send is not None
-    sendlog.claim_batch(job.conn, job.send.id, size=2, request_id="died")  # intent, then the process "dies"
+    claims.claim_batch(job.conn, job.send.id, size=2, request_id="died")  # intent, then the process "dies"
     job.close()
     summary = send(site, env, list_name="big")
     assert summary.accepted == 2 and not summary.finished

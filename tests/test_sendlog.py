@@ -10,22 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sendkit import recorded_send
 
-from pipeline import sendlog
+from pipeline import claims, sendlog
 from pipeline.errors import SendError
 from pipeline.lock import SendLock
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
-    return sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-
-
-def _send(conn: sqlite3.Connection, n: int = 5) -> sendlog.Send:
-    send = sendlog.create_send(conn, issue="001", list_name="sample", transport="sendgrid",
-                               content_hash="h1", subject="Hello")
-    sendlog.add_recipients(conn, send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
-    return send
 
 
 def test_wal_and_migrations_recorded_once(tmp_path: Path) -> None:
@@ -58,42 +47,22 @@ def test_duplicates_ignored_case_insensitively(conn: sqlite3.Connection) -> None
     assert added == 1
 
 
-def test_claim_finish_and_counts(conn: sqlite3.Connection) -> None:
-    send = _send(conn)
-    sendlog.add_suppression(conn, "r1@example.org", reason="bounced", source="test")
-    first = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
-    assert first is not None
-    assert [r[1] for r in first.rows] == ["r0@example.org"]  # r1 is suppressed: a smaller batch
-    assert sendlog.counts(conn, send.id)["in_flight"] == 1
-    sendlog.finish_batch(conn, first, state="accepted", attempts=1, http_status=202, message_id="M1")
-    second = sendlog.claim_batch(conn, send.id, size=2, after=first.last, request_id="b")
-    assert second is not None
-    sendlog.finish_batch(conn, second, state="failed", attempts=1, http_status=400, error="bad")
-    counts = sendlog.counts(conn, send.id)
-    assert (counts["accepted"], counts["failed"], counts["suppressed"], counts["pending"]) == (1, 2, 1, 1)
-    # failed = certainly not sent: a later run takes them again
-    third = sendlog.claim_batch(conn, send.id, size=10, request_id="c")
-    assert third is not None and len(third.rows) == 3
-    first_at, last_at = sendlog.send_times(conn, send.id)
-    assert first_at is not None and first_at == last_at
-
-
 def test_recover_in_flight_becomes_in_doubt(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 3)
-    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+    send = recorded_send(conn, 3)
+    claim = claims.claim_batch(conn, send.id, size=2, request_id="a")
     assert claim is not None
     assert sendlog.recover_in_flight(conn, send.id) == 1
     assert sendlog.in_doubt_addresses(conn, send.id) == ["r0@example.org", "r1@example.org"]
-    assert sendlog.claim_batch(conn, send.id, size=10, request_id="b") is not None  # only r2
-    again = sendlog.claim_batch(conn, send.id, size=10, states=("in_doubt",), request_id="c")
+    assert claims.claim_batch(conn, send.id, size=10, request_id="b") is not None  # only r2
+    again = claims.claim_batch(conn, send.id, size=10, states=("in_doubt",), request_id="c")
     assert again is not None and [r[1] for r in again.rows] == ["r0@example.org", "r1@example.org"]
 
 
 def test_sync_recipients_adds_and_removes(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 3)
-    claim = sendlog.claim_batch(conn, send.id, size=1, request_id="a")
+    send = recorded_send(conn, 3)
+    claim = claims.claim_batch(conn, send.id, size=1, request_id="a")
     assert claim is not None
-    sendlog.finish_batch(conn, claim, state="accepted", attempts=1)
+    claims.finish_batch(conn, claim, state="accepted", attempts=1)
     added = sendlog.sync_recipients(conn, send.id, [("r2@example.org", "", None), ("new@example.org", "", None)])
     assert added == 1
     counts = sendlog.counts(conn, send.id)
@@ -131,9 +100,9 @@ def test_lock_of_killed_process_is_taken_over(tmp_path: Path) -> None:
 
 
 def test_sync_lifts_suppressed_rows_that_are_listed_again(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 2)
+    send = recorded_send(conn, 2)
     sendlog.add_suppression(conn, "r0@example.org", reason="manual", source="test")
-    claim = sendlog.claim_batch(conn, send.id, size=10, request_id="a")
+    claim = claims.claim_batch(conn, send.id, size=10, request_id="a")
     assert claim is not None and [r[1] for r in claim.rows] == ["r1@example.org"]
     sendlog.remove_suppression(conn, "r0@example.org")
     sendlog.sync_recipients(conn, send.id, [("r0@example.org", "", None), ("r1@example.org", "", None)])
@@ -165,110 +134,13 @@ def test_add_recipients_in_chunks_keeps_order_and_rolls_back_on_error(conn: sqli
         sendlog.add_recipients(conn, 999, rows)
 
 
-def test_claim_peeked_takes_the_peeked_rows_or_nothing(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    send = _send(conn, 6)
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=2)
-    claim = sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a")
-    assert claim is not None and claim.rows is rows and sendlog.counts(conn, send.id)["in_flight"] == 2
-    batch = conn.execute("SELECT size, first_delivery, last_delivery FROM batches WHERE id = ?", (claim.id,))
-    assert tuple(batch.fetchone()) == (2, rows[0][0], rows[1][0])
-    # a suppression committed by another process (`newsletter serve`) after the peek: nothing is taken
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=2, after=claim.last)
-    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-    sendlog.add_suppression(other, "R3@example.org", reason="unsubscribed", source="webhook")
-    other.close()
-    assert sendlog.claim_peeked(conn, send.id, rows, after=claim.last, version=version, request_id="b") is None
-    assert sendlog.counts(conn, send.id)["in_flight"] == 2
-    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
-    slow = sendlog.claim_batch(conn, send.id, size=2, after=claim.last, request_id="b")
-    assert slow is not None and [r[1] for r in slow.rows] == ["r2@example.org"]
-    assert sendlog.counts(conn, send.id)["suppressed"] == 1
-    assert sendlog.claim_peeked(conn, send.id, [], after=0, version=version, request_id="c") is None
-
-
-def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 3)
-    sendlog.add_suppression(conn, "r1@example.org", reason="manual", source="test")
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=3)
-    assert [r[1] for r in rows] == ["r0@example.org", "r2@example.org"]  # the peek skips it, the range has it
-    assert sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
-    claim = sendlog.claim_batch(conn, send.id, size=3, request_id="a")
-    assert claim is not None and claim.rows == rows
-    assert sendlog.counts(conn, send.id)["suppressed"] == 1
-
-
-def test_claim_peeked_records_the_last_answer_claimed_or_not(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    send = _send(conn, 6)
-    first = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
-    assert first is not None
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=2, after=first.last)
-    done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")
-    second = sendlog.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
-                                  finished=done)
-    assert second is not None
-    assert (sendlog.counts(conn, send.id)["accepted"], sendlog.counts(conn, send.id)["in_flight"]) == (2, 2)
-    rows = sendlog.peek_batch(conn, send.id, size=2, after=second.last)
-    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-    sendlog.add_suppression(other, "r5@example.org", reason="bounced", source="webhook")
-    other.close()
-    done = sendlog.Finish(claim=second, state="accepted", attempts=1, http_status=202, message_id="M2")
-    assert sendlog.claim_peeked(conn, send.id, rows, after=second.last, version=version, request_id="c",
-                                finished=done) is None
-    counts = sendlog.counts(conn, send.id)
-    assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (4, 0, 2)
-
-
-def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 4)
-    first = sendlog.claim_batch(conn, send.id, size=1, request_id="a")
-    assert first is not None
-    sendlog.add_suppression(conn, "r2@example.org", reason="manual", source="test")
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=3, after=first.last)
-    done = sendlog.Finish(claim=first, state="accepted", attempts=1, http_status=202)
-    assert sendlog.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
-                                finished=done) is None
-    counts = sendlog.counts(conn, send.id)
-    assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (1, 0, 3)
-    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
-
-
-def test_the_message_id_and_time_of_an_answer_are_on_the_batch(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 2)
-    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
-    assert claim is not None
-    sendlog.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id="M1")
-    rows = conn.execute("SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
-                        "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,)).fetchall()
-    assert rows == [("accepted", "M1", 1), ("accepted", "M1", 1)]
-
-
-def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(conn: sqlite3.Connection) -> None:
-    """The end of one peeked window and the start of the next can be suppressed rows the peek skipped:
-    only `claim_batch` marks them, so the fast claim must not step over them."""
-    send = _send(conn, 4)
-    sendlog.add_suppression(conn, "r0@example.org", reason="manual", source="test")
-    version = sendlog.data_version(conn)
-    rows = sendlog.peek_batch(conn, send.id, size=2)
-    assert [r[1] for r in rows] == ["r1@example.org"]
-    assert sendlog.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
-    claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
-    assert claim is not None and claim.rows == rows
-    counts = sendlog.counts(conn, send.id)
-    assert (counts["suppressed"], counts["in_flight"], counts["pending"]) == (1, 1, 2)
-
-
 def test_checks_are_back_after_a_send_loop(conn: sqlite3.Connection) -> None:
-    send = _send(conn, 2)
+    send = recorded_send(conn, 2)
     with sendlog.unchecked_writes(conn):
-        claim = sendlog.claim_batch(conn, send.id, size=2, request_id="a")
+        claim = claims.claim_batch(conn, send.id, size=2, request_id="a")
         assert claim is not None
         assert conn.execute("PRAGMA ignore_check_constraints").fetchone()[0] == 1  # not switched on in between
-        sendlog.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202)
+        claims.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202)
     assert tuple(conn.execute("PRAGMA foreign_keys").fetchone()) == (1,)
     assert tuple(conn.execute("PRAGMA ignore_check_constraints").fetchone()) == (0,)
     with pytest.raises(sqlite3.IntegrityError):  # the CHECK on states holds again
