@@ -37,7 +37,14 @@ def sample_values(email: Email, config: Config) -> dict[str, str]:
     return values
 
 
-def check_email(issue: Issue, email: Email, config: Config) -> list[Problem]:
+def message_size(email: Email, config: Config) -> int:
+    """Encoded bytes of the real MIME message with realistic per-recipient values."""
+    return encoded_size(email, sender=Address(config.sender_name, addr_spec=config.sender_email),
+                        sample_values=sample_values(email, config))
+
+
+def check_email(issue: Issue, email: Email, config: Config, *, size: int | None = None) -> list[Problem]:
+    """Every problem of a rendered email; `size` is message_size's answer when the caller has it."""
     theme = config.theme_dir
     problems: list[Problem] = []
     for part, name in ((email.html, "email.mjml.j2"), (email.text, "email.txt.j2")):
@@ -54,9 +61,7 @@ def check_email(issue: Issue, email: Email, config: Config) -> list[Problem]:
         if not (ALLOWED_LINK.match(href) or PLACEHOLDER_RE.fullmatch(href)):
             problems.append(Problem(message=f"link {href!r} is not an http(s) or mailto link",
                                     file=theme / "email.mjml.j2", fix="use full https:// URLs or mailto: links"))
-    size = encoded_size(email, sender=Address(config.sender_name, addr_spec=config.sender_email),
-                        sample_values=sample_values(email, config))
-    kb = size / 1000
+    kb = (message_size(email, config) if size is None else size) / 1000
     if kb > config.size_budget_kb:
         problems.append(Problem(
             message=f"the encoded message is {kb:.1f} KB, over the {config.size_budget_kb:g} KB budget "

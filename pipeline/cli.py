@@ -6,6 +6,8 @@ starlette) are imported inside the commands so that `--help` and `build` start f
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -17,6 +19,7 @@ import click
 from pipeline.errors import IssueError, PipelineError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
+_finished: list[bool] = []  # set by commands that end with everything written and closed (see `run`)
 
 
 def _report_errors(func: F) -> F:
@@ -41,6 +44,25 @@ def _report_errors(func: F) -> F:
 def _print_problems(problems: list[Problem]) -> None:
     for problem in problems:
         click.secho(str(problem), fg="red" if problem.blocking else "yellow", err=True)
+
+
+def run() -> None:
+    """The `newsletter` process (console script and `python -m pipeline`).
+
+    After `build` or `check` has written and closed everything, the process ends at once instead of
+    letting the interpreter tear down the few hundred modules a build imports: that teardown costs
+    35–40 ms, a sixth of a cold build. Other commands (and tests that invoke `main`) exit normally.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        if not (_finished and exc.code in (None, 0)):
+            raise
+    if _finished:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say anyway
+                stream.flush()
+        os._exit(0)
 
 
 issue_dir = click.argument("issue_dir", type=click.Path(path_type=Path, file_okay=False))
@@ -70,6 +92,7 @@ def build(issue_dir: Path, out: Path | None) -> None:
     result = build_issue(issue_dir, load_config(), out=out)
     _print_problems([p for p in result.problems if not p.blocking])
     click.echo(f"built {result.out} ({result.manifest['sizes']['encoded_message_bytes'] / 1000:.1f} KB encoded)")
+    _finished.append(True)
 
 
 @main.command()
@@ -86,6 +109,7 @@ def check(issue_dir: Path) -> None:
     if blocking:
         raise IssueError(f"{blocking} blocking problem(s) in {issue_dir}; fix them and run check again")
     click.echo(f"{issue_dir}: ok ({len(problems)} warning(s))")
+    _finished.append(True)
 
 
 @main.command()

@@ -73,7 +73,7 @@ class Preview:
         try:
             config = load_config(self.config.root)
             issue = load_issue(self.folder, config)
-            email, _ = render_checked(issue, config, asset_base=self.base_url)
+            email, _, _ = render_checked(issue, config, asset_base=self.base_url)
             values = sample_values(email, config)
             values["unsubscribe_url"] = f"{self.base_url}/unsubscribe-preview"
             with self._lock:
