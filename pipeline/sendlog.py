@@ -9,6 +9,8 @@ Tables (see MIGRATIONS; every change is a new, append-only migration):
 - ``deliveries``: one row per (send, recipient): state, batch (whose row has the message id and the
   times of the request), the time of other changes (suppressed, removed), and the recipient's name and
   merge fields as they were when the send started (a resume sends the same).
+- ``delivery_log`` (a view): one row per recipient of a send with its state, request id, SendGrid's
+  message id and the times of its request: what to query when asking "what happened to this address?".
 - ``suppressions``: addresses never to mail again, whatever the list (unsubscribed, bounced, ...).
 - ``schema_migrations``: the names of the migrations applied. Other modules add their own tables with
   `open_sendlog(path, migrations=THEIRS)`; names are global, so prefix them with the module's name.
@@ -86,6 +88,12 @@ MIGRATIONS: list[Migration] = [
             source TEXT NOT NULL,
             created_at TEXT NOT NULL
         );
+    """),
+    ("sendlog_002_delivery_log", """
+        CREATE VIEW delivery_log AS
+        SELECT d.send_id, s.issue, s.list, d.id AS delivery_id, d.email, d.state, b.request_id, b.message_id,
+               b.created_at AS requested_at, b.finished_at AS answered_at, d.updated_at
+        FROM deliveries d JOIN sends s ON s.id = d.send_id LEFT JOIN batches b ON b.id = d.batch_id;
     """),
 ]
 

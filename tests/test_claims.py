@@ -110,6 +110,9 @@ def test_the_message_id_and_time_of_an_answer_are_on_the_batch(conn: sqlite3.Con
     rows = conn.execute("SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
                         "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,)).fetchall()
     assert rows == [("accepted", "M1", 1), ("accepted", "M1", 1)]
+    log = conn.execute("SELECT email, state, request_id, message_id, answered_at IS NOT NULL FROM delivery_log "
+                       "WHERE send_id = ? ORDER BY delivery_id", (send.id,)).fetchall()
+    assert log == [("r0@example.org", "accepted", "a", "M1", 1), ("r1@example.org", "accepted", "a", "M1", 1)]
 
 
 def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(conn: sqlite3.Connection) -> None:

@@ -22,12 +22,23 @@ def test_wal_and_migrations_recorded_once(tmp_path: Path) -> None:
     conn = sendlog.open_sendlog(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations")]
-    assert names == ["sendlog_001_initial"]
+    assert names == ["sendlog_001_initial", "sendlog_002_delivery_log"]
     extra = [("test_001_events", "CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT);")]
     again = sendlog.open_sendlog(path, migrations=extra)
     names = [r[0] for r in again.execute("SELECT name FROM schema_migrations ORDER BY name")]
-    assert names == ["sendlog_001_initial", "test_001_events"]
+    assert names == ["sendlog_001_initial", "sendlog_002_delivery_log", "test_001_events"]
     assert sendlog.migrate(again, [*sendlog.MIGRATIONS, *extra]) == []
+
+
+def test_a_send_log_of_an_older_version_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    assert sendlog.migrate(old, sendlog.MIGRATIONS[:1]) == ["sendlog_001_initial"]
+    old.close()
+    conn = sendlog.open_sendlog(path)
+    assert conn.execute("SELECT count(*) FROM delivery_log").fetchone()[0] == 0
+    names = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    assert names == ["sendlog_001_initial", "sendlog_002_delivery_log"]
 
 
 def test_suppressions(conn: sqlite3.Connection) -> None:
