@@ -3,7 +3,8 @@
 `peek_batch` reads the rows the next request will take (its body is built ahead), `claim_batch` /
 `claim_peeked` mark them `in_flight` under a new batch row and commit, `finish_batch` / `record` write
 the answer (`accepted`, `in_doubt`, `failed`), `mark_waiting` / `mark_in_flight` bracket a retry. The
-tables, states and the rest of the send log are in pipeline.sendlog.
+tables, states and the rest of the send log are in pipeline.sendlog. The send loop runs these inside
+`sendlog.unchecked_writes`, as their values are fixed ones.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.sendlog import TO_SEND, now, transaction, unchecked
+from pipeline.sendlog import TO_SEND, now, transaction
 
 DeliveryRow = tuple[int, str, str, str | None]  # (delivery id, email, name, fields JSON or None)
 
@@ -34,6 +35,16 @@ class Claim:
         return self.rows[-1][0]
 
 
+def _new_batch(conn: sqlite3.Connection, send_id: int, request_id: str, *, size: int, first: int, last: int,
+               stamp: str) -> int:
+    """The batch row of a claim, `in_flight` from the start; returns its id."""
+    batch_id = conn.execute(
+        "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+        "VALUES (?, ?, 'in_flight', ?, ?, ?, ?)", (send_id, request_id, size, first, last, stamp)).lastrowid
+    assert batch_id is not None
+    return batch_id
+
+
 def peek_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int = 0,
                states: Sequence[str] = TO_SEND) -> list[DeliveryRow]:
     """Read only: the rows `claim_batch` would take now (to build the next request ahead of time)."""
@@ -53,7 +64,7 @@ def claim_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int
     using the (send_id, email) index, which would sort the whole send for every batch.
     """
     marks = ",".join("?" * len(states))
-    with unchecked(conn):
+    with transaction(conn):
         stamp = now()
         any_suppressed = conn.execute("SELECT EXISTS (SELECT 1 FROM suppressions)").fetchone()[0]
         while True:
@@ -67,9 +78,7 @@ def claim_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int
                 conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE +send_id = ? AND id "
                              f"BETWEEN ? AND ? AND state IN ({marks}) AND email IN (SELECT email FROM suppressions)",
                              (stamp, *span))
-            batch_id = conn.execute(
-                "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-                "VALUES (?, ?, 'in_flight', 0, ?, ?, ?)", (send_id, request_id, lo, hi, stamp)).lastrowid
+            batch_id = _new_batch(conn, send_id, request_id, size=0, first=lo, last=hi, stamp=stamp)
             rows = conn.execute(
                 f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND id "
                 f"BETWEEN ? AND ? AND state IN ({marks}) RETURNING id, email, name, fields",
@@ -80,7 +89,6 @@ def claim_batch(conn: sqlite3.Connection, send_id: int, *, size: int, after: int
             after = hi
         rows.sort()
         conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rows), batch_id))
-    assert batch_id is not None
     return Claim(id=batch_id, request_id=request_id, rows=rows)
 
 
@@ -115,23 +123,20 @@ def claim_peeked(conn: sqlite3.Connection, send_id: int, rows: list[DeliveryRow]
     one commit (and fsync) per request instead of two.
     """
     marks = ",".join("?" * len(states))
-    with unchecked(conn):
+    with transaction(conn):
         if finished is not None:
             _finish(conn, finished)
         if not rows or data_version(conn) != version:
             return None
         conn.execute("SAVEPOINT claim")
-        batch_id = conn.execute(
-            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-            "VALUES (?, ?, 'in_flight', ?, ?, ?, ?)", (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now())
-        ).lastrowid
+        batch_id = _new_batch(conn, send_id, request_id, size=len(rows), first=rows[0][0], last=rows[-1][0],
+                              stamp=now())
         taken = conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND "
                              f"id > ? AND id <= ? AND state IN ({marks})",
                              (batch_id, send_id, after, rows[-1][0], *states)).rowcount
         if taken != len(rows):
             conn.execute("ROLLBACK TO claim")  # the outcome recorded above stays
             return None
-    assert batch_id is not None
     return Claim(id=batch_id, request_id=request_id, rows=rows)
 
 
@@ -144,7 +149,7 @@ def finish_batch(conn: sqlite3.Connection, claim: Claim, *, state: str, attempts
 
 def record(conn: sqlite3.Connection, finished: Finish) -> None:
     """`finish_batch` of a Finish."""
-    with unchecked(conn):
+    with transaction(conn):
         _finish(conn, finished)
 
 

@@ -350,7 +350,6 @@ class SendJob:
         """The outcome of a request into the send log; stops the send on a refusal or a spent budget."""
         assert self.conn is not None
         size = len(claim.rows)
-        self._flush()
         if result.outcome is Outcome.ACCEPTED:  # recorded with the next claim, or by _flush before any pause
             self._unrecorded = claims.Finish(claim=claim, state="accepted", attempts=self._attempts,
                                               http_status=result.status, message_id=result.message_id)
@@ -388,7 +387,6 @@ class SendJob:
                  first: Result | None = None) -> Result:
         """One request (or the answer `first` already got), retried on 429/5xx within the retry budget;
         returns the last answer."""
-        self._flush()
         budget = self.config.sending.retry_budget_seconds
         started = self.clock()
         self._attempts = 1 if first else 0

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sendkit import recorded_send
 
 from pipeline import claims, sendlog
 from pipeline.batches import Batch, Personalizer
@@ -37,16 +38,10 @@ def test_helper_builds_the_same_bodies_in_order(site: Path) -> None:
         builder.close()
 
 
-def _conn(tmp_path: Path, n: int) -> tuple[sqlite3.Connection, int]:
-    conn = sendlog.open_sendlog(tmp_path / "log.sqlite3")
-    send = sendlog.create_send(conn, issue="001", list_name="l", transport="sendgrid", content_hash="h", subject="s")
-    sendlog.add_recipients(conn, send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
-    return conn, send.id
-
-
-def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: Path) -> None:
+def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: Path,
+                                                          conn: sqlite3.Connection) -> None:
     p = _personalizer(site)
-    conn, send_id = _conn(tmp_path, 7)
+    send_id = recorded_send(conn, 7).id
     builder = BodyBuilder(p)
     try:
         ahead = Lookahead(conn, send_id, size=3, states=sendlog.TO_SEND, build=lambda rows: _body(p, rows),
@@ -57,7 +52,8 @@ def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: 
         claim = claims.claim_peeked(conn, send_id, head.rows, after=0, version=head.version, request_id="a")
         assert claim is not None and ahead.body(claim) == _body(p, claim.rows)
         ahead.fill(claim.last)
-        other = sendlog.open_sendlog(tmp_path / "log.sqlite3")  # as `newsletter serve` would, between peek and claim
+        # as `newsletter serve` would, between peek and claim
+        other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
         sendlog.add_suppression(other, "r3@example.org", reason="unsubscribed", source="web")
         other.close()
         head = ahead.head
