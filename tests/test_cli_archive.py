@@ -62,7 +62,8 @@ def test_static_archive_of_sent_issues_in_chromium(site: Path, tmp_path: Path) -
             page.goto(f"{url}/archive/")
             titles = page.eval_on_selector_all("ol.issues a", "els => els.map(e => e.textContent)")
             assert titles == ["Test Weekly No. 2: second steps", "Test Weekly No. 1: hello"]
-            page.click("text=Test Weekly No. 2: second steps")
+            with page.expect_navigation():  # until the new page's load event: its image has loaded by then
+                page.click("text=Test Weekly No. 2: second steps")
             page.wait_for_selector("text=Second steps & more")
             assert "%%" not in page.content()
             assert page.eval_on_selector("img", "img => img.complete && img.naturalWidth") > 0

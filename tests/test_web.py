@@ -300,8 +300,8 @@ def test_archive_in_chromium(server: tuple[str, Path, int], config: Config) -> N
         page.goto(f"{url}/archive/")
         links = page.eval_on_selector_all("ol.issues a", "els => els.map(e => [e.textContent, e.href])")
         assert [text for text, _ in links] == ["Test Weekly No. 2: second steps", "Test Weekly No. 1: hello"]
-        page.click("text=Test Weekly No. 1: hello")
-        page.wait_for_load_state()
+        with page.expect_navigation():  # until the new page's load event: its image has loaded by then
+            page.click("text=Test Weekly No. 1: hello")
         assert page.url == f"{url}/archive/001-hello/"
         body = page.inner_text("body")
         assert "Hello, readers" in body and "A Useful Paper" in body and "%%" not in page.content()
