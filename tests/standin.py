@@ -291,8 +291,10 @@ class StandIn:
 
 
 def _fast_recipients(raw: bytes) -> tuple[list[Error], list[str]]:
-    emails = [json.loads(b'"' + m + b'"') if b"\\" in m else m.decode() for m in FAST_RECIPIENT.findall(raw)]
-    if not emails:
+    found = FAST_RECIPIENT.findall(raw)
+    joined = b"\n".join(found)  # decoded at once: a JSON string holds no raw newline
+    emails = joined.decode().split("\n") if b"\\" not in joined else [json.loads(b'"' + m + b'"') for m in found]
+    if not found:
         return [("personalizations", "personalizations with to addresses are required.")], []
     return [], emails
 
