@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="SG.test")
-    parser.add_argument("--fast", action="store_true", help="skip schema and limit checks")
+    parser.add_argument("--fast", action="store_true", help="skip schema and limit checks; read only the recipients")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--slow-seconds", type=float, default=2.0)
