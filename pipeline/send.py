@@ -15,8 +15,6 @@ SendGrid answered 202.
 
 from __future__ import annotations
 
-import gc
-import json
 import logging
 import os
 import random
@@ -24,24 +22,21 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline import claims, sendlog, tokens
-from pipeline.batches import MAX_PERSONALIZATIONS, MAX_SUBSTITUTION_BYTES, Batch, Mailing, Personalizer, parse_send_at
+from pipeline import claims, recipients, sendlog, tokens
+from pipeline.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.bodies import BodyBuilder, Lookahead
+from pipeline.bulk import gc_paused
 from pipeline.config import Config
-from pipeline.errors import Problem, SendError, SubscriberError
+from pipeline.errors import Problem, SendError
 from pipeline.lock import SendLock
 from pipeline.plan import Plan, Progress, SendOptions, Summary
 from pipeline.render import Email
-from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Result, Transport
-
-if TYPE_CHECKING:
-    from pipeline.subscribers import ListReader
+from pipeline.subscribers import list_path
+from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Result, Transport, refusal_fix
 
 log = logging.getLogger("pipeline.send")
 IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
@@ -86,8 +81,6 @@ class SendJob:
                 message=f"{tokens.SECRET_ENV} is not set: the outbox's unsubscribe links are signed with a "
                 "throwaway secret and would not work in real mail", blocking=False,
                 fix=f"fine for a look at the outbox; a real send needs it ({tokens.CREATE_SECRET_HINT})"))
-        from pipeline.subscribers import list_path
-
         path = list_path(config, options.list_name)
         self.conn = sendlog.open_sendlog(config.sendlog_path)
         kind = "outbox" if options.outbox else "sendgrid"
@@ -96,7 +89,7 @@ class SendJob:
             mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
                                           secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
             self._personalizer = Personalizer(mailing)
-            self._test_row = self._first_recipient(path, options.test_address)
+            self._test_row = recipients.row_for_test_copy(self.conn, path, options.test_address)
             self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
             self._transport = self._transport_for(api_key)
             return self.plan
@@ -111,14 +104,20 @@ class SendJob:
                                       send_id=self.send.id, secret=secret, throwaway_secret=throwaway,
                                       send_at=send_at)
         self._personalizer = Personalizer(mailing)
-        listed, added, skipped = self._record_list(path)
+        try:
+            recorded = recipients.record_list(self.conn, self.send.id, path, self._personalizer,
+                                              list_name=options.list_name, new_send=self._created,
+                                              skip_invalid=options.skip_invalid)
+        except BaseException:
+            self.cancel()
+            raise
         if self._created:  # all of them pending: no need to count a million rows
-            counts = {**dict.fromkeys(sendlog.STATES, 0), "pending": added}
+            counts = {**dict.fromkeys(sendlog.STATES, 0), "pending": recorded.added}
         else:
             counts = sendlog.counts(self.conn, self.send.id)
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
-        self.plan = self._plan(mailing, kind, content_hash, (*warnings, *skipped), listed=listed, to_send=to_send,
-                               accepted=counts["accepted"], in_doubt=counts["in_doubt"])
+        self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
+                               to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"])
         self._transport = self._transport_for(api_key)
         return self.plan
 
@@ -168,69 +167,6 @@ class SendJob:
             log.warning("content changed since the send began; the rest gets the new version (as allowed)")
         sendlog.update_send(self.conn, found.id, content_hash=content_hash, subject=email.subject, send_at=at)
         return found
-
-    def _reader(self, path: Path) -> ListReader:
-        from pipeline.subscribers import ListReader
-
-        assert self.conn is not None
-        suppressed = sendlog.suppressed_set(self.conn)
-        return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
-
-    def _first_recipient(self, path: Path, address: str) -> claims.DeliveryRow:
-        """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
-        for recipient in self._reader(path):
-            fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
-            return (0, address, recipient.name, fields)
-        return (0, address, "", None)
-
-    def _record_list(self, path: Path) -> tuple[int, int, tuple[Problem, ...]]:
-        """Read the list once, checking every row, into the send log in one transaction (rolled back if
-        any row is bad and --skip-invalid was not given). Returns rows listed, rows added, problems."""
-        assert self.conn is not None and self.send is not None and self._personalizer is not None
-        started = time.perf_counter()
-        reader = self._reader(path)
-        oversized: list[Problem] = []
-        listed = 0
-        p = self._personalizer
-
-        def rows() -> Iterator[tuple[str, str, str | None]]:
-            nonlocal listed
-            for email, name, fields, line in reader.rows(dedupe=not self._created):
-                if fields or len(name) > 100:
-                    size = p.size_without_url(name, fields) + p.url_bytes_max(email)
-                    if size > MAX_SUBSTITUTION_BYTES:
-                        oversized.append(Problem(
-                            message=f"the name and merge fields of this row come to about {size} bytes, over "
-                            f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
-                            line=line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
-                        continue
-                listed += 1
-                yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
-            blocking = [*(p for p in reader.problems if p.blocking), *oversized]
-            if blocking and not self.options.skip_invalid:
-                raise SubscriberError(
-                    f"list {self.options.list_name} ({path}) has {reader.invalid + len(oversized)} bad row(s); "
-                    "nothing was sent — "
-                    "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
-
-        try:
-            with gc_paused():
-                if self._created:
-                    added = sendlog.add_recipients(self.conn, self.send.id, rows())
-                else:
-                    added = sendlog.sync_recipients(self.conn, self.send.id, rows())
-        except BaseException:
-            self.cancel()
-            raise
-        duplicates = reader.duplicates
-        if self._created:  # the send log dropped the duplicates: they were counted as listed until then
-            duplicates, listed = listed - added, added
-        skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
-                        for p in [*reader.problems, *oversized])
-        log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded "
-                 "in %.1f s", self.options.list_name, listed, reader.invalid, duplicates, reader.suppressed,
-                 time.perf_counter() - started)
-        return listed, added, skipped
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
               listed: int, to_send: int, accepted: int = 0, in_doubt: int = 0) -> Plan:
@@ -464,31 +400,9 @@ class SendJob:
         self.close()
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a send makes millions of short-lived tuples in no cycle (reference
-    counting frees them): its collections took 5-10 % of the time. A helper forked meanwhile inherits it."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def backoff(attempt: int, hint: float | None) -> float:
     """The server's hint plus a little jitter, else exponential (0.5 s doubling, at most 60 s) with jitter."""
     if hint is not None and hint >= 0:
         return hint + random.uniform(0, 0.25)
     base = min(60.0, 0.5 * 2 ** (attempt - 1))
     return random.uniform(base / 2, base)
-
-
-def refusal_fix(status: int | None) -> str:
-    return {
-        400: "fix what SendGrid names (a field of the request), then run the same command again",
-        401: f"check {API_KEY_ENV}: the key is wrong, revoked, or the account is out of credits",
-        403: "verify the sender identity in SendGrid and give the key Mail Send permission",
-        413: "the request is too large: lower sending.batch_size in newsletter.yaml or make the issue smaller",
-    }.get(status or 0, "see SendGrid's message, fix the cause, then run the same command again")

@@ -100,6 +100,16 @@ def sendgrid_errors(body: bytes | None) -> str:
     return "; ".join(parts) or (body or b"").decode("utf-8", "replace")[:300] or "no error message"
 
 
+def refusal_fix(status: int | None) -> str:
+    """What ends the message of a refusal: the one thing the operator can do about that status."""
+    return {
+        400: "fix what SendGrid names (a field of the request), then run the same command again",
+        401: f"check {API_KEY_ENV}: the key is wrong, revoked, or the account is out of credits",
+        403: "verify the sender identity in SendGrid and give the key Mail Send permission",
+        413: "the request is too large: lower sending.batch_size in newsletter.yaml or make the issue smaller",
+    }.get(status or 0, "see SendGrid's message, fix the cause, then run the same command again")
+
+
 class _Body(str):
     """A request body as python_http_client takes it: text it encodes, then formats into a DEBUG message,
     logged or not. Formatting 500 KB of bytes cost 2 ms a request, as much as the rest of it; a memoryview

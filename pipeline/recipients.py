@@ -1,0 +1,90 @@
+"""The recipients of a send: its list read once, every row checked, into the send log's deliveries.
+
+Reading and recording are one pass, so that a million rows are never held in memory: the rows go into the
+send log inside one transaction, and a bad row found anywhere (without --skip-invalid) rolls it all back
+before anything is sent. A test copy takes only the list's first row, for its name and merge fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline import sendlog
+from pipeline.batches import MAX_SUBSTITUTION_BYTES, Personalizer
+from pipeline.bulk import gc_paused
+from pipeline.claims import DeliveryRow
+from pipeline.errors import Problem, SubscriberError
+from pipeline.subscribers import ListReader
+
+log = logging.getLogger("pipeline.send")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Recorded:
+    listed: int  # valid rows, each address once
+    added: int  # new deliveries in the send log (all of them for a new send)
+    skipped: tuple[Problem, ...]  # the rows left out, as warnings
+
+
+def reader(conn: sqlite3.Connection, path: Path) -> ListReader:
+    """A reader of the list that skips everyone the send log's suppression list holds."""
+    suppressed = sendlog.suppressed_set(conn)
+    return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
+
+
+def row_for_test_copy(conn: sqlite3.Connection, path: Path, address: str) -> DeliveryRow:
+    """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
+    for recipient in reader(conn, path):
+        fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
+        return (0, address, recipient.name, fields)
+    return (0, address, "", None)
+
+
+def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer: Personalizer, *, list_name: str,
+                new_send: bool, skip_invalid: bool) -> Recorded:
+    """Read the list into the deliveries of `send_id`: all rows for a new send, the ones it lacks for a
+    resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`."""
+    started = time.perf_counter()
+    rows_of = reader(conn, path)
+    oversized: list[Problem] = []
+    listed = 0
+    p = personalizer
+
+    def rows() -> Iterator[tuple[str, str, str | None]]:
+        nonlocal listed
+        for email, name, fields, line in rows_of.rows(dedupe=not new_send):
+            if fields or len(name) > 100:
+                size = p.size_without_url(name, fields) + p.url_bytes_max(email)
+                if size > MAX_SUBSTITUTION_BYTES:
+                    oversized.append(Problem(
+                        message=f"the name and merge fields of this row come to about {size} bytes, over "
+                        f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
+                        line=line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
+                    continue
+            listed += 1
+            yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
+        blocking = [*(p for p in rows_of.problems if p.blocking), *oversized]
+        if blocking and not skip_invalid:
+            raise SubscriberError(
+                f"list {list_name} ({path}) has {rows_of.invalid + len(oversized)} bad row(s); nothing was sent — "
+                "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
+
+    with gc_paused():
+        if new_send:
+            added = sendlog.add_recipients(conn, send_id, rows())
+        else:
+            added = sendlog.sync_recipients(conn, send_id, rows())
+    duplicates = rows_of.duplicates
+    if new_send:  # the send log dropped the duplicates: they were counted as listed until then
+        duplicates, listed = listed - added, added
+    skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
+                    for p in [*rows_of.problems, *oversized])
+    log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded in %.1f s",
+             list_name, listed, rows_of.invalid, duplicates, rows_of.suppressed, time.perf_counter() - started)
+    return Recorded(listed=listed, added=added, skipped=skipped)
