@@ -292,11 +292,12 @@ class StandIn:
 
 def _fast_recipients(raw: bytes) -> tuple[list[Error], list[str]]:
     found = FAST_RECIPIENT.findall(raw)
-    joined = b"\n".join(found)  # decoded at once: a JSON string holds no raw newline
-    emails = joined.decode().split("\n") if b"\\" not in joined else [json.loads(b'"' + m + b'"') for m in found]
     if not found:
         return [("personalizations", "personalizations with to addresses are required.")], []
-    return [], emails
+    joined = b"\n".join(found)  # decoded at once: a JSON string holds no raw newline
+    if b"\\" in joined:  # an escape, such as \u00f6
+        return [], [json.loads(b'"' + m + b'"') for m in found]
+    return [], joined.decode().split("\n")
 
 
 class _Server(ThreadingHTTPServer):
