@@ -65,9 +65,9 @@ DROP_SUPPRESSION = {"bounced address": "bounce", "invalid": "invalid", "spam rep
 # Our names for them -> the send log's suppression reasons (sendlog.REASONS).
 SUPPRESSION_REASONS = {"bounce": "bounced", "block": "blocked", "invalid": "invalid", "spamreport": "complained",
                        "unsubscribe": "unsubscribed", "group_unsubscribe": "unsubscribed"}
-# How far a delivery got; a later event never moves it back (events arrive out of order).
 # Kept out of the stored payload: personal data the report does not need (the event key still covers them).
 UNSTORED_FIELDS = frozenset({"ip", "useragent"})
+# How far a delivery got; a later event never moves it back (events arrive out of order).
 OUTCOME_RANK = {"processed": 1, "deferred": 2, "delivered": 3, "bounce": 4, "dropped": 4}
 
 

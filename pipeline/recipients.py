@@ -22,7 +22,7 @@ from pipeline.claims import DeliveryRow
 from pipeline.errors import Problem, SubscriberError
 from pipeline.subscribers import ListReader
 
-log = logging.getLogger("pipeline.send")
+log = logging.getLogger("pipeline.send")  # its line is part of what `newsletter send` reports
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -51,16 +51,15 @@ def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer
     """Read the list into the deliveries of `send_id`: all rows for a new send, the ones it lacks for a
     resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`."""
     started = time.perf_counter()
-    rows_of = reader(conn, path)
+    source = reader(conn, path)
     oversized: list[Problem] = []
     listed = 0
-    p = personalizer
 
     def rows() -> Iterator[tuple[str, str, str | None]]:
         nonlocal listed
-        for email, name, fields, line in rows_of.rows(dedupe=not new_send):
+        for email, name, fields, line in source.rows(dedupe=not new_send):
             if fields or len(name) > 100:
-                size = p.size_without_url(name, fields) + p.url_bytes_max(email)
+                size = personalizer.size_without_url(name, fields) + personalizer.url_bytes_max(email)
                 if size > MAX_SUBSTITUTION_BYTES:
                     oversized.append(Problem(
                         message=f"the name and merge fields of this row come to about {size} bytes, over "
@@ -69,10 +68,10 @@ def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer
                     continue
             listed += 1
             yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
-        blocking = [*(p for p in rows_of.problems if p.blocking), *oversized]
+        blocking = [*(p for p in source.problems if p.blocking), *oversized]
         if blocking and not skip_invalid:
             raise SubscriberError(
-                f"list {list_name} ({path}) has {rows_of.invalid + len(oversized)} bad row(s); nothing was sent — "
+                f"list {list_name} ({path}) has {source.invalid + len(oversized)} bad row(s); nothing was sent — "
                 "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
 
     with gc_paused():
@@ -80,11 +79,11 @@ def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer
             added = sendlog.add_recipients(conn, send_id, rows())
         else:
             added = sendlog.sync_recipients(conn, send_id, rows())
-    duplicates = rows_of.duplicates
+    duplicates = source.duplicates
     if new_send:  # the send log dropped the duplicates: they were counted as listed until then
         duplicates, listed = listed - added, added
     skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
-                    for p in [*rows_of.problems, *oversized])
+                    for p in [*source.problems, *oversized])
     log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded in %.1f s",
-             list_name, listed, rows_of.invalid, duplicates, rows_of.suppressed, time.perf_counter() - started)
+             list_name, listed, source.invalid, duplicates, source.suppressed, time.perf_counter() - started)
     return Recorded(listed=listed, added=added, skipped=skipped)

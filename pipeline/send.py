@@ -209,7 +209,7 @@ class SendJob:
         # One request in flight at a time; while it is, the next batches' rows are read and their bodies built
         # (by a helper process: see pipeline.bodies).
         p = self._personalizer
-        builder = BodyBuilder(p) if p is not None and self._sends_bodies() else None
+        builder = BodyBuilder(p) if p is not None and self._transport.kind == "sendgrid" else None
         ahead = Lookahead(self.conn, self.send.id, size=self.config.sending.batch_size, states=states,
                           build=self._body, builder=builder)
         with sendlog.unchecked_writes(self.conn), gc_paused():  # the loop's writes are sendlog's fixed ones
@@ -241,12 +241,12 @@ class SendJob:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
             while True:
                 self._check_schedule()
-                head = ahead.head
-                if head and head.rows:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
+                head = ahead.head if ahead.head and ahead.head.rows else None
+                if head:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
                     self._pace()
                 request_id = uuid.uuid4().hex
                 claim = None
-                if head and head.rows:  # the last answer and the next intent in one commit
+                if head:  # the last answer and the next intent in one commit
                     claim = claims.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
                                                  version=head.version, states=states, request_id=request_id,
                                                  finished=self._unrecorded)
@@ -257,7 +257,7 @@ class SendJob:
                                                 request_id=request_id)
                 if claim is None:
                     return
-                if not (head and head.rows):  # rare: the rows looked at ahead were all suppressed meanwhile
+                if not head:  # rare: the rows looked at ahead were all suppressed meanwhile
                     self._pace()
                 after = claim.last
                 batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=ahead.body(claim))
@@ -272,14 +272,10 @@ class SendJob:
                         result = self._deliver(batch, summary, claim, first=result)
                     self._record(claim, result, summary, progress)
 
-    def _sends_bodies(self) -> bool:
-        return self._transport.kind == "sendgrid" and self._personalizer is not None
-
     def _body(self, rows: list[claims.DeliveryRow]) -> str | None:
         """The request body, built ahead for transports that send one (SendGrid)."""
-        if not self._sends_bodies():
+        if self._transport.kind != "sendgrid" or self._personalizer is None:
             return None
-        assert self._personalizer is not None
         return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
 
     def _record(self, claim: claims.Claim, result: Result, summary: Summary, progress: Progress) -> None:
