@@ -12,10 +12,8 @@ import datetime as dt
 import html
 import mimetypes
 import shutil
-import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,25 +143,10 @@ def feed(issues: list[Issue], config: Config) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def sent_issues(conn: sqlite3.Connection) -> set[str]:
-    """Issues that are public: a real send of them has had at least one request accepted."""
-    rows = conn.execute("SELECT DISTINCT s.issue FROM sends s JOIN batches b ON b.send_id = s.id "
-                        "WHERE s.transport = 'sendgrid' AND b.state = 'accepted'")
-    return {str(row[0]) for row in rows}
-
-
-def sent_issues_in(sendlog_path: Path) -> set[str]:
-    """`sent_issues` of the send log at this path, opened read-only (no send log yet: nothing is public)."""
-    if not sendlog_path.is_file():
-        return set()
-    with closing(sqlite3.connect(f"file:{sendlog_path}?mode=ro", uri=True, timeout=30)) as conn:
-        return sent_issues(conn)
-
-
 class Archive:
     """The archive of one newsletter, as pages by archive-relative path (`""`, `feed.xml`, `027/`, ...).
 
-    `published` says which issue folders are public (the send log decides; see sent_issues). Rendering
+    `published` says which issue folders are public (the store decides: `Store.sent_issues`). Rendering
     an issue takes tens of milliseconds, so pages are cached until a file of the issue or theme changes.
     """
 

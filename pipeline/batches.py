@@ -20,10 +20,10 @@ from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _enc
 
 from pipeline import tokens
-from pipeline.claims import DeliveryRow
 from pipeline.config import Config
 from pipeline.errors import SendError
 from pipeline.render import Email, placeholder
+from pipeline.store import DeliveryRow
 
 MAX_PERSONALIZATIONS = 1000
 MAX_SUBSTITUTION_BYTES = 10_000

@@ -20,16 +20,14 @@ import multiprocessing
 import os
 import queue
 import signal
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from pipeline import claims
 from pipeline.batches import Batch, Personalizer
-from pipeline.claims import DeliveryRow
+from pipeline.store import Claim, DeliveryRow, Peeked, Store
 
 
 class BodyBuilder:
@@ -127,50 +125,47 @@ def _serve(personalizer: Personalizer, jobs: Connection, bodies: Connection,
 
 
 @dataclass(slots=True)
-class Peeked:
-    rows: list[DeliveryRow]
-    after: int  # the rows are the next ones to send after this delivery id
-    version: int  # claims.data_version just before the rows were read
+class _Ahead:
+    peeked: Peeked
     building: bool = False  # its body was asked of the helper
 
 
 class Lookahead:
     """The next `depth` batches, peeked from the send log in id order, their bodies being built meanwhile.
 
-    The send claims the head's rows with `claims.claim_peeked` (or the slow way) and asks `body` for
+    The send claims the head's rows with `Store.claim_peeked` (or the slow way) and asks `body` for
     the claim's body: the one built ahead when the claim took the peeked rows, else (a suppression or
     some other change came between) everything peeked is dropped and that body is built here.
     """
 
-    def __init__(self, conn: sqlite3.Connection, send_id: int, *, size: int, states: Sequence[str],
+    def __init__(self, store: Store, send_id: int, *, size: int, states: Sequence[str],
                  build: Callable[[list[DeliveryRow]], str | None], builder: BodyBuilder | None,
                  depth: int = 2) -> None:
-        self.conn, self.send_id, self.size, self.states = conn, send_id, size, states
+        self.store, self.send_id, self.size, self.states = store, send_id, size, states
         self._build, self._builder, self._depth = build, builder, depth
-        self._queue: deque[Peeked] = deque()
+        self._queue: deque[_Ahead] = deque()
 
     @property
     def head(self) -> Peeked | None:
-        return self._queue[0] if self._queue else None
+        """The next rows to claim, if any were peeked (None: none peeked, or none left)."""
+        return self._queue[0].peeked if self._queue and self._queue[0].peeked.rows else None
 
     def fill(self, after: int) -> None:
         """Peek until `depth` batches are ahead: after `after`, or after the last one peeked."""
         while len(self._queue) < self._depth:
             if self._queue:
-                if not self._queue[-1].rows:
+                if not self._queue[-1].peeked.rows:
                     return  # the end, or a stretch of suppressed rows that only a claim can step over
-                after = self._queue[-1].rows[-1][0]
-            version = claims.data_version(self.conn)
-            rows = claims.peek_batch(self.conn, self.send_id, size=self.size, after=after, states=self.states)
-            peeked = Peeked(rows, after, version)
-            if rows and self._builder is not None:
-                self._builder.submit(rows)
-                peeked.building = True
-            self._queue.append(peeked)
+                after = self._queue[-1].peeked.rows[-1][0]
+            ahead = _Ahead(self.store.peek_batch(self.send_id, size=self.size, after=after, states=self.states))
+            if ahead.peeked.rows and self._builder is not None:
+                self._builder.submit(ahead.peeked.rows)
+                ahead.building = True
+            self._queue.append(ahead)
 
-    def body(self, claim: claims.Claim) -> str | None:
+    def body(self, claim: Claim) -> str | None:
         head = self._queue.popleft() if self._queue else None
-        if head is not None and head.rows == claim.rows:
+        if head is not None and head.peeked.rows == claim.rows:
             body = self._result(head)
             return body if body is not None else self._build(claim.rows)
         if head is not None:
@@ -182,5 +177,5 @@ class Lookahead:
         while self._queue:
             self._result(self._queue.popleft())
 
-    def _result(self, peeked: Peeked) -> str | None:
-        return self._builder.result() if peeked.building and self._builder is not None else None
+    def _result(self, ahead: _Ahead) -> str | None:
+        return self._builder.result() if ahead.building and self._builder is not None else None

@@ -315,10 +315,9 @@ def subscribers_import(file: Path, list_name: str) -> None:
     _print_problems(result.problems)
     suppressed = 0
     if result.to_suppress:
-        from pipeline.sendlog import add_suppressions, open_sendlog
+        from pipeline.store import open_store
 
-        suppressed = add_suppressions(open_sendlog(config.sendlog_path), result.to_suppress,
-                                      source=f"import {file.name}")
+        suppressed = open_store(config).add_suppressions(result.to_suppress, source=f"import {file.name}")
     click.echo(f"{file.name} ({result.source_format}) -> {dest.name}: {result.added} added, "
                f"{result.already_present} already present, {result.invalid} invalid, "
                f"{len(result.to_suppress)} unsubscribed or bounced in the export "
@@ -358,7 +357,9 @@ def serve(host: str, port: int, root_path: str, forwarded_allow_ips: str, no_web
                           f"signed them with: export {SECRET_ENV}=<the same value> (see README, Deploying serve)")
     secret = secret_from_env()
     key = None if no_webhook else public_key_from_env()
-    settings = Settings(config=config, secret=secret, webhook_key=key, db_path=config.sendlog_path,
+    from pipeline.store import open_store
+
+    settings = Settings(config=config, secret=secret, webhook_key=key, open_store=lambda: open_store(config),
                         published=(lambda: None) if all_issues else None)
     run(settings, host=host, port=port, root_path=root_path.rstrip("/"), forwarded_allow_ips=forwarded_allow_ips,
         echo=click.echo)
@@ -374,12 +375,12 @@ def suppressions() -> None:
 def suppressions_sync() -> None:
     """Pull bounces, blocks, spam reports, invalid emails and (group) unsubscribes from SendGrid."""
     from pipeline.config import load_config
-    from pipeline.events import open_db
+    from pipeline.store import open_store
     from pipeline.suppressions import client_fetch, sync
 
     config = load_config()
     fetch = client_fetch(timeout=config.sending.timeout_seconds)
-    result = sync(open_db(config.sendlog_path), fetch, group_id=config.sending.unsubscribe_group_id)
+    result = sync(open_store(config), fetch, group_id=config.sending.unsubscribe_group_id)
     for kind, fetched in result.fetched.items():
         click.echo(f"{kind:<20} {fetched:>7} at SendGrid, {result.added[kind]:>7} new here")
 
@@ -390,10 +391,9 @@ def suppressions_sync() -> None:
 def suppressions_list(reason: str | None) -> None:
     """Print every suppression: address, reason, source, time (tab-separated)."""
     from pipeline.config import load_config
-    from pipeline.events import open_db
-    from pipeline.sendlog import list_suppressions
+    from pipeline.store import open_store
 
-    rows = [s for s in list_suppressions(open_db(load_config().sendlog_path)) if reason in (None, s.reason)]
+    rows = [s for s in open_store(load_config()).list_suppressions() if reason in (None, s.reason)]
     for s in rows:
         click.echo(f"{s.email}\t{s.reason}\t{s.source}\t{s.created_at}")
     click.echo(f"{len(rows)} suppressed address(es)", err=True)
@@ -406,12 +406,11 @@ def suppressions_list(reason: str | None) -> None:
 def suppressions_add(address: str, reason: str) -> None:
     """Never mail ADDRESS again, on any list."""
     from pipeline.config import load_config
-    from pipeline.events import open_db
-    from pipeline.sendlog import add_suppression
+    from pipeline.store import open_store
     from pipeline.suppressions import normalise_address
 
     email = normalise_address(address)
-    added = add_suppression(open_db(load_config().sendlog_path), email, reason=reason, source="cli")
+    added = open_store(load_config()).add_suppression(email, reason=reason, source="cli")
     click.echo(f"suppressed {email}" if added else f"{email} was already suppressed (its first reason is kept)")
 
 
@@ -421,14 +420,13 @@ def suppressions_add(address: str, reason: str) -> None:
 def suppressions_remove(address: str) -> None:
     """Allow mail to ADDRESS again (a later sync re-adds it while SendGrid still suppresses it)."""
     from pipeline.config import load_config
-    from pipeline.events import open_db
-    from pipeline.sendlog import list_suppressions, remove_suppression
+    from pipeline.store import open_store
     from pipeline.suppressions import normalise_address
 
     email = normalise_address(address)
-    conn = open_db(load_config().sendlog_path)
-    before = next((s for s in list_suppressions(conn) if s.email.lower() == email.lower()), None)
-    if before is None or not remove_suppression(conn, email):
+    store = open_store(load_config())
+    before = next((s for s in store.list_suppressions() if s.email.lower() == email.lower()), None)
+    if before is None or not store.remove_suppression(email):
         raise PipelineError(f"{email} is not suppressed — check the spelling with `newsletter suppressions list`")
     click.echo(f"removed {email} (was {before.reason}, from {before.source})")
 
@@ -440,13 +438,16 @@ def suppressions_remove(address: str) -> None:
 @_report_errors
 def archive(out: Path, all_issues: bool) -> None:
     """Write the web archive as static files: index, one page per issue, images, feed.xml."""
-    from pipeline.archive import Archive, sent_issues_in
+    from pipeline.archive import Archive
     from pipeline.config import load_config
+    from pipeline.store import database_url, open_store
 
     config = load_config()
 
-    def published() -> set[str] | None:  # None: every valid issue
-        return None if all_issues else sent_issues_in(config.sendlog_path)
+    def published() -> set[str] | None:  # None: every valid issue; no send log yet: nothing is public
+        if all_issues or not (database_url() or config.sendlog_path.is_file()):
+            return None if all_issues else set()
+        return open_store(config).sent_issues()
 
     written, problems = Archive(config, published=published).write(out)
     _print_problems(problems)
@@ -466,13 +467,15 @@ def report(issue_dir: Path, html_file: Path | None) -> None:
     """Delivered, bounced, dropped, spam reports, unsubscribes, opens and clicks per link, per list."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.events import open_db
     from pipeline.report import build_report, html_report, text_report
+    from pipeline.store import database_url, open_store
 
-    path = load_config().sendlog_path
-    if not path.is_file():
-        raise ConfigError(f"no send log at {path} — run the report where the issue was sent from")
-    result = build_report(open_db(path), issue_dir.resolve().name)
+    config = load_config()
+    path = config.sendlog_path
+    if not database_url() and not path.is_file():
+        raise ConfigError(f"no send log at {path} — run the report where the issue was sent from, or set "
+                          "NEWSLETTER_DATABASE_URL to the shared database")
+    result = build_report(open_store(config), issue_dir.resolve().name)
     click.echo(text_report(result), nl=False)
     if html_file is not None:
         html_file.write_text(html_report(result), "utf-8")

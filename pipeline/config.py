@@ -20,6 +20,7 @@ class Sending:
     requests_per_second: float = 10.0
     timeout_seconds: float = 30.0
     retry_budget_seconds: float = 600.0
+    concurrency: int = 4  # requests in flight at once, each with its own intent committed first
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,5 +119,6 @@ def load_config(root: Path | None = None) -> Config:
             requests_per_second=float(sending.get("requests_per_second", 10)),
             timeout_seconds=float(sending.get("timeout_seconds", 30)),
             retry_budget_seconds=float(sending.get("retry_budget_seconds", 600)),
+            concurrency=int(sending.get("concurrency", 4)),
         ),
     )

@@ -73,3 +73,10 @@ def raise_if_blocking(problems: Iterable[Problem], error: type[PipelineError], m
     blocking = [p for p in problems if p.blocking]
     if blocking:
         raise error(message, problems=blocking)
+
+
+class StoreError(SendError):
+    """The database could not be reached or refused a statement: nothing is counted as sent that was not
+    recorded, so the same command resumes once it is back."""
+
+    exit_code = 6

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import sendlog
 from pipeline.batches import MAX_SUBSTITUTION_BYTES, Personalizer
-from pipeline.bulk import gc_paused
-from pipeline.claims import DeliveryRow
 from pipeline.errors import Problem, SubscriberError
+from pipeline.gcpause import gc_paused
+from pipeline.store import DeliveryRow, Store
 from pipeline.subscribers import ListReader
 
 log = logging.getLogger("pipeline.send")  # its line is part of what `newsletter send` reports
@@ -32,26 +30,26 @@ class Recorded:
     skipped: tuple[Problem, ...]  # the rows left out, as warnings
 
 
-def reader(conn: sqlite3.Connection, path: Path) -> ListReader:
-    """A reader of the list that skips everyone the send log's suppression list holds."""
-    suppressed = sendlog.suppressed_set(conn)
+def reader(store: Store, path: Path) -> ListReader:
+    """A reader of the list that skips everyone the store's suppression list holds."""
+    suppressed = store.suppressed_set()
     return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
 
 
-def row_for_test_copy(conn: sqlite3.Connection, path: Path, address: str) -> DeliveryRow:
+def row_for_test_copy(store: Store, path: Path, address: str) -> DeliveryRow:
     """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
-    for recipient in reader(conn, path):
+    for recipient in reader(store, path):
         fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
         return (0, address, recipient.name, fields)
     return (0, address, "", None)
 
 
-def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer: Personalizer, *, list_name: str,
+def record_list(store: Store, send_id: int, path: Path, personalizer: Personalizer, *, list_name: str,
                 new_send: bool, skip_invalid: bool) -> Recorded:
     """Read the list into the deliveries of `send_id`: all rows for a new send, the ones it lacks for a
     resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`."""
     started = time.perf_counter()
-    source = reader(conn, path)
+    source = reader(store, path)
     oversized: list[Problem] = []
     listed = 0
 
@@ -76,9 +74,9 @@ def record_list(conn: sqlite3.Connection, send_id: int, path: Path, personalizer
 
     with gc_paused():
         if new_send:
-            added = sendlog.add_recipients(conn, send_id, rows())
+            added = store.add_recipients(send_id, rows())
         else:
-            added = sendlog.sync_recipients(conn, send_id, rows())
+            added = store.sync_recipients(send_id, rows())
     duplicates = source.duplicates
     if new_send:  # the send log dropped the duplicates: they were counted as listed until then
         duplicates, listed = listed - added, added

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import sqlite3
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError
-from pipeline.sendlog import sends_of_issue
+from pipeline.store import Store
 
 # Report row -> the events that count for it (distinct recipients).
 COUNTED = {"delivered": ("delivered",), "bounced": ("bounce",), "dropped": ("dropped",),
@@ -39,39 +38,26 @@ class Report:
     timeline: list[tuple[int, int, int]]  # (bucket start, unix seconds; opens; clicks) in that bucket
 
 
-def build_report(conn: sqlite3.Connection, issue: str) -> Report:
-    sends = [s for s in sends_of_issue(conn, issue) if s.transport == "sendgrid"]
+def build_report(store: Store, issue: str) -> Report:
+    sends = [s for s in store.sends_of_issue(issue) if s.transport == "sendgrid"]
     if not sends:
         raise PipelineError(f"issue {issue} has no real send in the send log — run `newsletter send` first "
                             "(outbox runs have no events), or check the issue folder's name")
     lists = []
     for send in sends:
         report = ListReport(send.list_name)
-        row = conn.execute("SELECT count(*), sum(state = 'accepted') FROM deliveries WHERE send_id = ?",
-                           (send.id,)).fetchone()
-        report.counts["recipients"], report.counts["accepted"] = int(row[0]), int(row[1] or 0)
-        where = "issue = ? AND list = ? AND status = 'applied' AND event IN ({})"
-        for name, kinds in COUNTED.items():
-            report.counts[name] = conn.execute(
-                f"SELECT count(DISTINCT lower(email)) FROM events WHERE {where.format(','.join('?' * len(kinds)))}",
-                (issue, send.list_name, *kinds)).fetchone()[0]
-        report.counts["opens"] = conn.execute(f"SELECT count(*) FROM events WHERE {where.format('?')}",
-                                              (issue, send.list_name, "open")).fetchone()[0]
-        report.counts["unique_clicks"] = conn.execute(
-            f"SELECT count(DISTINCT lower(email)) FROM events WHERE {where.format('?')}",
-            (issue, send.list_name, "click")).fetchone()[0]
-        report.links = [(str(url), int(n), int(u)) for url, n, u in conn.execute(
-            f"SELECT url, count(*), count(DISTINCT lower(email)) FROM events WHERE {where.format('?')} "
-            "GROUP BY url ORDER BY count(*) DESC, url", (issue, send.list_name, "click"))]
+        found = store.event_counts(send, COUNTED)
+        report.counts["recipients"], report.counts["accepted"] = found.recipients, found.accepted
+        report.counts.update(found.distinct)
+        report.counts["opens"], report.counts["unique_clicks"] = found.opens, found.unique_clicks
+        report.links = found.links
         lists.append(report)
-    return Report(issue=issue, subject=sends[0].subject, lists=lists, timeline=_timeline(conn, issue))
+    return Report(issue=issue, subject=sends[0].subject, lists=lists, timeline=_timeline(store, issue))
 
 
-def _timeline(conn: sqlite3.Connection, issue: str) -> list[tuple[int, int, int]]:
+def _timeline(store: Store, issue: str) -> list[tuple[int, int, int]]:
     """Opens and clicks per hour (per day when the events span more than two weeks), gaps filled with 0."""
-    rows = conn.execute("SELECT occurred_at, event FROM events WHERE issue = ? AND status = 'applied' "
-                        "AND event IN ('open', 'click') AND occurred_at IS NOT NULL ORDER BY occurred_at",
-                        (issue,)).fetchall()
+    rows = store.event_times(issue)
     if not rows:
         return []
     first, last = rows[0][0], rows[-1][0]

@@ -17,29 +17,27 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pipeline import claims, recipients, sendlog, tokens
+from pipeline import recipients, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.bodies import BodyBuilder, Lookahead
-from pipeline.bulk import gc_paused
 from pipeline.config import Config
 from pipeline.errors import Problem, SendError
-from pipeline.lock import SendLock
+from pipeline.gcpause import gc_paused
 from pipeline.plan import Plan, Progress, SendOptions, Summary
 from pipeline.render import Email
+from pipeline.send_loop import Policy, SendLoop, backoff
+from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, Store, open_store
 from pipeline.subscribers import list_path
-from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Result, Transport, refusal_fix
+from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
 
 log = logging.getLogger("pipeline.send")
-IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
 
 
 class SendJob:
@@ -54,16 +52,13 @@ class SendJob:
         self.sleep = sleep
         self.clock = clock
         self._make_transport = transport
-        self.conn: sqlite3.Connection | None = None
-        self.lock: SendLock | None = None
-        self.send: sendlog.Send | None = None
+        self.store: Store | None = None
+        self.lock: AbstractContextManager[object] | None = None
+        self.send: Send | None = None
         self.plan: Plan | None = None
         self._created = False
-        self._test_row: claims.DeliveryRow | None = None
+        self._test_row: DeliveryRow | None = None
         self._personalizer: Personalizer | None = None
-        self._last_request = -1e9
-        self._attempts = 0
-        self._unrecorded: claims.Finish | None = None  # an answer 202 recorded with the next claim
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -82,21 +77,21 @@ class SendJob:
                 "throwaway secret and would not work in real mail", blocking=False,
                 fix=f"fine for a look at the outbox; a real send needs it ({tokens.CREATE_SECRET_HINT})"))
         path = list_path(config, options.list_name)
-        self.conn = sendlog.open_sendlog(config.sendlog_path)
+        self.store = open_store(config, environ=self.environ)
         kind = "outbox" if options.outbox else "sendgrid"
         slug = self.issue_dir.resolve().name
         if options.test_address:
             mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
                                           secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
             self._personalizer = Personalizer(mailing)
-            self._test_row = recipients.row_for_test_copy(self.conn, path, options.test_address)
+            self._test_row = recipients.row_for_test_copy(self.store, path, options.test_address)
             self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
             self._transport = self._transport_for(api_key)
             return self.plan
-        self.lock = SendLock(config.state_dir, issue=slug, list_name=options.list_name)
-        self.lock.acquire()
+        self.lock = self.store.lock(issue=slug, list_name=options.list_name)
+        self.lock.__enter__()
         self.send = self._open_send(slug, kind, email, content_hash, send_at)
-        recovered = sendlog.recover_in_flight(self.conn, self.send.id)
+        recovered = self.store.recover_in_flight(self.send.id)
         if recovered:
             log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
                         recovered)
@@ -105,16 +100,16 @@ class SendJob:
                                       send_at=send_at)
         self._personalizer = Personalizer(mailing)
         try:
-            recorded = recipients.record_list(self.conn, self.send.id, path, self._personalizer,
+            recorded = recipients.record_list(self.store, self.send.id, path, self._personalizer,
                                               list_name=options.list_name, new_send=self._created,
                                               skip_invalid=options.skip_invalid)
         except BaseException:
             self.cancel()
             raise
         if self._created:  # all of them pending: no need to count a million rows
-            counts = {**dict.fromkeys(sendlog.STATES, 0), "pending": recorded.added}
+            counts = {**dict.fromkeys(STATES, 0), "pending": recorded.added}
         else:
-            counts = sendlog.counts(self.conn, self.send.id)
+            counts = self.store.counts(self.send.id)
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
                                to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"])
@@ -146,16 +141,16 @@ class SendJob:
         result = build_issue(self.issue_dir, self.config)  # raises IssueError on blocking problems
         return result.email, str(result.manifest["content_hash"]), tuple(result.problems)
 
-    def _open_send(self, slug: str, kind: str, email: Email, content_hash: str, send_at: int | None) -> sendlog.Send:
-        assert self.conn is not None
+    def _open_send(self, slug: str, kind: str, email: Email, content_hash: str, send_at: int | None) -> Send:
+        assert self.store is not None
         at = str(send_at) if send_at else None
-        found = sendlog.find_send(self.conn, issue=slug, list_name=self.options.list_name, transport=kind)
+        found = self.store.find_send(issue=slug, list_name=self.options.list_name, transport=kind)
         if found is not None and kind == "outbox":
-            sendlog.delete_send(self.conn, found.id)  # every outbox run writes the whole list afresh
+            self.store.delete_send(found.id)  # every outbox run writes the whole list afresh
             found = None
         if found is None:
             self._created = True
-            return sendlog.create_send(self.conn, issue=slug, list_name=self.options.list_name, transport=kind,
+            return self.store.create_send(issue=slug, list_name=self.options.list_name, transport=kind,
                                        content_hash=content_hash, subject=email.subject, send_at=at)
         if found.content_hash != content_hash:
             if not self.options.allow_changed_content:
@@ -165,7 +160,7 @@ class SendJob:
                     "sent so far got the old version — restore the issue as it was, or re-run with "
                     "--allow-changed-content to send the new version to the rest")
             log.warning("content changed since the send began; the rest gets the new version (as allowed)")
-        sendlog.update_send(self.conn, found.id, content_hash=content_hash, subject=email.subject, send_at=at)
+        self.store.update_send(found.id, content_hash=content_hash, subject=email.subject, send_at=at)
         return found
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
@@ -198,196 +193,88 @@ class SendJob:
         started = time.perf_counter()
         progress.start(self.plan.to_send)
         if self._test_row is not None:
-            result = self._deliver(Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row]), summary, None)
-            self._raise_unless_accepted(result, summary, test=True)
-            summary.accepted, summary.finished = 1, True
+            self._send_test_copy(summary)
             progress.advance(1)
             return summary
-        assert self.conn is not None and self.send is not None
-        states = (*sendlog.TO_SEND, "in_doubt") if self.options.resend_in_doubt else sendlog.TO_SEND
-        self._streak = 0
-        # One request in flight at a time; while it is, the next batches' rows are read and their bodies built
-        # (by a helper process: see pipeline.bodies).
-        p = self._personalizer
-        builder = BodyBuilder(p) if p is not None and self._transport.kind == "sendgrid" else None
-        ahead = Lookahead(self.conn, self.send.id, size=self.config.sending.batch_size, states=states,
-                          build=self._body, builder=builder)
-        with sendlog.unchecked_writes(self.conn), gc_paused():  # the loop's writes are sendlog's fixed ones
+        assert self.store is not None and self.send is not None and self._personalizer is not None
+        states = (*TO_SEND, "in_doubt") if self.options.resend_in_doubt else TO_SEND
+        sending = self.config.sending
+        concurrency = sending.concurrency if self._transport.kind == "sendgrid" else 1
+        # While requests are in flight, the next batches' rows are read and their bodies built (by a helper
+        # process: see pipeline.bodies).
+        builder = BodyBuilder(self._personalizer) if self._transport.kind == "sendgrid" else None
+        ahead = Lookahead(self.store, self.send.id, size=sending.batch_size, states=states, build=self._body,
+                          builder=builder, depth=concurrency + 1)
+        policy = Policy(batch_size=sending.batch_size, concurrency=concurrency,
+                        requests_per_second=sending.requests_per_second,
+                        retry_budget_seconds=sending.retry_budget_seconds, send_at=self.plan.send_at)
+        loop = SendLoop(self.store, self.send.id, self._transport, policy, states=states, ahead=ahead,
+                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep)
+        with self.store.sending(), gc_paused():  # the loop's writes are the store's fixed ones
             try:
-                self._send_batches(ahead, states, summary, progress)
+                loop.run()
             finally:
-                try:
-                    self._flush()
-                finally:
-                    if builder is not None:
-                        builder.close()
+                if builder is not None:
+                    builder.close()
         if self._created:  # every row was pending and the loop, ending without an error, took them all
             counts = {"pending": 0, "failed": 0, "in_doubt": summary.in_doubt}  # counting 1M rows took 0.2 s
         else:
-            counts = sendlog.counts(self.conn, self.send.id)
+            counts = self.store.counts(self.send.id)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
         if summary.finished:
-            sendlog.finish_send(self.conn, self.send.id)
+            self.store.finish_send(self.send.id)
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _send_batches(self, ahead: Lookahead, states: tuple[str, ...], summary: Summary,
-                      progress: Progress) -> None:
-        """Claim, request, record, until nothing is left to send (or an answer stops the send)."""
-        assert self.conn is not None and self.send is not None
-        size, after = self.config.sending.batch_size, 0
-        ahead.fill(after)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sendgrid-request") as pool:
-            while True:
-                self._check_schedule()
-                head = ahead.head if ahead.head and ahead.head.rows else None
-                if head:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
-                    self._pace()
-                request_id = uuid.uuid4().hex
-                claim = None
-                if head:  # the last answer and the next intent in one commit
-                    claim = claims.claim_peeked(self.conn, self.send.id, head.rows, after=head.after,
-                                                 version=head.version, states=states, request_id=request_id,
-                                                 finished=self._unrecorded)
-                    self._unrecorded = None
-                if claim is None:
-                    self._flush()
-                    claim = claims.claim_batch(self.conn, self.send.id, size=size, after=after, states=states,
-                                                request_id=request_id)
-                if claim is None:
-                    return
-                if not head:  # rare: the rows looked at ahead were all suppressed meanwhile
-                    self._pace()
-                after = claim.last
-                batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=ahead.body(claim))
-                self._last_request, self._attempts = self.clock(), 1
-                summary.requests += 1
-                future = pool.submit(self._transport.send, batch)
-                try:
-                    ahead.fill(after)
-                finally:  # whatever happened meanwhile, the answer is recorded
-                    result = future.result()
-                    if result.outcome is Outcome.RETRY:
-                        result = self._deliver(batch, summary, claim, first=result)
-                    self._record(claim, result, summary, progress)
+    def _send_test_copy(self, summary: Summary) -> None:
+        """One request, retried on 429/5xx within the budget; not recorded (the send log does not know it)."""
+        assert self._test_row is not None
+        batch = Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row])
+        budget = self.config.sending.retry_budget_seconds
+        started, attempts = self.clock(), 0
+        while True:
+            attempts += 1
+            summary.requests += 1
+            result = self._transport.send(batch)
+            if result.outcome is not Outcome.RETRY:
+                break
+            delay = backoff(attempts, result.retry_after)
+            if self.clock() - started + delay > budget:
+                raise SendError(f"gave up on the test copy after {attempts} attempt(s) within {budget:g} s "
+                                f"(sending.retry_budget_seconds); last answer: {result.status or 'no connection'} "
+                                f"{result.error}; nothing was sent — run the same command again later")
+            self.sleep(delay)
+        if result.outcome is Outcome.IN_DOUBT:
+            raise SendError(f"the test copy got no answer ({result.error}); it may or may not have been sent — "
+                            "check the inbox before sending it again")
+        if result.outcome is Outcome.REFUSED:
+            raise SendError(f"SendGrid refused the test copy ({result.status}): {result.error}; nothing was sent "
+                            f"— {refusal_fix(result.status)}")
+        summary.accepted, summary.finished = 1, True
 
-    def _body(self, rows: list[claims.DeliveryRow]) -> str | None:
+    def _body(self, rows: list[DeliveryRow]) -> str | None:
         """The request body, built ahead for transports that send one (SendGrid)."""
         if self._transport.kind != "sendgrid" or self._personalizer is None:
             return None
         return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
 
-    def _record(self, claim: claims.Claim, result: Result, summary: Summary, progress: Progress) -> None:
-        """The outcome of a request into the send log; stops the send on a refusal or a spent budget."""
-        assert self.conn is not None
-        size = len(claim.rows)
-        if result.outcome is Outcome.ACCEPTED:  # recorded with the next claim, or by _flush before any pause
-            self._unrecorded = claims.Finish(claim=claim, state="accepted", attempts=self._attempts,
-                                              http_status=result.status, message_id=result.message_id)
-            summary.accepted += size
-            self._streak = 0
-            progress.advance(size)
-        elif result.outcome is Outcome.IN_DOUBT:
-            claims.finish_batch(self.conn, claim, state="in_doubt", attempts=self._attempts, error=result.error)
-            summary.in_doubt += size
-            self._streak += 1
-            progress.note(f"a request for {size} recipient(s) got no answer ({result.error}); "
-                          "they are in doubt and will not be sent again without --resend-in-doubt")
-            if self._streak >= IN_DOUBT_STREAK_LIMIT:
-                self._stop(summary, f"{self._streak} requests in a row got no answer; stopped so as not to put "
-                           "more recipients in doubt — check the network, then run the same command again")
-        else:
-            claims.finish_batch(self.conn, claim, state="failed", attempts=self._attempts,
-                                 http_status=result.status, error=result.error)
-            summary.failed += size
-            self._raise_unless_accepted(result, summary, test=False)
-
-    def _flush(self) -> None:
-        """Record an answer 202 kept for the next claim now: before any pause, and when the loop ends."""
-        if self._unrecorded is not None and self.conn is not None:
-            claims.record(self.conn, self._unrecorded)
-            self._unrecorded = None
-
-    def _check_schedule(self) -> None:
-        at = self.plan.send_at if self.plan else None
-        if at is not None and time.time() >= at:
-            raise SendError(f"the scheduled time (send_at {at}) has passed while sending; the rest was not sent "
-                            "— run the same command with a later --at, or without --at to send now")
-
-    def _deliver(self, batch: Batch, summary: Summary, claim: claims.Claim | None,
-                 first: Result | None = None) -> Result:
-        """One request (or the answer `first` already got), retried on 429/5xx within the retry budget;
-        returns the last answer."""
-        budget = self.config.sending.retry_budget_seconds
-        started = self.clock()
-        self._attempts = 1 if first else 0
-        result = first
-        while True:
-            if result is not None:
-                if result.outcome is not Outcome.RETRY:
-                    return result
-                if claim is not None and self.conn is not None:
-                    claims.mark_waiting(self.conn, claim, attempts=self._attempts, http_status=result.status,
-                                         error=result.error)
-                delay = backoff(self._attempts, result.retry_after)
-                if self.clock() - started + delay > budget:
-                    return result  # still RETRY: the budget is spent
-                log.info("answer %s, retrying in %.1f s", result.status or "none", delay)
-                self.sleep(delay)
-            if self._attempts:
-                self._pace()
-                if claim is not None and self.conn is not None:
-                    claims.mark_in_flight(self.conn, claim)
-            self._last_request = self.clock()
-            self._attempts += 1
-            summary.requests += 1
-            result = self._transport.send(batch)
-
-    def _pace(self) -> None:
-        """The requests-per-second ceiling: wait until 1/rps has passed since the last request began."""
-        wait = self._last_request + 1.0 / self.config.sending.requests_per_second - self.clock()
-        if wait > 0:
-            self._flush()
-            self.sleep(wait)
-
-    def _raise_unless_accepted(self, result: Result, summary: Summary, *, test: bool) -> None:
-        if result.outcome is Outcome.ACCEPTED:
-            return
-        what = "the test copy" if test else "the send"
-        if result.outcome is Outcome.IN_DOUBT:
-            raise SendError(f"{what} got no answer ({result.error}); it may or may not have been sent — "
-                            "check the inbox before sending it again")
-        if result.outcome is Outcome.RETRY:
-            budget = self.config.sending.retry_budget_seconds
-            self._stop(summary, f"gave up after {self._attempts} attempt(s) within {budget:g} s "
-                       f"(sending.retry_budget_seconds); last answer: {result.status or 'no connection'} "
-                       f"{result.error}; nothing of that request was counted as sent — run the same command "
-                       "again later to resume", test=test)
-        self._stop(summary, f"SendGrid refused {what} ({result.status}): {result.error}; nothing of that request was "
-                   f"counted as sent — {refusal_fix(result.status)}", test=test)
-
-    def _stop(self, summary: Summary, message: str, *, test: bool = False) -> None:
-        if not test:
-            message += f" ({summary.accepted} accepted in this run; `newsletter status` shows the rest)"
-        raise SendError(message)
-
     # --- ending -----------------------------------------------------------------------------------------
 
     def cancel(self) -> None:
         """The operator said no (or the list was bad): a send that this run created is forgotten."""
-        if self._created and self.conn is not None and self.send is not None:
-            sendlog.delete_send(self.conn, self.send.id)
+        if self._created and self.store is not None and self.send is not None:
+            self.store.delete_send(self.send.id)
             self._created = False
             self.send = None
 
     def close(self) -> None:
         if self.lock is not None:
-            self.lock.release()
+            self.lock.__exit__(None, None, None)
             self.lock = None
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def __enter__(self) -> SendJob:
         return self
@@ -395,10 +282,3 @@ class SendJob:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-
-def backoff(attempt: int, hint: float | None) -> float:
-    """The server's hint plus a little jitter, else exponential (0.5 s doubling, at most 60 s) with jitter."""
-    if hint is not None and hint >= 0:
-        return hint + random.uniform(0, 0.25)
-    base = min(60.0, 0.5 * 2 ** (attempt - 1))
-    return random.uniform(base / 2, base)

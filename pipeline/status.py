@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import sendlog
 from pipeline.config import Config
+from pipeline.store import database_url, open_store
 
 COUNTED = ("accepted", "pending", "in_doubt", "failed")
 
@@ -19,13 +19,13 @@ def issue_status(config: Config, issue_dir: Path) -> dict[str, Any]:
     """
     slug = issue_dir.resolve().name
     report: dict[str, Any] = {"issue": slug, "lists": {}, "outbox": {}}
-    if not config.sendlog_path.exists():
+    if not database_url() and not config.sendlog_path.exists():
         return report
-    conn = sendlog.open_sendlog(config.sendlog_path)
+    store = open_store(config)
     try:
-        for send in sendlog.sends_of_issue(conn, slug):
-            counts = sendlog.counts(conn, send.id)
-            first, last = sendlog.send_times(conn, send.id)
+        for send in store.sends_of_issue(slug):
+            counts = store.counts(send.id)
+            first, last = store.send_times(send.id)
             entry: dict[str, Any] = {
                 "accepted": counts["accepted"],
                 "pending": counts["pending"] + counts["in_flight"],
@@ -41,9 +41,9 @@ def issue_status(config: Config, issue_dir: Path) -> dict[str, Any]:
                 "finished_at": send.finished_at,
                 "send_at": int(send.send_at) if send.send_at else None,
                 "send_id": send.id,
-                "in_doubt_recipients": sendlog.in_doubt_addresses(conn, send.id),
+                "in_doubt_recipients": store.in_doubt_addresses(send.id),
             }
             report["outbox" if send.transport == "outbox" else "lists"][send.list_name] = entry
     finally:
-        conn.close()
+        store.close()
     return report

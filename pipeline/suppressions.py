@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import urllib.error
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from email_validator import EmailNotValidError, validate_email
 
 from pipeline.errors import ConfigError, SendError
-from pipeline.sendlog import insert_suppression, transaction
+from pipeline.store import Store
 
 API_KEY_ENV = "SENDGRID_API_KEY"
 API_HOST_ENV = "SENDGRID_API_HOST"  # only to point the client at a stand-in in tests
@@ -105,9 +104,9 @@ def fetch_all(fetch: Fetch, kind: Kind, *, page_size: int = PAGE_SIZE) -> list[d
     raise SyncError(f"{kind.name}: more than {MAX_PAGES} pages — the server may ignore `offset`")
 
 
-def sync(conn: sqlite3.Connection, fetch: Fetch, *, group_id: int | None = None,
+def sync(store: Store, fetch: Fetch, *, group_id: int | None = None,
          page_size: int = PAGE_SIZE) -> SyncResult:
-    """Fetch every list first (no transaction open during the network), then add all in one transaction.
+    """Fetch every list first (no transaction open during the network), then add them (a transaction per kind).
 
     Group suppressions count only for our unsubscribe group when one is configured (other groups are other
     mail streams); without one, every group's count, as the careful choice.
@@ -119,19 +118,21 @@ def sync(conn: sqlite3.Connection, fetch: Fetch, *, group_id: int | None = None,
             entries = [e for e in entries if str(e.get("group_id")) == str(group_id)]
         pulled.append((kind, entries))
     result = SyncResult()
-    with transaction(conn):
-        for kind, entries in pulled:
-            added = 0
-            for entry in entries:
-                email = entry.get("email")
-                if not isinstance(email, str) or "@" not in email:
-                    continue
-                source = f"sendgrid {kind.name}"
-                if kind.name == "group_unsubscribes":
-                    source += f" group {entry.get('group_id')}"
-                added += insert_suppression(conn, email, reason=kind.reason, source=source)
-            result.fetched[kind.name] = len(entries)
-            result.added[kind.name] = added
+    for kind, entries in pulled:
+        by_source: dict[str, list[tuple[str, str]]] = {}
+        for entry in entries:
+            email = entry.get("email")
+            if not isinstance(email, str) or "@" not in email:
+                continue
+            source = f"sendgrid {kind.name}"
+            if kind.name == "group_unsubscribes":
+                source += f" group {entry.get('group_id')}"
+            by_source.setdefault(source, []).append((email, kind.reason))
+        result.fetched[kind.name] = len(entries)
+        # a transaction per kind and source: a sync that stops halfway has added only suppressions, and the
+        # next one adds the rest
+        result.added[kind.name] = sum(store.add_suppressions(found, source=source)
+                                      for source, found in by_source.items())
     return result
 
 

@@ -2,7 +2,6 @@
 
 - `SendGridTransport`: v3 Mail Send through the `sendgrid` package (imported only here, lazily).
 - `OutboxTransport`: one real, fully personalised `.eml` file per recipient (no account needed).
-- `FakeTransport`: scripted outcomes, for unit tests of the send manager.
 
 Outcomes: ACCEPTED (202), RETRY (429/5xx, or the request never left: certainly not sent), REFUSED
 (400/401/403/413 and other 4xx: certainly not sent, retrying cannot help), IN_DOUBT (the request left
@@ -20,7 +19,6 @@ import os
 import re
 import time
 import urllib.error
-from collections.abc import Iterable
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.policy import SMTP
@@ -206,26 +204,3 @@ def safe_file_name(address: str) -> str:
     if clean == name and not name.startswith("."):
         return clean
     return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-# --- a fake for unit tests ------------------------------------------------------------------------------
-
-
-class FakeTransport:
-    """Answers from a script of outcomes (then ACCEPTED), and records every batch it was given."""
-
-    kind: ClassVar[str] = "sendgrid"
-
-    def __init__(self, script: Iterable[Result] = ()) -> None:
-        self.script = list(script)
-        self.calls: list[Batch] = []
-        self.accepted: list[str] = []
-
-    def send(self, batch: Batch) -> Result:
-        self.calls.append(batch)
-        result = self.script.pop(0) if self.script else Result(outcome=Outcome.ACCEPTED, status=202)
-        if result.outcome is Outcome.ACCEPTED or (result.outcome is Outcome.IN_DOUBT and result.status == 202):
-            self.accepted.extend(row[1] for row in batch.rows)
-        if result.outcome is Outcome.IN_DOUBT and result.status == 202:  # "sent, but the answer was lost"
-            return Result(outcome=Outcome.IN_DOUBT, error="answer lost")
-        return result

@@ -1,7 +1,7 @@
 """`newsletter serve`: the unsubscribe page, the SendGrid Event Webhook and the archive, as one Starlette app.
 
-Database work runs in worker threads with one SQLite connection per thread (WAL, busy_timeout, short
-transactions), so a `send` writing the same send log at the same time only ever waits milliseconds.
+Database work runs in worker threads with one store connection per thread (short transactions), so a
+`send` writing the same database at the same time only ever waits milliseconds.
 The unsubscribe token holds the address, so request paths are logged with it redacted (uvicorn's own
 access log stays off).
 """
@@ -13,12 +13,10 @@ import email.policy
 import html
 import logging
 import re
-import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,10 +28,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import tokens
-from pipeline.archive import Archive, sent_issues
+from pipeline.archive import Archive
 from pipeline.config import Config
-from pipeline.errors import PipelineError
-from pipeline.events import link_resubscribe, link_unsubscribe, open_db, record_reject
+from pipeline.errors import PipelineError, StoreError
+from pipeline.events import reason_of
+from pipeline.store import Store
 from pipeline.webhook import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -57,13 +56,13 @@ class Settings:
     config: Config
     secret: bytes
     webhook_key: ec.EllipticCurvePublicKey | None  # None: the webhook answers 503 (SendGrid retries for 24 h)
-    db_path: Path
+    open_store: Callable[[], Store]  # one store per worker thread
     published: Callable[[], Collection[str] | None] | None = None  # default: issues the send log has sent
     max_webhook_bytes: int = MAX_BODY_BYTES
 
 
-class _Connections(threading.local):
-    conn: sqlite3.Connection | None = None
+class _Stores(threading.local):
+    store: Store | None = None
 
 
 def redact(path: str) -> str:
@@ -137,22 +136,22 @@ def _button(action: str, label: str) -> str:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """The app; opens (and migrates) the send log once so that a bad path fails at start, not on a click."""
+    """The app; opens the store once so that a bad database fails at start, not on a click."""
     config = settings.config
-    open_db(settings.db_path).close()
-    local = _Connections()
+    settings.open_store().close()
+    local = _Stores()
 
-    def db() -> sqlite3.Connection:
-        if local.conn is None:
-            local.conn = open_db(settings.db_path)
-        return local.conn
+    def db() -> Store:
+        if local.store is None:
+            local.store = settings.open_store()
+        return local.store
 
-    async def in_db(func: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """Run func(connection, ...) in a worker thread, on that thread's own connection."""
-        return await run_in_threadpool(lambda: func(db(), *args, **kwargs))
+    async def in_db(func: Callable[[Store], T]) -> T:
+        """Run func(store) in a worker thread, on that thread's own store."""
+        return await run_in_threadpool(lambda: func(db()))
 
     def published() -> Collection[str] | None:
-        return settings.published() if settings.published else sent_issues(db())
+        return settings.published() if settings.published else db().sent_issues()
 
     archive = Archive(config, published=published)
     contact = config.contact.get("email") or config.reply_to or config.sender_email
@@ -172,16 +171,16 @@ def create_app(settings: Settings) -> Starlette:
         except WebhookError as exc:
             return PlainTextResponse(str(exc), status_code=exc.status, headers=PRIVATE)
         if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: no page wanted
-            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
+            await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name, issue=token.issue))
             return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
         action = fields.get("action")
         if action == "unsubscribe":
-            await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
+            await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name, issue=token.issue))
             return _page(config, "You are unsubscribed",
                          f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
                          f"<p>Clicked by mistake?</p>{_button('resubscribe', 'Re-subscribe')}")
         if action == "resubscribe":
-            _, remaining = await in_db(link_resubscribe, email=token.email)
+            _, remaining = await in_db(lambda s: s.link_resubscribe(email=token.email, reason_of=reason_of))
             if remaining:
                 return _page(config, "Not re-subscribed",
                              f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
@@ -203,15 +202,15 @@ def create_app(settings: Settings) -> Starlette:
             try:
                 events = parse_events(body)
             except WebhookError:
-                await in_db(record_reject, body, "not an array of event objects")
+                await in_db(lambda s: s.record_reject(body, "not an array of event objects"))
                 raise
-            outcome = await in_db(process_events, events)
+            outcome = await in_db(lambda s: process_events(s, events))
         except WebhookError as exc:
             log.warning("webhook refused (%d): %s", exc.status, exc.args[0])
             return JSONResponse({"error": exc.args[0]}, exc.status)
-        except sqlite3.OperationalError as exc:  # locked for longer than busy_timeout: let SendGrid retry
-            log.error("webhook: send log busy (%s)", exc)
-            return JSONResponse({"error": "send log busy, retry later"}, 503)
+        except StoreError as exc:  # busy for longer than the timeout, or away: let SendGrid retry
+            log.error("webhook: store unavailable (%s)", exc)
+            return JSONResponse({"error": "database busy or unavailable, retry later"}, 503)
         counts = outcome.as_dict()
         log.info("webhook: %s", counts)
         if outcome.skipped:

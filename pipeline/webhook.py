@@ -11,7 +11,6 @@ import binascii
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,15 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.events import (
-    OUTCOME_RANK,
-    SUPPRESSION_REASONS,
-    advance_outcome,
-    find_delivery,
-    record_event,
-    suppression_reason,
-)
-from pipeline.sendlog import insert_suppression, transaction
+from pipeline.events import OUTCOME_RANK, SUPPRESSION_REASONS, UNSTORED_FIELDS, suppression_reason
+from pipeline.store import EventRecord, Store
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -147,41 +139,44 @@ class Outcome:
                 "unmatched": self.unmatched, "invalid": self.invalid, "suppressed": len(self.suppressed)}
 
 
-def process_events(conn: sqlite3.Connection, events: list[dict[str, Any]]) -> Outcome:
+def process_events(store: Store, events: list[dict[str, Any]]) -> Outcome:
     """Record every event once and apply the new ones, in one short transaction per post.
 
     Events that cannot be applied (unknown type, no such send, missing fields) are stored with their status
     and counted, so the caller can answer 4xx without losing them; a retry of the post changes nothing.
     """
+    records = [event_record(item) for item in events]
     outcome = Outcome()
-    with transaction(conn):
-        for item in events:
-            kind, email = item.get("event"), item.get("email")
-            key = event_key(item)
-            match = None
-            if not isinstance(kind, str) or not isinstance(email, str) or "@" not in email:
-                status = "invalid"
-            elif kind not in KNOWN_EVENTS:
-                status = "unknown_type"
-            else:
-                match = find_delivery(conn, send_id=item.get(SEND_ID), email=email, issue=item.get(ISSUE),
-                                      list_name=item.get(LIST))
-                status = "applied" if match else "unmatched"
-            if not record_event(conn, key=key, event=item, status=status, source="webhook", match=match):
-                outcome.duplicates += 1
-                continue
-            if status != "applied":
-                setattr(outcome, status, getattr(outcome, status) + 1)
-                continue
-            assert match is not None and isinstance(kind, str) and isinstance(email, str)
-            outcome.applied += 1
-            if kind in OUTCOME_RANK:
-                stamp = item.get("timestamp")
-                advance_outcome(conn, match.delivery_id, kind, int(stamp) if isinstance(stamp, int | float) else 0)
-            if kind == "group_resubscribe":  # undoes only what a group_unsubscribe event added
-                conn.execute("DELETE FROM suppressions WHERE email = ? AND source = 'webhook group_unsubscribe'",
-                             (email.strip(),))
-            reason = suppression_reason(item)
-            if reason and insert_suppression(conn, email, reason=SUPPRESSION_REASONS[reason], source=f"webhook {kind}"):
-                outcome.suppressed.append(email)
+    for record, (status, suppressed) in zip(records, store.record_events(records), strict=True):
+        if status == "duplicate":
+            outcome.duplicates += 1
+        else:
+            setattr(outcome, status, getattr(outcome, status) + 1)
+        if suppressed and record.email:
+            outcome.suppressed.append(record.email)
     return outcome
+
+
+def event_record(item: Mapping[str, Any]) -> EventRecord:
+    """What storing and applying one posted event means, decided before the store sees it."""
+    kind, email = item.get("event"), item.get("email")
+    if not isinstance(kind, str) or not isinstance(email, str) or "@" not in email:
+        status = "invalid"
+    elif kind not in KNOWN_EVENTS:
+        status = "unknown_type"
+    else:
+        status = "applied"  # unless the store finds no delivery for it: then `unmatched`
+    stamp = item.get("timestamp")
+    reason = suppression_reason(item) if status == "applied" else None
+    return EventRecord(
+        key=event_key(item), event=str(kind or ""), status=status, source="webhook", email=_text(email),
+        send_id=item.get(SEND_ID), issue=_text(item.get(ISSUE)), list_name=_text(item.get(LIST)),
+        occurred_at=int(stamp) if isinstance(stamp, int | float) else None, url=_text(item.get("url")),
+        payload=json.dumps({k: v for k, v in item.items() if k not in UNSTORED_FIELDS}, sort_keys=True, default=str),
+        outcome=str(kind) if kind in OUTCOME_RANK else None,
+        suppress=(SUPPRESSION_REASONS[reason], f"webhook {kind}") if reason else None,
+        lifts_group_unsubscribe=kind == "group_resubscribe")
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline import sendlog
+from pipeline.store import Send, Store
 from pipeline.config import load_config
 from pipeline.plan import SendOptions, Summary
 from pipeline.send import SendJob
@@ -66,15 +65,22 @@ class Quiet:
 class Sleeps(list[float]):
     """A sleep() that only records how long it was asked to wait: tests never wait on a clock."""
 
+    now = 0.0  # a clock that only these sleeps move: `clock=sleeps.clock`
+
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 def send(site: Path, env: Mapping[str, str], *, sleep: Sleeps | None = None, list_name: str = "sample",
          issue: str = ISSUE, **options: Any) -> Summary:
     """prepare() + run() in this process, as the CLI does after the confirmation."""
+    sleeps = sleep if sleep is not None else Sleeps()
     with SendJob(site / issue, load_config(site), SendOptions(list_name=list_name, **options), environ=env,
-                 sleep=sleep if sleep is not None else Sleeps()) as job:
+                 sleep=sleeps, clock=sleeps.clock) as job:
         job.prepare()
         return job.run(Quiet())
 
@@ -85,9 +91,9 @@ def cli(site: Path, *args: str, env: Mapping[str, str], timeout: float = 120) ->
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
-def recorded_send(conn: sqlite3.Connection, n: int = 5) -> sendlog.Send:
+def recorded_send(store: Store, n: int = 5) -> Send:
     """A send of issue 001 to list `sample` with n recipients r0..r{n-1}@example.org, recorded and pending."""
-    send = sendlog.create_send(conn, issue="001", list_name="sample", transport="sendgrid",
+    send = store.create_send(issue="001", list_name="sample", transport="sendgrid",
                                content_hash="h1", subject="Hello")
-    sendlog.add_recipients(conn, send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
+    store.add_recipients(send.id, [(f"r{i}@example.org", f"R {i}", None) for i in range(n)])
     return send

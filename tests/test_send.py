@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import claims, sendlog
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
-from pipeline.lock import SendLock
+from pipeline.store._lock import SendLock
 from pipeline.plan import SendOptions
 from pipeline.send import SendJob
 from pipeline.transport import Outcome, Result
@@ -32,10 +32,10 @@ def env(standin: StandIn) -> dict[str, str]:
 
 
 def _counts(site: Path, list_name: str = "sample") -> dict[str, int]:
-    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-    found = sendlog.find_send(conn, issue="001-hello", list_name=list_name, transport="sendgrid")
+    conn = SQLiteStore(load_config(site).sendlog_path)
+    found = conn.find_send(issue="001-hello", list_name=list_name, transport="sendgrid")
     assert found is not None
-    return sendlog.counts(conn, found.id)
+    return conn.counts(found.id)
 
 
 def test_every_recipient_exactly_once(site: Path, standin: StandIn, env: dict[str, str]) -> None:
@@ -66,7 +66,8 @@ def test_retry_budget_spent_leaves_send_resumable(site: Path, standin: StandIn, 
         send(site, env, list_name="big")  # the fake sleep adds nothing: the budget (5 s) is spent by backoff
     assert standin.recipients() == {}
     counts = _counts(site, "big")
-    assert counts["failed"] == 2 and counts["pending"] == 3 and counts["accepted"] == 0
+    # the batches in flight when the budget ran out (up to sending.concurrency of them) failed, the rest waits
+    assert counts["accepted"] == 0 and counts["failed"] >= 2 and counts["failed"] + counts["pending"] == 5
     standin.always = None
     assert send(site, env, list_name="big").finished
     assert standin.recipients() == dict.fromkeys(addresses, 1)
@@ -117,8 +118,8 @@ def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, 
     config = load_config(site)
     job = SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps())
     job.prepare()
-    assert job.conn is not None and job.send is not None
-    claims.claim_batch(job.conn, job.send.id, size=2, request_id="died")  # intent, then the process "dies"
+    assert job.store is not None and job.send is not None
+    job.store.claim_batch(job.send.id, size=2, request_id="died")  # intent, then the process "dies"
     job.close()
     summary = send(site, env, list_name="big")
     assert summary.accepted == 2 and not summary.finished
@@ -128,8 +129,8 @@ def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, 
 def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: StandIn,
                                                            env: dict[str, str]) -> None:
     addresses = write_list(site, "big", 6)
-    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-    sendlog.add_suppression(conn, addresses[0].upper(), reason="unsubscribed", source="test")
+    conn = SQLiteStore(load_config(site).sendlog_path)
+    conn.add_suppression(addresses[0].upper(), reason="unsubscribed", source="test")
 
     class SuppressLater:
         kind = "sendgrid"
@@ -138,8 +139,8 @@ def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: S
             self.inner = inner
 
         def send(self, batch: object) -> Result:  # as the webhook would, from another connection
-            other = sendlog.open_sendlog(load_config(site).sendlog_path)
-            sendlog.add_suppression(other, addresses[5], reason="bounced", source="webhook")
+            other = SQLiteStore(load_config(site).sendlog_path)
+            other.add_suppression(addresses[5], reason="bounced", source="webhook")
             other.close()
             return self.inner.send(batch)  # type: ignore[attr-defined,no-any-return]
 
@@ -246,9 +247,9 @@ def test_bad_list_stops_before_anything(site: Path, standin: StandIn, env: dict[
         send(site, env, list_name="big")
     assert info.value.problems and info.value.problems[0].line == 6
     assert standin.request_count == 0
-    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
+    conn = SQLiteStore(load_config(site).sendlog_path)
+    assert conn.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    assert conn.conn.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
     summary = send(site, env, list_name="big", skip_invalid=True)
     assert summary.finished and summary.accepted == 4
 
@@ -277,8 +278,8 @@ def test_test_copy_is_not_a_delivery(site: Path, standin: StandIn, env: dict[str
     assert body is not None and body["subject"].startswith("[TEST] ")
     assert body["personalizations"][0]["to"][0]["email"] == "me@example.net"
     assert body["personalizations"][0]["substitutions"]["%%name%%"] == "Ada Lovelace"  # first row's values
-    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-    assert conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    conn = SQLiteStore(load_config(site).sendlog_path)
+    assert conn.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
 
 
 def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path) -> None:
@@ -289,14 +290,14 @@ def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path) -> Non
     assert "throwaway" in (out / "ada@example.org.eml").read_text("utf-8")
     again = send(site, env, outbox=out)  # every outbox run writes everything again
     assert again.accepted == 3
-    conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-    kinds = [r[0] for r in conn.execute("SELECT transport FROM sends")]
+    conn = SQLiteStore(load_config(site).sendlog_path)
+    kinds = [r[0] for r in conn.conn.execute("SELECT transport FROM sends")]
     assert kinds == ["outbox"]
 
 
 def test_fake_transport_unit(site: Path, env: dict[str, str]) -> None:
     """The manager's decisions alone, with scripted answers."""
-    from pipeline.transport import FakeTransport
+    from fakes import FakeTransport
 
     write_list(site, "big", 6)
     fake = FakeTransport([Result(outcome=Outcome.RETRY, status=429, retry_after=1.5),
@@ -325,7 +326,7 @@ def test_sendlog_has_no_secrets(site: Path, standin: StandIn, env: dict[str, str
 
 def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
     """The pause before each request keeps to sending.requests_per_second (computed, not timed)."""
-    from pipeline.transport import FakeTransport
+    from fakes import FakeTransport
 
     config = site / "newsletter.yaml"
     config.write_text(config.read_text("utf-8").replace("requests_per_second: 1000", "requests_per_second: 2"))
@@ -352,12 +353,12 @@ def test_duplicates_are_listed_and_mailed_once(site: Path, standin: StandIn, env
 
 def test_what_remains_of_a_new_send_is_what_the_log_says(site: Path, env: dict[str, str]) -> None:
     """A new send does not count its rows at the end: the summary must still match the send log."""
-    from pipeline.transport import FakeTransport
+    from fakes import FakeTransport
 
     write_list(site, "big", 7)
     config = load_config(site)
-    conn = sendlog.open_sendlog(config.sendlog_path)
-    sendlog.add_suppression(conn, "person00006@example.org", reason="unsubscribed", source="test")
+    conn = SQLiteStore(config.sendlog_path)
+    conn.add_suppression("person00006@example.org", reason="unsubscribed", source="test")
     fake = FakeTransport([Result(outcome=Outcome.ACCEPTED, status=202), Result(outcome=Outcome.IN_DOUBT)])
     with SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps(),
                  transport=lambda p: fake) as job:

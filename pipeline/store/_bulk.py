@@ -5,19 +5,17 @@ whole chunk of rows in one step, and the sqlite3 module releases the GIL for tha
 writes one chunk, a helper thread reads and checks the next rows of the list (Python, holding the GIL).
 Per row this costs a third less than `executemany`, which binds each row in Python, and the two halves
 overlap. Chunks are large so that the two threads hand over the GIL rarely (each handover may wait for
-the interpreter's switch interval). `gc_paused` is for any such bulk work.
+the interpreter's switch interval).
 """
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 
 CHUNK_ROWS = 25_000  # ~2 MB of JSON for list rows; two chunks wait at most
 
@@ -66,16 +64,3 @@ def insert_chunks(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[ob
     finally:
         stop.set()
         thread.join()
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a send makes millions of short-lived tuples in no cycle (reference
-    counting frees them): its collections took 5-10 % of the time. A helper forked meanwhile inherits it."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()

@@ -1,0 +1,64 @@
+"""The store: every SQL statement of the product, behind one interface with two engines.
+
+    store = open_store(config)          # SQLite in .newsletter/, or PostgreSQL if NEWSLETTER_DATABASE_URL is set
+    send = store.find_send(issue="027-2022-04-01", list_name="sample", transport="sendgrid")
+    store.counts(send.id)               # {"pending": ..., "accepted": ..., ...}
+
+SQLite (the default) needs nothing set up and applies its migrations when opened. PostgreSQL (psycopg 3,
+the `postgresql` extra) is for a team: sends from several machines, any number of `serve` instances; its
+migrations are applied by `newsletter db migrate` and checked when a store is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from pipeline.store._types import (
+    OUTCOME_RANK,
+    REASONS,
+    STATES,
+    TO_SEND,
+    Claim,
+    DeliveryRow,
+    EventCounts,
+    EventRecord,
+    Finish,
+    ListRow,
+    Match,
+    Peeked,
+    Send,
+    Store,
+    Suppression,
+    now,
+)
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
+DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+
+__all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "Claim", "DeliveryRow", "EventCounts", "EventRecord",
+           "Finish", "ListRow", "Match", "Peeked", "Send", "Store", "Suppression", "database_url", "now", "open_store"]
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The PostgreSQL URL from the environment (it holds a password: never from a file), or None."""
+    url = (os.environ if environ is None else environ).get(DATABASE_URL_ENV, "").strip()
+    return url or None
+
+
+def open_store(config: Config, *, environ: Mapping[str, str] | None = None, url: str | None = None,
+               migrate: bool = False) -> Store:
+    """The store the environment chooses: PostgreSQL at NEWSLETTER_DATABASE_URL (or `url`), else the SQLite
+    file in the newsletter's state folder. `migrate` applies pending PostgreSQL migrations instead of
+    refusing to start with them."""
+    url = url or database_url(environ)
+    if url:
+        from pipeline.store._postgres import PostgresStore
+
+        return PostgresStore(url, migrate=migrate)
+    from pipeline.store._sqlite import SQLiteStore
+
+    return SQLiteStore(config.sendlog_path, state_dir=config.state_dir)

@@ -1,0 +1,130 @@
+"""A batch's way through the PostgreSQL store: its intent committed before its request, its outcome after.
+
+The same methods and guarantees as the SQLite engine's (_sqlite_claims). PostgreSQL has no data_version:
+`claim_peeked` instead checks, inside its transaction, that its UPDATE took exactly the peeked rows and that
+none of them is suppressed now; READ COMMITTED gives each statement a fresh snapshot, so a suppression that
+any connection committed before the claim's statement is seen by it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import psycopg
+
+from pipeline.store._pg_schema import key
+from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Finish, Peeked, now
+
+_SUPPRESSED = f"EXISTS (SELECT 1 FROM suppressions s WHERE {key('s.email')} = {key('d.email')})"
+
+
+class PgClaimsMixin:
+    def _tx(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        raise NotImplementedError
+
+    def _new_batch(self, conn: psycopg.Connection[Any], send_id: int, request_id: str, *, size: int, first: int,
+                   last: int) -> int:
+        """The batch row of a claim, `in_flight` from the start; returns its id."""
+        row = conn.execute(
+            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+            "VALUES (%s, %s, 'in_flight', %s, %s, %s, %s) RETURNING id",
+            (send_id, request_id, size, first, last, now())).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND) -> Peeked:
+        """Read only: the rows `claim_batch` would take now (to build the next request ahead of time)."""
+        with self._tx() as conn:
+            rows: list[DeliveryRow] = conn.execute(
+                f"SELECT id, email, name, fields FROM (SELECT id, email, name, fields FROM deliveries "
+                f"WHERE send_id = %s AND id > %s AND state = ANY(%s) ORDER BY id LIMIT %s) d "
+                f"WHERE NOT {_SUPPRESSED} ORDER BY id", (send_id, after, list(states), size)).fetchall()
+        return Peeked(rows, after, 0)
+
+    def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
+                    request_id: str, finished: Sequence[Finish] = ()) -> Claim | None:
+        """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
+        mark them in flight under a new batch row, commit, and return them; None when nothing is left."""
+        wanted = list(states)
+        with self._tx() as conn:
+            self._finish_all(conn, finished)
+            while True:
+                lo, hi = conn.execute(
+                    "SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE send_id = %s AND id > %s "
+                    "AND state = ANY(%s) ORDER BY id LIMIT %s) t", (send_id, after, wanted, size)).fetchone() or (
+                    None, None)
+                if lo is None:
+                    return None
+                span = (send_id, lo, hi, wanted)
+                conn.execute(f"UPDATE deliveries d SET state = 'suppressed', updated_at = %s WHERE send_id = %s "
+                             f"AND id BETWEEN %s AND %s AND state = ANY(%s) AND {_SUPPRESSED}", (now(), *span))
+                batch_id = self._new_batch(conn, send_id, request_id, size=0, first=lo, last=hi)
+                rows: list[DeliveryRow] = conn.execute(
+                    "UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s AND id "
+                    "BETWEEN %s AND %s AND state = ANY(%s) RETURNING id, email, name, fields",
+                    (batch_id, *span)).fetchall()
+                if rows:
+                    break
+                conn.execute("DELETE FROM batches WHERE id = %s", (batch_id,))  # every one of them was suppressed
+                after = hi
+            rows.sort()
+            conn.execute("UPDATE batches SET size = %s WHERE id = %s", (len(rows), batch_id))
+        return Claim(id=batch_id, request_id=request_id, rows=rows)
+
+    def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
+                     finished: Sequence[Finish] = ()) -> Claim | None:
+        """`claim_batch` of rows that `peek_batch` read, without reading them again: one UPDATE of the ids
+        after `peeked.after` up to their last, kept only if it took exactly the peeked ids (none suppressed
+        before or between them: `claim_batch` marks those) and none of them is suppressed now. Otherwise it
+        is rolled back and None returned: the caller uses `claim_batch`.
+
+        `finished`, the outcomes of earlier requests, are recorded in the same transaction, claimed or not.
+        """
+        rows = peeked.rows
+        with self._tx() as conn:
+            self._finish_all(conn, finished)
+            if not rows:
+                return None
+            with conn.transaction() as savepoint:
+                batch_id = self._new_batch(conn, send_id, request_id, size=len(rows), first=rows[0][0],
+                                           last=rows[-1][0])
+                taken, suppressed = conn.execute(
+                    f"WITH d AS (UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s "
+                    f"AND id > %s AND id <= %s AND state = ANY(%s) RETURNING id, email) "
+                    f"SELECT array_agg(id ORDER BY id), bool_or({_SUPPRESSED}) FROM d",
+                    (batch_id, send_id, peeked.after, rows[-1][0], list(states))).fetchone() or (None, None)
+                if taken != [r[0] for r in rows] or suppressed:
+                    raise psycopg.Rollback(savepoint)  # the outcomes recorded above stay
+                return Claim(id=batch_id, request_id=request_id, rows=rows)
+        return None
+
+    def record(self, finished: Sequence[Finish]) -> None:
+        """Outcomes of requests, in one transaction."""
+        if finished:
+            with self._tx() as conn:
+                self._finish_all(conn, finished)
+
+    def _finish_all(self, conn: psycopg.Connection[Any], finished: Sequence[Finish]) -> None:
+        """Each outcome in one statement: the batch row, then its deliveries (found by the batch's send)."""
+        for f in finished:
+            assert f.state in ("accepted", "in_doubt", "failed")
+            conn.execute("WITH b AS (UPDATE batches SET state = %s, attempts = %s, http_status = %s, "
+                         "message_id = %s, error = %s, finished_at = %s WHERE id = %s RETURNING send_id) "
+                         "UPDATE deliveries SET state = %s WHERE send_id = (SELECT send_id FROM b) AND id BETWEEN "
+                         "%s AND %s AND batch_id = %s AND state = 'in_flight'",
+                         (f.state, f.attempts, f.http_status, f.message_id, f.error, now(), f.claim.id,
+                          f.state, f.claim.first, f.claim.last, f.claim.id))
+
+    def mark_waiting(self, claim: Claim, *, attempts: int, http_status: int | None, error: str) -> None:
+        """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried."""
+        with self._tx() as conn:
+            conn.execute("UPDATE batches SET state = 'waiting', attempts = %s, http_status = %s, error = %s "
+                         "WHERE id = %s", (attempts, http_status, error, claim.id))
+
+    def mark_in_flight(self, claim: Claim) -> None:
+        """Before the retry's request: from here on an interruption leaves the batch in doubt again."""
+        with self._tx() as conn:
+            conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = %s", (claim.id,))
+

@@ -1,0 +1,116 @@
+"""The SQLite schema, as append-only migrations recorded in `schema_migrations` (PostgreSQL's is in _pg_schema).
+
+Tables:
+
+- ``sends``: one row per (issue, list, transport): content hash, subject, schedule, timestamps.
+  ``transport`` is ``sendgrid`` for real mail and ``outbox`` for `.eml` files: the two never mix.
+- ``batches``: one row per request: state, our ``request_id``, SendGrid's ``X-Message-Id``, HTTP status,
+  error, attempts, the id range of its deliveries, timestamps.
+- ``deliveries``: one row per (send, recipient): state, batch (whose row has the message id and the
+  times of the request), the time of other changes (suppressed, removed), and the recipient's name and
+  merge fields as they were when the send started (a resume sends the same).
+- ``delivery_log`` (a view): one row per recipient of a send with its state, request id, SendGrid's
+  message id and the times of its request: what to query when asking "what happened to this address?".
+- ``suppressions``: addresses never to mail again, whatever the list (unsubscribed, bounced, ...).
+- ``events``: every event we were told about, once (``event_key`` is content-based). Events we could not
+  apply (unknown type, unknown send, missing fields) are kept too, with their ``status``.
+- ``delivery_status``: per delivery that has heard back, the furthest outcome (processed < deferred <
+  delivered < bounce/dropped); the ``deliveries.state`` column belongs to the send and is never touched.
+- ``webhook_rejects``: signed posts whose body was not an event array, kept once per distinct body.
+"""
+
+Migration = tuple[str, str]  # (globally unique name, SQL script)
+
+MIGRATIONS: list[Migration] = [
+    ("sendlog_001_initial", """
+        CREATE TABLE sends (
+            id INTEGER PRIMARY KEY,
+            issue TEXT NOT NULL,
+            list TEXT NOT NULL,
+            transport TEXT NOT NULL CHECK (transport IN ('sendgrid', 'outbox')),
+            content_hash TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            send_at TEXT,
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            UNIQUE (issue, list, transport)
+        );
+        CREATE TABLE batches (
+            id INTEGER PRIMARY KEY,
+            send_id INTEGER NOT NULL REFERENCES sends (id) ON DELETE CASCADE,
+            request_id TEXT NOT NULL UNIQUE,
+            state TEXT NOT NULL CHECK (state IN ('in_flight', 'waiting', 'accepted', 'in_doubt', 'failed')),
+            size INTEGER NOT NULL,
+            first_delivery INTEGER NOT NULL,
+            last_delivery INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            http_status INTEGER,
+            message_id TEXT,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+        CREATE INDEX batches_send ON batches (send_id, state);
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            send_id INTEGER NOT NULL REFERENCES sends (id) ON DELETE CASCADE,
+            email TEXT NOT NULL COLLATE NOCASE,
+            name TEXT NOT NULL DEFAULT '',
+            fields TEXT,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN
+                ('pending', 'in_flight', 'accepted', 'in_doubt', 'failed', 'suppressed', 'removed')),
+            batch_id INTEGER REFERENCES batches (id),
+            message_id TEXT,
+            updated_at TEXT,
+            UNIQUE (send_id, email)
+        );
+        CREATE TABLE suppressions (
+            email TEXT PRIMARY KEY COLLATE NOCASE,
+            reason TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        );
+    """),
+    ("sendlog_002_delivery_log", """
+        CREATE VIEW delivery_log AS
+        SELECT d.send_id, s.issue, s.list, d.id AS delivery_id, d.email, d.state, b.request_id, b.message_id,
+               b.created_at AS requested_at, b.finished_at AS answered_at, d.updated_at
+        FROM deliveries d JOIN sends s ON s.id = d.send_id LEFT JOIN batches b ON b.id = d.batch_id;
+    """),
+]
+
+MIGRATIONS += [
+    ("events_001_initial", """
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            event_key TEXT NOT NULL UNIQUE,
+            event TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('applied', 'unknown_type', 'unmatched', 'invalid')),
+            source TEXT NOT NULL CHECK (source IN ('webhook', 'link')),
+            email TEXT COLLATE NOCASE,
+            send_id INTEGER,
+            delivery_id INTEGER,
+            issue TEXT,
+            list TEXT,
+            occurred_at INTEGER,
+            url TEXT,
+            payload TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        );
+        CREATE INDEX events_issue ON events (issue, list, event);
+        CREATE INDEX events_delivery ON events (delivery_id);
+        CREATE TABLE delivery_status (
+            delivery_id INTEGER PRIMARY KEY,
+            outcome TEXT NOT NULL,
+            outcome_at INTEGER NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE webhook_rejects (
+            body_sha256 TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            body BLOB NOT NULL,
+            received_at TEXT NOT NULL,
+            times INTEGER NOT NULL DEFAULT 1
+        );
+    """),
+]

@@ -1,0 +1,188 @@
+"""The store's values and its interface: what every engine offers, as plain data and named methods."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+STATES = ("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed")
+TO_SEND = ("pending", "failed")  # certainly not sent: what a run sends
+# How far a delivery got; a later event never moves it back (events arrive out of order).
+OUTCOME_RANK = {"processed": 1, "deferred": 2, "delivered": 3, "bounce": 4, "dropped": 4}
+REASONS = ("unsubscribed", "bounced", "blocked", "invalid", "complained", "manual")
+
+DeliveryRow = tuple[int, str, str, str | None]  # (delivery id, email, name, merge fields as JSON or None)
+ListRow = tuple[str, str, str | None]  # (email, name, merge fields as JSON or None)
+
+
+def now() -> str:
+    """UTC timestamps as ISO 8601 text, to the millisecond."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Send:
+    id: int
+    issue: str
+    list_name: str
+    transport: str
+    content_hash: str
+    subject: str
+    send_at: str | None
+    created_at: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Suppression:
+    email: str
+    reason: str
+    source: str
+    created_at: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    """A batch whose intent is committed: its deliveries are `in_flight` before the request is made."""
+
+    id: int
+    request_id: str
+    rows: list[DeliveryRow]  # in delivery id order
+
+    @property
+    def first(self) -> int:
+        return self.rows[0][0]
+
+    @property
+    def last(self) -> int:
+        return self.rows[-1][0]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Finish:
+    """A request's outcome to record: `accepted`, `in_doubt` or `failed` (its deliveries go back to be sent)."""
+
+    claim: Claim
+    state: str
+    attempts: int
+    http_status: int | None = None
+    message_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Peeked:
+    """Rows read ahead of their claim; `version` lets the engine tell whether anything changed since."""
+
+    rows: list[DeliveryRow]
+    after: int  # the rows are the next ones to send after this delivery id
+    version: int
+
+
+@dataclass(frozen=True)
+class Match:
+    """The delivery an event or an unsubscribe click belongs to."""
+
+    send_id: int
+    delivery_id: int
+    issue: str
+    list_name: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventRecord:
+    """One event to store, with what applying it means already decided by the caller (pipeline.web)."""
+
+    key: str  # content-based: the same event posted twice is stored once
+    event: str
+    status: str  # applied | unknown_type | unmatched | invalid; `applied` still needs a matching delivery
+    source: str  # webhook | link
+    email: str | None
+    send_id: Any  # as the event carried it (custom_args are text): matched against the send log
+    issue: str | None
+    list_name: str | None
+    occurred_at: int | None
+    url: str | None
+    payload: str  # JSON, without the fields we do not keep
+    outcome: str | None = None  # processed/deferred/delivered/bounce/dropped: the delivery's furthest outcome
+    suppress: tuple[str, str] | None = None  # (reason, source) when the address must not be mailed again
+    lifts_group_unsubscribe: bool = False  # group_resubscribe: undo what a group_unsubscribe event added
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EventCounts:
+    """Per list of one issue: events counted for the report."""
+
+    recipients: int
+    accepted: int
+    distinct: dict[str, int]  # event kinds (comma-joined key) -> distinct addresses
+    opens: int
+    unique_clicks: int
+    links: list[tuple[str, int, int]]  # url, clicks, distinct clickers; most clicked first
+
+
+class Store(Protocol):
+    """Everything the product keeps between runs. Engines: SQLite (`_sqlite`), PostgreSQL (`_postgres`)."""
+
+    engine: str  # "sqlite" | "postgresql"
+    where: str  # for messages: the file, or the database URL without its password
+
+    def close(self) -> None: ...
+    def applied_migrations(self) -> list[str]: ...
+    def migrate(self) -> list[str]: ...
+    def lock(self, *, issue: str, list_name: str) -> AbstractContextManager[object]: ...
+    def sending(self) -> AbstractContextManager[None]: ...
+
+    # sends
+    def find_send(self, *, issue: str, list_name: str, transport: str) -> Send | None: ...
+    def sends_of_issue(self, issue: str) -> list[Send]: ...
+    def create_send(self, *, issue: str, list_name: str, transport: str, content_hash: str, subject: str,
+                    send_at: str | None = None) -> Send: ...
+    def update_send(self, send_id: int, *, content_hash: str, subject: str, send_at: str | None) -> None: ...
+    def delete_send(self, send_id: int) -> None: ...
+    def finish_send(self, send_id: int) -> None: ...
+    def sent_issues(self) -> set[str]: ...
+
+    # recipients
+    def add_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int: ...
+    def sync_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int: ...
+    def recover_in_flight(self, send_id: int) -> int: ...
+    def counts(self, send_id: int) -> dict[str, int]: ...
+    def in_doubt_addresses(self, send_id: int) -> list[str]: ...
+    def send_times(self, send_id: int) -> tuple[str | None, str | None]: ...
+
+    # batches: intent before the request, outcome after
+    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND) -> Peeked: ...
+    def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
+                    request_id: str, finished: Sequence[Finish] = ()) -> Claim | None: ...
+    def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
+                     finished: Sequence[Finish] = ()) -> Claim | None: ...
+    def record(self, finished: Sequence[Finish]) -> None: ...
+    def mark_waiting(self, claim: Claim, *, attempts: int, http_status: int | None, error: str) -> None: ...
+    def mark_in_flight(self, claim: Claim) -> None: ...
+
+    # suppressions
+    def add_suppression(self, email: str, *, reason: str, source: str) -> bool: ...
+    def add_suppressions(self, found: Iterable[tuple[str, str]], *, source: str) -> int: ...
+    def remove_suppression(self, email: str) -> bool: ...
+    def list_suppressions(self) -> list[Suppression]: ...
+    def is_suppressed(self, email: str) -> bool: ...
+    def suppressed_set(self) -> set[str]: ...
+
+    # events
+    def record_events(self, events: Sequence[EventRecord]) -> list[tuple[str, bool]]: ...
+    def record_reject(self, body: bytes, reason: str) -> None: ...
+    def link_unsubscribe(self, *, email: str, list_name: str, issue: str) -> bool: ...
+    def link_resubscribe(self, *, email: str,
+                         reason_of: Callable[[Mapping[str, Any]], tuple[str, str] | None] | None = None,
+                         ) -> tuple[bool, str | None]: ...
+    def event_counts(self, send: Send, counted: dict[str, tuple[str, ...]]) -> EventCounts: ...
+    def event_times(self, issue: str) -> list[tuple[int, str]]: ...
+
+    # moving a store's contents to another (`newsletter db copy`)
+    def dump(self, table: str) -> Iterator[tuple[list[str], list[tuple[object, ...]]]]: ...
+    def load(self, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None: ...
+    def table_counts(self) -> dict[str, int]: ...
