@@ -480,3 +480,50 @@ def report(issue_dir: Path, html_file: Path | None) -> None:
     if html_file is not None:
         html_file.write_text(html_report(result), "utf-8")
         click.echo(f"wrote {html_file}")
+
+
+# --- the database: migrations and moving to PostgreSQL ---------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """The store: SQLite in .newsletter/ (default) or PostgreSQL at NEWSLETTER_DATABASE_URL."""
+
+
+@db.command("migrate")
+@_report_errors
+def db_migrate() -> None:
+    """Apply the store's pending migrations (PostgreSQL needs this once per release; SQLite does it itself)."""
+    from pipeline.config import load_config
+    from pipeline.store import open_store
+
+    store = open_store(load_config(), migrate=True)
+    applied = store.applied_migrations()
+    click.echo(f"{store.where}: {len(applied)} migration(s) applied, none pending ({applied[-1]})")
+
+
+@db.command("copy")
+@click.option("--to", "url", required=True, metavar="URL",
+              help="PostgreSQL URL of the new, empty database, e.g. postgresql://newsletter@db.example.org/newsletter.")
+@_report_errors
+def db_copy(url: str) -> None:
+    """Move this machine's SQLite send log, suppressions and events into PostgreSQL, and verify the counts."""
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+    from pipeline.store import open_store
+    from pipeline.store._copy import copy_store
+    from pipeline.store._sqlite import SQLiteStore
+
+    config = load_config()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("--to must be a PostgreSQL URL (postgresql://user@host/database) — the password can "
+                          "come from PGPASSWORD or ~/.pgpass instead of the URL")
+    if not config.sendlog_path.is_file():
+        raise ConfigError(f"no SQLite send log at {config.sendlog_path} — run the copy in the newsletter folder "
+                          "that sent the issues")
+    source = SQLiteStore(config.sendlog_path, state_dir=config.state_dir)
+    target = open_store(config, url=url, migrate=True)
+    counts = copy_store(source, target)
+    click.echo(f"copied to {target.where}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    click.echo("set NEWSLETTER_DATABASE_URL to that URL (with its password) wherever the newsletter sends or "
+               "serves; keep the SQLite file as a backup")
