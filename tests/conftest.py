@@ -93,3 +93,21 @@ def store(tmp_path: Path, database_url: str | None) -> Iterator[Store]:
         opened = PostgresStore(database_url, migrate=True)
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The test PostgreSQL server (NEWSLETTER_TEST_PG_URL; `.ci/run` starts one); skips the test without one."""
+    base = os.environ.get(PG_URL_ENV, "").strip()
+    if not base:
+        pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
+    return base
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[str]:
+    """PostgreSQL-only tests: the URL of a new, empty database (no migrations applied), dropped after."""
+    from pg_support import fresh_database
+
+    with fresh_database(pg_url) as url:
+        yield url

@@ -1,130 +1,199 @@
-"""Claiming batches: intent before the request, the answer after, and the fast claim's fallbacks."""
+"""Claiming batches on both engines: intent before the request, the answer after, the fast claim's fallbacks;
+and on PostgreSQL, a connection that the server kills."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+import psycopg
+import pytest
 from sendkit import recorded_send
+from storekit import select
 
-from pipeline import claims, sendlog
+from pipeline.errors import StoreError
+from pipeline.store import Finish, Store
 
 
-def test_claim_finish_and_counts(conn: sqlite3.Connection) -> None:
-    send = recorded_send(conn)
-    sendlog.add_suppression(conn, "r1@example.org", reason="bounced", source="test")
-    first = claims.claim_batch(conn, send.id, size=2, request_id="a")
+def another(store: Store) -> Store:
+    """A second store on the same database, as `newsletter serve` in another process opens it."""
+    if store.engine == "sqlite":
+        from pipeline.store._sqlite import SQLiteStore
+
+        return SQLiteStore(Path(store.where))
+    from pipeline.store._postgres import PostgresStore
+
+    return PostgresStore(store._url, migrate=False)  # type: ignore[attr-defined]
+
+
+def test_claim_finish_and_counts(store: Store) -> None:
+    send = recorded_send(store)
+    store.add_suppression("r1@example.org", reason="bounced", source="test")
+    first = store.claim_batch(send.id, size=2, request_id="a")
     assert first is not None
     assert [r[1] for r in first.rows] == ["r0@example.org"]  # r1 is suppressed: a smaller batch
-    assert sendlog.counts(conn, send.id)["in_flight"] == 1
-    claims.finish_batch(conn, first, state="accepted", attempts=1, http_status=202, message_id="M1")
-    second = claims.claim_batch(conn, send.id, size=2, after=first.last, request_id="b")
+    assert store.counts(send.id)["in_flight"] == 1
+    store.record([Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")])
+    second = store.claim_batch(send.id, size=2, after=first.last, request_id="b")
     assert second is not None
-    claims.finish_batch(conn, second, state="failed", attempts=1, http_status=400, error="bad")
-    counts = sendlog.counts(conn, send.id)
+    store.record([Finish(claim=second, state="failed", attempts=1, http_status=400, error="bad")])
+    counts = store.counts(send.id)
     assert (counts["accepted"], counts["failed"], counts["suppressed"], counts["pending"]) == (1, 2, 1, 1)
     # failed = certainly not sent: a later run takes them again
-    third = claims.claim_batch(conn, send.id, size=10, request_id="c")
+    third = store.claim_batch(send.id, size=10, request_id="c")
     assert third is not None and len(third.rows) == 3
-    first_at, last_at = sendlog.send_times(conn, send.id)
+    first_at, last_at = store.send_times(send.id)
     assert first_at is not None and first_at == last_at
 
 
-def test_claim_peeked_takes_the_peeked_rows_or_nothing(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    send = recorded_send(conn, 6)
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=2)
-    claim = claims.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a")
-    assert claim is not None and claim.rows is rows and sendlog.counts(conn, send.id)["in_flight"] == 2
-    batch = conn.execute("SELECT size, first_delivery, last_delivery FROM batches WHERE id = ?", (claim.id,))
-    assert tuple(batch.fetchone()) == (2, rows[0][0], rows[1][0])
+def test_claim_peeked_takes_the_peeked_rows_or_nothing(store: Store) -> None:
+    send = recorded_send(store, 6)
+    peeked = store.peek_batch(send.id, size=2)
+    claim = store.claim_peeked(send.id, peeked, request_id="a")
+    assert claim is not None and claim.rows is peeked.rows and store.counts(send.id)["in_flight"] == 2
+    rows = peeked.rows
+    assert select(store, "SELECT size, first_delivery, last_delivery FROM batches WHERE id = ?", (claim.id,)) == \
+        [(2, rows[0][0], rows[1][0])]
     # a suppression committed by another process (`newsletter serve`) after the peek: nothing is taken
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=2, after=claim.last)
-    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-    sendlog.add_suppression(other, "R3@example.org", reason="unsubscribed", source="webhook")
+    peeked = store.peek_batch(send.id, size=2, after=claim.last)
+    other = another(store)
+    other.add_suppression("R3@example.org", reason="unsubscribed", source="webhook")
     other.close()
-    assert claims.claim_peeked(conn, send.id, rows, after=claim.last, version=version, request_id="b") is None
-    assert sendlog.counts(conn, send.id)["in_flight"] == 2
-    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
-    slow = claims.claim_batch(conn, send.id, size=2, after=claim.last, request_id="b")
+    assert store.claim_peeked(send.id, peeked, request_id="b") is None
+    assert store.counts(send.id)["in_flight"] == 2
+    assert select(store, "SELECT count(*) FROM batches") == [(1,)]
+    slow = store.claim_batch(send.id, size=2, after=claim.last, request_id="b")
     assert slow is not None and [r[1] for r in slow.rows] == ["r2@example.org"]
-    assert sendlog.counts(conn, send.id)["suppressed"] == 1
-    assert claims.claim_peeked(conn, send.id, [], after=0, version=version, request_id="c") is None
+    assert store.counts(send.id)["suppressed"] == 1
+    empty = store.peek_batch(send.id, size=2, after=10**9)
+    assert empty.rows == [] and store.claim_peeked(send.id, empty, request_id="c") is None
 
 
-def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(conn: sqlite3.Connection) -> None:
-    send = recorded_send(conn, 3)
-    sendlog.add_suppression(conn, "r1@example.org", reason="manual", source="test")
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=3)
-    assert [r[1] for r in rows] == ["r0@example.org", "r2@example.org"]  # the peek skips it, the range has it
-    assert claims.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
-    claim = claims.claim_batch(conn, send.id, size=3, request_id="a")
-    assert claim is not None and claim.rows == rows
-    assert sendlog.counts(conn, send.id)["suppressed"] == 1
+def test_claim_peeked_refuses_when_a_suppressed_row_lies_between(store: Store) -> None:
+    send = recorded_send(store, 3)
+    store.add_suppression("r1@example.org", reason="manual", source="test")
+    peeked = store.peek_batch(send.id, size=3)
+    assert [r[1] for r in peeked.rows] == ["r0@example.org", "r2@example.org"]  # the peek skips it, the range has it
+    assert store.claim_peeked(send.id, peeked, request_id="a") is None
+    claim = store.claim_batch(send.id, size=3, request_id="a")
+    assert claim is not None and claim.rows == peeked.rows
+    assert store.counts(send.id)["suppressed"] == 1
 
 
-def test_claim_peeked_records_the_last_answer_claimed_or_not(conn: sqlite3.Connection, tmp_path: Path) -> None:
-    send = recorded_send(conn, 6)
-    first = claims.claim_batch(conn, send.id, size=2, request_id="a")
+def test_claim_peeked_records_the_last_answer_claimed_or_not(store: Store) -> None:
+    send = recorded_send(store, 6)
+    first = store.claim_batch(send.id, size=2, request_id="a")
     assert first is not None
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=2, after=first.last)
-    done = claims.Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")
-    second = claims.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
-                                  finished=done)
+    peeked = store.peek_batch(send.id, size=2, after=first.last)
+    done = Finish(claim=first, state="accepted", attempts=1, http_status=202, message_id="M1")
+    second = store.claim_peeked(send.id, peeked, request_id="b", finished=[done])
     assert second is not None
-    assert (sendlog.counts(conn, send.id)["accepted"], sendlog.counts(conn, send.id)["in_flight"]) == (2, 2)
-    rows = claims.peek_batch(conn, send.id, size=2, after=second.last)
-    other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-    sendlog.add_suppression(other, "r5@example.org", reason="bounced", source="webhook")
+    assert (store.counts(send.id)["accepted"], store.counts(send.id)["in_flight"]) == (2, 2)
+    peeked = store.peek_batch(send.id, size=2, after=second.last)
+    other = another(store)
+    other.add_suppression("r5@example.org", reason="bounced", source="webhook")
     other.close()
-    done = claims.Finish(claim=second, state="accepted", attempts=1, http_status=202, message_id="M2")
-    assert claims.claim_peeked(conn, send.id, rows, after=second.last, version=version, request_id="c",
-                                finished=done) is None
-    counts = sendlog.counts(conn, send.id)
+    done = Finish(claim=second, state="accepted", attempts=1, http_status=202, message_id="M2")
+    assert store.claim_peeked(send.id, peeked, request_id="c", finished=[done]) is None
+    counts = store.counts(send.id)
     assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (4, 0, 2)
 
 
-def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(conn: sqlite3.Connection) -> None:
-    send = recorded_send(conn, 4)
-    first = claims.claim_batch(conn, send.id, size=1, request_id="a")
+def test_claim_peeked_keeps_the_answer_when_the_range_does_not_match(store: Store) -> None:
+    send = recorded_send(store, 4)
+    first = store.claim_batch(send.id, size=1, request_id="a")
     assert first is not None
-    sendlog.add_suppression(conn, "r2@example.org", reason="manual", source="test")
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=3, after=first.last)
-    done = claims.Finish(claim=first, state="accepted", attempts=1, http_status=202)
-    assert claims.claim_peeked(conn, send.id, rows, after=first.last, version=version, request_id="b",
-                                finished=done) is None
-    counts = sendlog.counts(conn, send.id)
+    store.add_suppression("r2@example.org", reason="manual", source="test")
+    peeked = store.peek_batch(send.id, size=3, after=first.last)
+    done = Finish(claim=first, state="accepted", attempts=1, http_status=202)
+    assert store.claim_peeked(send.id, peeked, request_id="b", finished=[done]) is None
+    counts = store.counts(send.id)
     assert (counts["accepted"], counts["in_flight"], counts["pending"]) == (1, 0, 3)
-    assert conn.execute("SELECT count(*) FROM batches").fetchone()[0] == 1
+    assert select(store, "SELECT count(*) FROM batches") == [(1,)]
 
 
-def test_the_message_id_and_time_of_an_answer_are_on_the_batch(conn: sqlite3.Connection) -> None:
-    send = recorded_send(conn, 2)
-    claim = claims.claim_batch(conn, send.id, size=2, request_id="a")
+def test_the_message_id_and_time_of_an_answer_are_on_the_batch(store: Store) -> None:
+    send = recorded_send(store, 2)
+    claim = store.claim_batch(send.id, size=2, request_id="a")
     assert claim is not None
-    claims.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id="M1")
-    rows = conn.execute("SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
-                        "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,)).fetchall()
-    assert rows == [("accepted", "M1", 1), ("accepted", "M1", 1)]
-    log = conn.execute("SELECT email, state, request_id, message_id, answered_at IS NOT NULL FROM delivery_log "
-                       "WHERE send_id = ? ORDER BY delivery_id", (send.id,)).fetchall()
-    assert log == [("r0@example.org", "accepted", "a", "M1", 1), ("r1@example.org", "accepted", "a", "M1", 1)]
+    store.record([Finish(claim=claim, state="accepted", attempts=1, http_status=202, message_id="M1")])
+    rows = select(store, "SELECT d.state, b.message_id, b.finished_at IS NOT NULL FROM deliveries d "
+                         "JOIN batches b ON b.id = d.batch_id WHERE d.send_id = ?", (send.id,))
+    assert [(state, mid, bool(done)) for state, mid, done in rows] == [("accepted", "M1", True)] * 2
+    log = select(store, "SELECT email, state, request_id, message_id, answered_at IS NOT NULL FROM delivery_log "
+                        "WHERE send_id = ? ORDER BY delivery_id", (send.id,))
+    assert [(*r[:4], bool(r[4])) for r in log] == [("r0@example.org", "accepted", "a", "M1", True),
+                                                   ("r1@example.org", "accepted", "a", "M1", True)]
 
 
-def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(conn: sqlite3.Connection) -> None:
+def test_claim_peeked_refuses_when_suppressed_rows_come_before_the_peeked_ones(store: Store) -> None:
     """The end of one peeked window and the start of the next can be suppressed rows the peek skipped:
     only `claim_batch` marks them, so the fast claim must not step over them."""
-    send = recorded_send(conn, 4)
-    sendlog.add_suppression(conn, "r0@example.org", reason="manual", source="test")
-    version = claims.data_version(conn)
-    rows = claims.peek_batch(conn, send.id, size=2)
-    assert [r[1] for r in rows] == ["r1@example.org"]
-    assert claims.claim_peeked(conn, send.id, rows, after=0, version=version, request_id="a") is None
-    claim = claims.claim_batch(conn, send.id, size=2, request_id="a")
-    assert claim is not None and claim.rows == rows
-    counts = sendlog.counts(conn, send.id)
+    send = recorded_send(store, 4)
+    store.add_suppression("r0@example.org", reason="manual", source="test")
+    peeked = store.peek_batch(send.id, size=2)
+    assert [r[1] for r in peeked.rows] == ["r1@example.org"]
+    assert store.claim_peeked(send.id, peeked, request_id="a") is None
+    claim = store.claim_batch(send.id, size=2, request_id="a")
+    assert claim is not None and claim.rows == peeked.rows
+    counts = store.counts(send.id)
     assert (counts["suppressed"], counts["in_flight"], counts["pending"]) == (1, 1, 2)
+
+
+def test_a_retry_is_bracketed_and_outcomes_come_in_one_transaction(store: Store) -> None:
+    send = recorded_send(store, 4)
+    first = store.claim_batch(send.id, size=2, request_id="a")
+    second = store.claim_batch(send.id, size=2, after=2 if first is None else first.last, request_id="b")
+    assert first is not None and second is not None
+    store.mark_waiting(first, attempts=1, http_status=503, error="503 Service Unavailable")
+    assert select(store, "SELECT state, http_status FROM batches WHERE id = ?", (first.id,)) == [("waiting", 503)]
+    store.mark_in_flight(first)
+    store.record([Finish(claim=first, state="accepted", attempts=2, http_status=202),
+                  Finish(claim=second, state="in_doubt", attempts=1, error="timeout")])
+    counts = store.counts(send.id)
+    assert (counts["accepted"], counts["in_doubt"], counts["in_flight"]) == (2, 2, 0)
+    assert store.in_doubt_addresses(send.id) == ["r2@example.org", "r3@example.org"]
+
+
+def test_postgresql_honours_a_suppression_committed_between_peek_and_claim(pg_database: str) -> None:
+    """Only the suppression of an address the claim would take makes it fall back; the slow claim then marks
+    it and mails the rest. A suppression of an address later in the list changes nothing now."""
+    from pipeline.store._postgres import PostgresStore
+
+    sender = PostgresStore(pg_database, migrate=True)
+    serve = PostgresStore(pg_database, migrate=False)
+    send = recorded_send(sender, 4)
+    peeked = sender.peek_batch(send.id, size=2)
+    serve.add_suppression("r3@example.org", reason="unsubscribed", source="web")  # not in this batch
+    claim = sender.claim_peeked(send.id, peeked, request_id="a")
+    assert claim is not None and [r[1] for r in claim.rows] == ["r0@example.org", "r1@example.org"]
+    peeked = sender.peek_batch(send.id, size=2, after=claim.last)
+    assert [r[1] for r in peeked.rows] == ["r2@example.org"]
+    serve.link_unsubscribe(email="R2@Example.org", list_name="sample", issue="001")
+    assert sender.claim_peeked(send.id, peeked, request_id="b") is None
+    assert sender.claim_batch(send.id, size=2, after=claim.last, request_id="b") is None  # nothing left to mail
+    counts = sender.counts(send.id)
+    assert (counts["in_flight"], counts["suppressed"], counts["pending"]) == (2, 2, 0)
+    serve.close()
+    sender.close()
+
+
+def test_postgresql_connection_killed_mid_send_is_a_store_error(pg_database: str, pg_url: str) -> None:
+    """The server ends the store's session (as a restart does): the claim fails with a StoreError that says
+    nothing was counted and how to go on; the next call connects again, and the claim never happened."""
+    from pipeline.store._postgres import PostgresStore
+
+    store = PostgresStore(pg_database, migrate=True)
+    send = recorded_send(store, 4)
+    first = store.claim_batch(send.id, size=2, request_id="a")
+    assert first is not None
+    backend = store.conn.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (backend,)).fetchone() == (True,)
+    done = Finish(claim=first, state="accepted", attempts=1, http_status=202)
+    with pytest.raises(StoreError, match="went away .*nothing unrecorded was counted as sent — run the same"):
+        store.claim_batch(send.id, size=2, after=first.last, request_id="b", finished=[done])
+    counts = store.counts(send.id)  # a new connection
+    assert store.conn.info.backend_pid != backend
+    assert (counts["in_flight"], counts["accepted"], counts["pending"]) == (2, 0, 2)
+    assert store.recover_in_flight(send.id) == 1
+    store.close()

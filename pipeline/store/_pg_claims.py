@@ -51,12 +51,12 @@ class PgClaimsMixin:
         with self._tx() as conn:
             self._finish_all(conn, finished)
             while True:
-                lo, hi = conn.execute(
+                span_row = conn.execute(
                     "SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE send_id = %s AND id > %s "
-                    "AND state = ANY(%s) ORDER BY id LIMIT %s) t", (send_id, after, wanted, size)).fetchone() or (
-                    None, None)
-                if lo is None:
+                    "AND state = ANY(%s) ORDER BY id LIMIT %s) t", (send_id, after, wanted, size)).fetchone()
+                if span_row is None or span_row[0] is None:
                     return None
+                lo, hi = int(span_row[0]), int(span_row[1])
                 span = (send_id, lo, hi, wanted)
                 conn.execute(f"UPDATE deliveries d SET state = 'suppressed', updated_at = %s WHERE send_id = %s "
                              f"AND id BETWEEN %s AND %s AND state = ANY(%s) AND {_SUPPRESSED}", (now(), *span))
