@@ -130,10 +130,10 @@ class PgEventsMixin:
                 return False, None
             if row[0] != "unsubscribed" or not str(row[1]).startswith(f"{LINK_SOURCE} "):
                 return False, str(row[0])
-            rows = conn.execute(
-                f"SELECT payload FROM events WHERE {key('email')} = {key('%s::text')} AND source = 'webhook' "
-                f"AND status IN ('applied', 'unmatched') AND event IN ('bounce', 'dropped', 'spamreport', "
-                f"'unsubscribe') ORDER BY occurred_at DESC NULLS LAST, id DESC", (address,)).fetchall() if reason_of else []
+            blockers = f"SELECT payload FROM events WHERE {key('email')} = {key('%s::text')} AND source = 'webhook' " \
+                       f"AND status IN ('applied', 'unmatched') AND event IN ('bounce', 'dropped', 'spamreport', " \
+                       f"'unsubscribe') ORDER BY occurred_at DESC NULLS LAST, id DESC"
+            rows = conn.execute(blockers, (address,)).fetchall() if reason_of else []
             for (payload,) in rows:
                 assert reason_of is not None
                 if (blocker := reason_of(json.loads(payload))) is not None:
