@@ -9,7 +9,7 @@ SAMPLE := issues/027-2022-04-01
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat  # a plain .pth: faster start
+	$(BIN)/pip install --quiet -e '.[dev,postgresql]' --config-settings editable_mode=compat  # a plain .pth: faster start
 	touch $@
 
 # Build the sample issue and "send" it to the sample list as .eml files in outbox/: no account, no network.
