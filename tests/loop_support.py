@@ -94,38 +94,3 @@ def request(method: str, url: str, *, data: bytes | None = None,
 
 
 SECRET = b"test-secret-for-unsubscribe-links"
-RECIPIENTS = ("ada@example.org", "grace@example.org", "alan@example.org")
-
-
-def seed_send(db_path: Any, *, issue: str = "001-hello", list_name: str = "sample",
-              recipients: tuple[str, ...] = RECIPIENTS, message_id: str = "msg-1") -> int:
-    """A finished real send in the send log, as the send stage leaves it: every delivery accepted."""
-    from pipeline import claims, sendlog
-    from pipeline.events import open_db
-
-    conn = open_db(db_path)
-    try:
-        send = sendlog.create_send(conn, issue=issue, list_name=list_name, transport="sendgrid",
-                                   content_hash="0" * 64, subject=f"Issue {issue}")
-        sendlog.add_recipients(conn, send.id, [(email, "", None) for email in recipients])
-        claim = claims.claim_batch(conn, send.id, size=1000, request_id=f"req-{issue}-{list_name}")
-        assert claim is not None
-        claims.finish_batch(conn, claim, state="accepted", attempts=1, http_status=202, message_id=message_id)
-        sendlog.finish_send(conn, send.id)
-        return send.id
-    finally:
-        conn.close()
-
-
-def dump(db_path: Any) -> list[tuple[Any, ...]]:
-    """Everything a request could change, to prove that one changed nothing."""
-    import sqlite3
-
-    conn = sqlite3.connect(db_path)
-    try:
-        rows: list[tuple[Any, ...]] = []
-        for table in ("suppressions", "deliveries", "events", "delivery_status", "webhook_rejects"):
-            rows += [(table, *row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY 1")]
-        return rows
-    finally:
-        conn.close()

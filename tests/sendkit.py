@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.store import Send, Store
 from pipeline.config import load_config
 from pipeline.plan import SendOptions, Summary
 from pipeline.send import SendJob
+from pipeline.store import Send, Store
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "SG.test-key-4f9a1c7e-never-print-me"

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 from sendkit import recorded_send
+from storekit import same_store
 
-from pipeline import claims, sendlog
 from pipeline.batches import Batch, Personalizer
 from pipeline.bodies import BodyBuilder, Lookahead
+from pipeline.store import TO_SEND, DeliveryRow, Store
 from tests.test_batches import ROWS, _personalizer
 
 
-def _body(p: Personalizer, rows: list[claims.DeliveryRow]) -> str:
+def _body(p: Personalizer, rows: list[DeliveryRow]) -> str:
     return p.body(Batch(id=0, request_id="", rows=rows))
 
 
@@ -38,28 +38,27 @@ def test_helper_builds_the_same_bodies_in_order(site: Path) -> None:
         builder.close()
 
 
-def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, tmp_path: Path,
-                                                          conn: sqlite3.Connection) -> None:
+def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, store: Store,
+                                                          database_url: str | None) -> None:
     p = _personalizer(site)
-    send_id = recorded_send(conn, 7).id
+    send_id = recorded_send(store, 7).id
     builder = BodyBuilder(p)
     try:
-        ahead = Lookahead(conn, send_id, size=3, states=sendlog.TO_SEND, build=lambda rows: _body(p, rows),
+        ahead = Lookahead(store, send_id, size=3, states=TO_SEND, build=lambda rows: _body(p, rows),
                           builder=builder)
         ahead.fill(0)
         head = ahead.head
         assert head is not None and [r[1] for r in head.rows] == ["r0@example.org", "r1@example.org", "r2@example.org"]
-        claim = claims.claim_peeked(conn, send_id, head.rows, after=0, version=head.version, request_id="a")
+        claim = store.claim_peeked(send_id, head, request_id="a")
         assert claim is not None and ahead.body(claim) == _body(p, claim.rows)
         ahead.fill(claim.last)
         # as `newsletter serve` would, between peek and claim
-        other = sendlog.open_sendlog(tmp_path / "state" / "sendlog.sqlite3")
-        sendlog.add_suppression(other, "r3@example.org", reason="unsubscribed", source="web")
+        other = same_store(store, database_url)
+        other.add_suppression("r3@example.org", reason="unsubscribed", source="web")
         other.close()
         head = ahead.head
-        assert head is not None and claims.claim_peeked(conn, send_id, head.rows, after=head.after,
-                                                         version=head.version, request_id="b") is None
-        claim = claims.claim_batch(conn, send_id, size=3, after=claim.last, request_id="b")
+        assert head is not None and store.claim_peeked(send_id, head, request_id="b") is None
+        claim = store.claim_batch(send_id, size=3, after=claim.last, request_id="b")
         assert claim is not None and [r[1] for r in claim.rows] == ["r4@example.org", "r5@example.org"]
         assert ahead.body(claim) == _body(p, claim.rows)  # the bodies built ahead are dropped
         assert ahead.head is None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import run_cli
-from loop_support import seed_send
+from storekit import seed_send, site_store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -41,8 +41,10 @@ def static_host(folder: Path) -> Iterator[str]:
 
 def test_static_archive_of_sent_issues_in_chromium(site: Path, tmp_path: Path) -> None:
     shutil.copytree(FIXTURES / "extra-issues" / "002-second", site / "issues" / "002-second")
-    seed_send(site / ".newsletter/sendlog.sqlite3", issue="001-hello")
-    seed_send(site / ".newsletter/sendlog.sqlite3", issue="002-second", message_id="msg-2")
+    store = site_store(site)
+    seed_send(store, issue="001-hello")
+    seed_send(store, issue="002-second", message_id="msg-2")
+    store.close()
     out = tmp_path / "out"
     result = run_cli(site, "archive", "--out", str(out))
     assert result.returncode == 0, result.stderr

@@ -5,20 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import run_cli
-from loop_support import event, seed_send
+from loop_support import event
+from storekit import seed_send, site_store
 
-from pipeline.events import open_db
 from pipeline.webhook import process_events
 
 
 def test_report_text_and_html(site: Path, tmp_path: Path) -> None:
-    db_path = site / ".newsletter/sendlog.sqlite3"
-    sid = str(seed_send(db_path))
-    process_events(open_db(db_path), [
+    store = site_store(site)
+    sid = str(seed_send(store))
+    process_events(store, [
         event("delivered", send_id=sid), event("open", send_id=sid, timestamp=1_768_500_100),
         event("click", send_id=sid, timestamp=1_768_503_000, url="https://example.org/hello"),
         event("open", "grace@example.org", send_id=sid, timestamp=1_768_510_000),
     ])
+    store.close()
     html_file = tmp_path / "report.html"
     result = run_cli(site / "issues", "report", "001-hello", "--html", str(html_file))
     assert result.returncode == 0, result.stderr
@@ -47,6 +48,6 @@ def test_report_text_and_html(site: Path, tmp_path: Path) -> None:
 def test_report_of_an_unsent_issue(site: Path) -> None:
     result = run_cli(site, "report", "issues/001-hello")
     assert result.returncode == 2 and "no send log" in result.stderr
-    open_db(site / ".newsletter/sendlog.sqlite3").close()
+    site_store(site).close()  # an empty send log
     result = run_cli(site, "report", "issues/001-hello")
     assert result.returncode == 1 and "no real send" in result.stderr

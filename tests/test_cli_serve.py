@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli
-from loop_support import SECRET, Signer, body_of, event, free_port, request, seed_send
+from loop_support import SECRET, Signer, body_of, event, free_port, request
+from storekit import count, seed_send, site_store
 
-from pipeline import sendlog, tokens
+from pipeline import tokens
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +47,14 @@ def test_refuses_to_start_without_the_webhook_key(site: Path) -> None:
 
 
 @pytest.fixture
-def serving(site: Path, signer: Signer) -> Iterator[tuple[str, subprocess.Popen[str], int]]:
-    send_id = seed_send(site / ".newsletter/sendlog.sqlite3")
+def serving(site: Path, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[str], int]]:
+    """`serve` on the test's engine, issue 001-hello sent to list `sample`."""
+    store = site_store(site, store_env)
+    send_id = seed_send(store)
+    store.close()
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", "--port", str(port)], cwd=site,
-                               env={**os.environ, "PYTHONPATH": str(REPO), **keys(signer)},
+                               env={**os.environ, "PYTHONPATH": str(REPO), **keys(signer), **store_env},
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -70,7 +74,7 @@ def serving(site: Path, signer: Signer) -> Iterator[tuple[str, subprocess.Popen[
 
 
 def test_serves_and_never_logs_the_token_or_address(serving: tuple[str, subprocess.Popen[str], int],
-                                                   signer: Signer, site: Path) -> None:
+                                                   signer: Signer, site: Path, store_env: dict[str, str]) -> None:
     url, process, send_id = serving
     token = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue="001-hello")
     assert request("GET", f"{url}/unsubscribe/{token}")[0] == 200
@@ -86,24 +90,41 @@ def test_serves_and_never_logs_the_token_or_address(serving: tuple[str, subproce
     assert "/unsubscribe/[token] 200" in err and "POST /webhooks/sendgrid 200" in err
     for secret in (token, token.split(".")[0], "ada@example.org", "grace@example.org", SECRET.decode()):
         assert secret not in out + err
-    conn = sendlog.open_sendlog(site / ".newsletter/sendlog.sqlite3")
-    assert {s.email: s.reason for s in sendlog.list_suppressions(conn)} == {"ada@example.org": "unsubscribed",
-                                                                            "grace@example.org": "bounced"}
+    store = site_store(site, store_env)
+    assert {s.email: s.reason for s in store.list_suppressions()} == {"ada@example.org": "unsubscribed",
+                                                                      "grace@example.org": "bounced"}
+    store.close()
 
 
 def test_webhook_waits_for_a_concurrent_send_instead_of_failing(serving: tuple[str, subprocess.Popen[str], int],
-                                                                signer: Signer, site: Path) -> None:
-    """A `send` holding the write lock (a batch being claimed) makes the webhook wait, not fail."""
+                                                                signer: Signer, site: Path,
+                                                                store_env: dict[str, str]) -> None:
+    """A `send` holding a write lock (a batch being claimed) makes the webhook wait, not fail: SQLite's one
+    write lock, or on PostgreSQL a lock on the events table that every insert into it waits for."""
     url, _, send_id = serving
-    conn = sendlog.open_sendlog(site / ".newsletter/sendlog.sqlite3")
+    store = site_store(site, store_env)
     body = body_of([event("delivered", send_id=str(send_id))])
     answers: list[int] = []
-    with sendlog.transaction(conn):
-        conn.execute("UPDATE sends SET finished_at = finished_at")  # the write lock is ours now
+
+    def post_while_locked() -> threading.Thread:
         poster = threading.Thread(target=lambda: answers.append(
             request("POST", f"{url}/webhooks/sendgrid", data=body, headers=signer.headers(body))[0]))
         poster.start()
         poster.join(0.5)  # give it the chance to hit the lock; the outcome must not depend on it
-    poster.join()
-    assert answers == [200]
-    assert conn.execute("SELECT count(*) FROM events WHERE event = 'delivered'").fetchone()[0] == 1
+        assert answers == []  # whenever it got there, it cannot have been answered while we hold the lock
+        return poster
+
+    try:
+        if store.engine == "sqlite":
+            with store.transaction() as conn:  # type: ignore[attr-defined]
+                conn.execute("UPDATE sends SET finished_at = finished_at")  # the write lock is ours now
+                poster = post_while_locked()
+        else:
+            with store._tx() as conn:  # type: ignore[attr-defined]
+                conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+                poster = post_while_locked()
+        poster.join()
+        assert answers == [200]
+        assert count(store, "SELECT count(*) FROM events WHERE event = 'delivered'") == 1
+    finally:
+        store.close()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from storekit import site_store
 
 from pipeline.cli import main
-from pipeline.sendlog import list_suppressions, open_sendlog
 
 LISTS = Path(__file__).parent / "fixtures" / "lists"
 REPO = Path(__file__).parent.parent
@@ -69,7 +69,9 @@ def test_import_suppresses_unsubscribed_addresses(site: Path, monkeypatch: pytes
     assert result.exit_code == 0
     assert "0 added, 0 already present, 0 invalid, 2 unsubscribed or bounced in the export " \
            "(2 newly suppressed for every list)" in result.stdout
-    stored = list_suppressions(open_sendlog(site / ".newsletter" / "sendlog.sqlite3"))
+    store = site_store(site)
+    stored = store.list_suppressions()
+    store.close()
     assert [(s.reason, s.source) for s in stored] == [("unsubscribed", "import mailchimp_unsubscribed.csv")] * 2
     again = run(site, monkeypatch, "import", str(LISTS / "mailchimp_unsubscribed.csv"), "--list", "sample")
     assert "(0 newly suppressed for every list)" in again.stdout

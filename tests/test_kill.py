@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sendlog
-from pipeline.config import load_config
 from pipeline.errors import SendError
 from tests.sendkit import ISSUE, KEY, Sleeps, cli, environ, send, write_list
 from tests.standin import StandIn
+from tests.storekit import select, site_store
 
 
 @pytest.fixture
@@ -52,30 +50,26 @@ def _kill(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _states(site: Path) -> dict[str, str]:
-    conn = sqlite3.connect(load_config(site).sendlog_path)
+def _states(site: Path, env: dict[str, str]) -> dict[str, str]:
+    store = site_store(site, env)
     try:
-        return dict(conn.execute("SELECT email, state FROM deliveries"))
+        return dict(select(store, "SELECT email, state FROM deliveries"))
     finally:
-        conn.close()
+        store.close()
 
 
-def _batch_waiting(site: Path) -> bool:
-    path = load_config(site).sendlog_path
-    if not path.exists():
-        return False
-    conn = sqlite3.connect(path)
+def _batch_waiting(site: Path, env: dict[str, str]) -> bool:
+    store = site_store(site, env)
     try:
-        return conn.execute("SELECT 1 FROM batches WHERE state = 'waiting'").fetchone() is not None
-    except sqlite3.OperationalError:
-        return False
+        return bool(select(store, "SELECT 1 FROM batches WHERE state = 'waiting'"))
     finally:
-        conn.close()
+        store.close()
 
 
-def test_kill_9_at_many_points(site: Path, standin: StandIn) -> None:
+def test_kill_9_at_many_points(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
     addresses = write_list(site, "big", 30)
-    env = environ(standin.url)
+    env = environ(standin.url, **store_env)
+    site_store(site, env).close()  # migrated before the first run (and before anything looks into it)
     config = site / "newsletter.yaml"  # long enough to be caught waiting out a 429
     config.write_text(config.read_text("utf-8").replace("retry_budget_seconds: 5", "retry_budget_seconds: 600"))
     # Kill mid-request after 0, 2 and 5 answered requests of each run (the killed request did go out).
@@ -89,13 +83,13 @@ def test_kill_9_at_many_points(site: Path, standin: StandIn) -> None:
     standin.retry_after = 120
     standin.script(["429"])
     proc = _start(site, env)
-    _wait_for(lambda: _batch_waiting(site), "a batch waiting to retry")
+    _wait_for(lambda: _batch_waiting(site, env), "a batch waiting to retry")
     _kill(proc)
     standin.retry_after = 0
     # The next run finds the killed requests in flight (in doubt) and finishes everything else.
     done = cli(site, "send", ISSUE, "--list", "big", "--yes", env=env)
     assert done.returncode == 5 and "6 recipient(s) are in doubt" in done.stderr, done.stderr
-    states = _states(site)
+    states = _states(site, env)
     sent = standin.recipients()
     assert max(sent.values()) == 1  # no duplicate at all
     assert set(states) == set(addresses)
@@ -115,9 +109,10 @@ def test_kill_9_at_many_points(site: Path, standin: StandIn) -> None:
     assert set(sent) == set(addresses)
 
 
-def test_second_send_refused_while_first_runs(site: Path, standin: StandIn) -> None:
+def test_second_send_refused_while_first_runs(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
     write_list(site, "big", 4)
-    env = environ(standin.url)
+    env = environ(standin.url, **store_env)
+    site_store(site, env).close()
     standin.script(["slow"])
     proc = _start(site, env)
     _wait_for(lambda: len(standin.accepted) == 1, "the first send's request")
@@ -131,19 +126,20 @@ def test_second_send_refused_while_first_runs(site: Path, standin: StandIn) -> N
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_thirty_percent_faults(site: Path, seed: int) -> None:
+def test_thirty_percent_faults(site: Path, seed: int, store_env: dict[str, str]) -> None:
     config = site / "newsletter.yaml"
     config.write_text(config.read_text("utf-8").replace("batch_size: 2", "batch_size: 7"), "utf-8")
     addresses = write_list(site, "big", 300)
     with StandIn(api_key=KEY, retry_after=0, fault_rate=0.3, seed=seed) as sg:
-        env = environ(sg.url)
+        env = environ(sg.url, **store_env)
+        site_store(site, env).close()
         for _ in range(10):  # a run may stop after too many unanswered requests in a row; re-run it
             try:
                 if send(site, env, list_name="big", sleep=Sleeps()).remaining.get("pending", 0) == 0:
                     break
             except SendError as exc:  # resumable: run again
                 assert "run the same command again" in str(exc)
-        states = _states(site)
+        states = _states(site, env)
         sent = sg.recipients()
         assert max(sent.values()) == 1  # without --resend-in-doubt: never a duplicate
         assert set(states.values()) <= {"accepted", "in_doubt"}
@@ -160,8 +156,9 @@ def test_thirty_percent_faults(site: Path, seed: int) -> None:
         assert set(sent) == set(addresses)
         duplicates = {a for a, n in sent.items() if n > 1}
         # a duplicate is only possible for a recipient that was in doubt at some point
-        conn = sendlog.open_sendlog(load_config(site).sendlog_path)
-        ever_in_doubt = {r[0] for r in conn.execute(
+        store = site_store(site, env)
+        ever_in_doubt = {r[0] for r in select(store,
             "SELECT d.email FROM deliveries d JOIN batches b ON b.send_id = d.send_id AND d.id BETWEEN "
             "b.first_delivery AND b.last_delivery WHERE b.state = 'in_doubt'")}
+        store.close()
         assert duplicates <= ever_in_doubt

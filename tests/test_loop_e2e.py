@@ -91,12 +91,11 @@ def test_send_events_unsubscribe_report_and_the_next_send(site: Path, tmp_path: 
         assert set(sg.recipients()) == {"alan@example.org"}  # ada left, grace bounced
 
 
-def test_webhook_posts_while_a_send_runs_both_succeed(site: Path) -> None:
-    """A real `send` process writes the send log while serve applies events to the same file."""
-    import sqlite3
-
+def test_webhook_posts_while_a_send_runs_both_succeed(site: Path, store_env: dict[str, str]) -> None:
+    """A real `send` process writes the store while serve applies events to it (either engine)."""
     from loop_support import running
     from sendkit import write_list
+    from storekit import count, site_store
 
     from pipeline.config import load_config
     from pipeline.web import Settings, create_app
@@ -105,9 +104,10 @@ def test_webhook_posts_while_a_send_runs_both_succeed(site: Path) -> None:
     addresses = write_list(site, "big", 400)  # batch_size 2 in the fixture: 200 requests
     signer = Signer()
     config = load_config(site)
-    settings = Settings(config=config, secret=SECRET.encode(), db_path=config.sendlog_path,
+    site_store(site, store_env).close()  # migrated before either opens it
+    settings = Settings(config=config, secret=SECRET.encode(), open_store=lambda: site_store(site, store_env),
                         webhook_key=public_key_from_base64(signer.public_base64))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SENDGRID_API_KEY": KEY, "NEWSLETTER_SECRET": SECRET}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SENDGRID_API_KEY": KEY, "NEWSLETTER_SECRET": SECRET, **store_env}
     answers: list[int] = []
     with StandIn(api_key=KEY) as sg, running(create_app(settings)) as url:
         env["SENDGRID_API_HOST"] = sg.url
@@ -129,6 +129,9 @@ def test_webhook_posts_while_a_send_runs_both_succeed(site: Path) -> None:
         out, err = sender.communicate(timeout=120)
     assert sender.returncode == 0, err
     assert answers and set(answers) == {200}
-    with sqlite3.connect(config.sendlog_path) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE status = 'applied'").fetchone()[0] == len(addresses)
-        assert conn.execute("SELECT count(*) FROM deliveries WHERE state = 'accepted'").fetchone()[0] == len(addresses)
+    store = site_store(site, store_env)
+    try:
+        assert count(store, "SELECT count(*) FROM events WHERE status = 'applied'") == len(addresses)
+        assert count(store, "SELECT count(*) FROM deliveries WHERE state = 'accepted'") == len(addresses)
+    finally:
+        store.close()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
+from storekit import select
 
-from pipeline import recipients, sendlog
+from pipeline import recipients
 from pipeline.batches import Mailing, Personalizer
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
 from pipeline.render import Email
+from pipeline.store import Store
 
 LIST = ("email,name,city\n"
         "ada@example.org,Ada,London\n"
@@ -27,62 +28,62 @@ def _personalizer(site: Path) -> Personalizer:
                                             send_id=1, secret=b"recipients-test-secret-0123456789"))
 
 
-def _setup(site: Path, conn: sqlite3.Connection, text: str = LIST) -> tuple[Path, int]:
+def _setup(site: Path, store: Store, text: str = LIST) -> tuple[Path, int]:
     path = site / "subscribers" / "club.csv"
     path.write_text(text, "utf-8")
-    sendlog.add_suppression(conn, "gone@example.org", reason="unsubscribed", source="test")
-    send = sendlog.create_send(conn, issue="001-hello", list_name="club", transport="sendgrid", content_hash="h",
-                               subject="Hi")
+    store.add_suppression("gone@example.org", reason="unsubscribed", source="test")
+    send = store.create_send(issue="001-hello", list_name="club", transport="sendgrid", content_hash="h",
+                             subject="Hi")
     return path, send.id
 
 
-def _rows(conn: sqlite3.Connection, send_id: int) -> list[tuple[str, str, str | None]]:
-    return conn.execute("SELECT email, name, fields FROM deliveries WHERE send_id = ? ORDER BY id",
-                        (send_id,)).fetchall()
+def _rows(store: Store, send_id: int) -> list[tuple[str, str, str | None]]:
+    return select(store, "SELECT email, name, fields FROM deliveries WHERE send_id = ? ORDER BY id",  # type: ignore[return-value]
+                  (send_id,))
 
 
-def test_bad_rows_stop_the_recording_and_leave_nothing(site: Path, conn: sqlite3.Connection) -> None:
-    path, send_id = _setup(site, conn)
+def test_bad_rows_stop_the_recording_and_leave_nothing(site: Path, store: Store) -> None:
+    path, send_id = _setup(site, store)
     with pytest.raises(SubscriberError) as caught:
-        recipients.record_list(conn, send_id, path, _personalizer(site), list_name="club", new_send=True,
+        recipients.record_list(store, send_id, path, _personalizer(site), list_name="club", new_send=True,
                                skip_invalid=False)
     assert "list club" in str(caught.value) and "--skip-invalid" in str(caught.value)
     assert [(p.file, p.line) for p in caught.value.problems] == [(path, 5)]
-    assert _rows(conn, send_id) == []
+    assert _rows(store, send_id) == []
 
 
-def test_skip_invalid_records_each_valid_address_once_in_list_order(site: Path, conn: sqlite3.Connection) -> None:
-    path, send_id = _setup(site, conn)
-    recorded = recipients.record_list(conn, send_id, path, _personalizer(site), list_name="club", new_send=True,
+def test_skip_invalid_records_each_valid_address_once_in_list_order(site: Path, store: Store) -> None:
+    path, send_id = _setup(site, store)
+    recorded = recipients.record_list(store, send_id, path, _personalizer(site), list_name="club", new_send=True,
                                       skip_invalid=True)
-    assert _rows(conn, send_id) == [("ada@example.org", "Ada", '{"city": "London"}'),
+    assert _rows(store, send_id) == [("ada@example.org", "Ada", '{"city": "London"}'),
                                     ("grace@example.org", "Grace", '{"city": ""}')]
     assert (recorded.listed, recorded.added) == (2, 2)
     assert [(p.line, p.blocking) for p in recorded.skipped] == [(5, False)]
 
 
-def test_a_resumed_send_adds_only_the_new_rows(site: Path, conn: sqlite3.Connection) -> None:
-    path, send_id = _setup(site, conn, "email,name\nada@example.org,Ada\n")
-    recipients.record_list(conn, send_id, path, _personalizer(site), list_name="club", new_send=True,
+def test_a_resumed_send_adds_only_the_new_rows(site: Path, store: Store) -> None:
+    path, send_id = _setup(site, store, "email,name\nada@example.org,Ada\n")
+    recipients.record_list(store, send_id, path, _personalizer(site), list_name="club", new_send=True,
                            skip_invalid=False)
     path.write_text("email,name\nada@example.org,Ada\nalan@example.org,Alan\nAlan@example.org,Alan\n", "utf-8")
-    recorded = recipients.record_list(conn, send_id, path, _personalizer(site), list_name="club", new_send=False,
+    recorded = recipients.record_list(store, send_id, path, _personalizer(site), list_name="club", new_send=False,
                                       skip_invalid=False)
     assert (recorded.listed, recorded.added) == (2, 1)
-    assert [row[0] for row in _rows(conn, send_id)] == ["ada@example.org", "alan@example.org"]
+    assert [row[0] for row in _rows(store, send_id)] == ["ada@example.org", "alan@example.org"]
 
 
-def test_oversized_merge_fields_are_a_bad_row(site: Path, conn: sqlite3.Connection) -> None:
-    path, send_id = _setup(site, conn, f"email,name\nada@example.org,{'x' * 10_000}\ngrace@example.org,Grace\n")
+def test_oversized_merge_fields_are_a_bad_row(site: Path, store: Store) -> None:
+    path, send_id = _setup(site, store, f"email,name\nada@example.org,{'x' * 10_000}\ngrace@example.org,Grace\n")
     with pytest.raises(SubscriberError) as caught:
-        recipients.record_list(conn, send_id, path, _personalizer(site), list_name="club", new_send=True,
+        recipients.record_list(store, send_id, path, _personalizer(site), list_name="club", new_send=True,
                                skip_invalid=False)
     assert caught.value.problems[0].line == 2 and "10000 bytes" in caught.value.problems[0].message
 
 
-def test_a_test_copy_borrows_the_first_recipients_values(site: Path, conn: sqlite3.Connection) -> None:
-    path, _ = _setup(site, conn)
-    assert recipients.row_for_test_copy(conn, path, "me@example.org") == (0, "me@example.org", "Ada",
+def test_a_test_copy_borrows_the_first_recipients_values(site: Path, store: Store) -> None:
+    path, _ = _setup(site, store)
+    assert recipients.row_for_test_copy(store, path, "me@example.org") == (0, "me@example.org", "Ada",
                                                                              '{"city": "London"}')
     path.write_text("email,name\n", "utf-8")
-    assert recipients.row_for_test_copy(conn, path, "me@example.org") == (0, "me@example.org", "", None)
+    assert recipients.row_for_test_copy(store, path, "me@example.org") == (0, "me@example.org", "", None)

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
-from loop_support import event, seed_send
+from loop_support import event
+from storekit import seed_send
 
 from pipeline.errors import PipelineError
-from pipeline.events import link_unsubscribe, open_db
 from pipeline.report import build_report, chart_svg, html_report, text_report
+from pipeline.store import Store
 from pipeline.webhook import process_events
 
 T0 = 1_768_500_000
 
 
-def seeded(db_path: Path) -> None:
-    sample = str(seed_send(db_path))
-    vip = str(seed_send(db_path, list_name="vip", recipients=("ada@example.org", "zed@example.org"),
+def seeded(store: Store) -> None:
+    sample = str(seed_send(store))
+    vip = str(seed_send(store, list_name="vip", recipients=("ada@example.org", "zed@example.org"),
                         message_id="msg-vip"))
-    conn = open_db(db_path)
-    process_events(conn, [
+    process_events(store, [
         event("delivered", "ada@example.org", send_id=sample),
         event("delivered", "grace@example.org", send_id=sample),
         event("bounce", "alan@example.org", send_id=sample, type="bounce"),
@@ -38,15 +37,12 @@ def seeded(db_path: Path) -> None:
         event("open", "ada@example.org", send_id=vip, list_name="vip", timestamp=T0 + 100),
         event("open", "ada@example.org", send_id="99", list_name="vip"),  # unknown send: not counted
     ])
-    link_unsubscribe(conn, email="ada@example.org", list_name="sample", issue="001-hello")
-    conn.close()
+    store.link_unsubscribe(email="ada@example.org", list_name="sample", issue="001-hello")
 
 
-def test_counts_per_list(tmp_path: Path) -> None:
-    db_path = tmp_path / "sendlog.sqlite3"
-    seeded(db_path)
-    conn = open_db(db_path)
-    report = build_report(conn, "001-hello")
+def test_counts_per_list(store: Store) -> None:
+    seeded(store)
+    report = build_report(store, "001-hello")
     sample, vip = report.lists
     assert (sample.list_name, vip.list_name) == ("sample", "vip")
     assert sample.counts == {"recipients": 3, "accepted": 3, "delivered": 2, "bounced": 1, "dropped": 0,
@@ -59,21 +55,20 @@ def test_counts_per_list(tmp_path: Path) -> None:
     assert "list sample" in text and "Unique opens" in text and "https://example.org/a" in text
 
 
-def test_html_is_one_self_contained_page_with_a_chart(tmp_path: Path) -> None:
-    db_path = tmp_path / "sendlog.sqlite3"
-    seeded(db_path)
-    page = html_report(build_report(open_db(db_path), "001-hello"))
+def test_html_is_one_self_contained_page_with_a_chart(store: Store) -> None:
+    seeded(store)
+    page = html_report(build_report(store, "001-hello"))
     svg = page[page.index("<svg"):page.index("</svg>") + 6]
     tree = ET.fromstring(svg)
     lines = tree.findall("{http://www.w3.org/2000/svg}polyline")
     assert [line.get("class") for line in lines] == ["opens", "clicks"]
-    assert len(lines[0].get("points", "").split()) == len(build_report(open_db(db_path), "001-hello").timeline) + 1
+    assert len(lines[0].get("points", "").split()) == len(build_report(store, "001-hello").timeline) + 1
     assert "src=" not in page and "<script" not in page and "<link" not in page
 
 
-def test_no_send_is_a_clear_error(tmp_path: Path) -> None:
+def test_no_send_is_a_clear_error(store: Store) -> None:
     with pytest.raises(PipelineError, match="no real send"):
-        build_report(open_db(tmp_path / "sendlog.sqlite3"), "001-hello")
+        build_report(store, "001-hello")
 
 
 def test_empty_timeline() -> None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.store._sqlite import SQLiteStore
 from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
-from pipeline.store._lock import SendLock
 from pipeline.plan import SendOptions
 from pipeline.send import SendJob
+from pipeline.store._lock import SendLock
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from standin import StandIn
 
-from pipeline import sendlog
 from pipeline.errors import ConfigError
-from pipeline.events import open_db
+from pipeline.store import Store
 from pipeline.suppressions import KINDS, SyncError, client_fetch, fetch_all, normalise_address, sync
 
 KEY = "SG.test-suppressions"
@@ -36,53 +34,49 @@ def seed(sg: StandIn) -> None:
     ]
 
 
-def test_sync_pulls_every_list_page_by_page_and_twice_changes_nothing(tmp_path: Path) -> None:
-    conn = open_db(tmp_path / "sendlog.sqlite3")
+def test_sync_pulls_every_list_page_by_page_and_twice_changes_nothing(store: Store) -> None:
     with StandIn(api_key=KEY) as sg:
         seed(sg)
-        result = sync(conn, client_fetch(env(sg)), page_size=500)
+        result = sync(store, client_fetch(env(sg)), page_size=500)
         pages = sg.request_count
-        again = sync(conn, client_fetch(env(sg)), page_size=500)
+        again = sync(store, client_fetch(env(sg)), page_size=500)
     assert result.fetched == {"bounces": 1203, "blocks": 1, "spam_reports": 1, "invalid_emails": 1,
                               "unsubscribes": 2, "group_unsubscribes": 2}
     assert result.added["unsubscribes"] == 1  # bounce0 was already suppressed as a bounce: first reason kept
     assert pages == 3 + 5  # bounces in three pages of 500, the other five lists in one each
     assert sum(again.added.values()) == 0
-    found = {s.email.lower(): (s.reason, s.source) for s in sendlog.list_suppressions(conn)}
+    found = {s.email.lower(): (s.reason, s.source) for s in store.list_suppressions()}
     assert len(found) == 1203 + 6
     assert found["bounce0@example.org"] == ("bounced", "sendgrid bounces")
     assert found["spam@example.org"] == ("complained", "sendgrid spam_reports")
     assert found["group9@example.org"] == ("unsubscribed", "sendgrid group_unsubscribes group 9")
-    assert sendlog.is_suppressed(conn, "SPAM@example.org")
+    assert store.is_suppressed("SPAM@example.org")
 
 
-def test_only_our_group_when_one_is_configured(tmp_path: Path) -> None:
-    conn = open_db(tmp_path / "sendlog.sqlite3")
+def test_only_our_group_when_one_is_configured(store: Store) -> None:
     with StandIn(api_key=KEY) as sg:
         seed(sg)
-        sync(conn, client_fetch(env(sg)), group_id=7)
-    assert sendlog.is_suppressed(conn, "group7@example.org")
-    assert not sendlog.is_suppressed(conn, "group9@example.org")
+        sync(store, client_fetch(env(sg)), group_id=7)
+    assert store.is_suppressed("group7@example.org")
+    assert not store.is_suppressed("group9@example.org")
 
 
-def test_a_refused_key_is_a_clear_error_without_the_key(tmp_path: Path) -> None:
-    conn = open_db(tmp_path / "sendlog.sqlite3")
+def test_a_refused_key_is_a_clear_error_without_the_key(store: Store) -> None:
     with StandIn(api_key=KEY) as sg:
         seed(sg)
         with pytest.raises(SyncError, match="401") as caught:
-            sync(conn, client_fetch(env(sg, "SG.wrong-key")))
+            sync(store, client_fetch(env(sg, "SG.wrong-key")))
     assert "SG.wrong-key" not in str(caught.value) and "Suppressions" in str(caught.value)
-    assert sendlog.list_suppressions(conn) == []
+    assert store.list_suppressions() == []
 
 
-def test_a_failing_page_adds_nothing(tmp_path: Path) -> None:
-    conn = open_db(tmp_path / "sendlog.sqlite3")
+def test_a_failing_page_adds_nothing(store: Store) -> None:
     with StandIn(api_key=KEY) as sg:
         seed(sg)
         sg.script(["ok", "ok", "503"])  # the third page of bounces fails
         with pytest.raises(SyncError, match="503"):
-            sync(conn, client_fetch(env(sg)))
-    assert sendlog.list_suppressions(conn) == []
+            sync(store, client_fetch(env(sg)))
+    assert store.list_suppressions() == []
 
 
 def test_missing_key() -> None:
