@@ -205,9 +205,9 @@ class Archive:
             return Page(feed(issues, self.config).encode(), "application/atom+xml; charset=utf-8")
         if path == "unsubscribe/":
             return Page(unsubscribe_page(self.config).encode(), "text/html; charset=utf-8")
-        slug, _, rest = path.partition("/")
+        slug, slash, rest = path.partition("/")
         issue = next((i for i in issues if i.slug == slug), None)
-        if issue is None:
+        if issue is None or not slash:  # `027` is not the page: its relative image links need `027/`
             return None
         if rest == "":
             return Page(self.issue_html(issue).encode(), "text/html; charset=utf-8")

@@ -110,25 +110,40 @@ def find_delivery(conn: sqlite3.Connection, *, send_id: Any, email: str, issue: 
     return Match(send_id=sid, delivery_id=int(row[0]), issue=str(row[1]), list_name=str(row[2]))
 
 
+# Event times SendGrid could send: Unix seconds up to the year 2286. Anything else is stored as NULL.
+MAX_TIMESTAMP = 10**10
+
+
+def sane_timestamp(value: Any) -> int | None:
+    """An event's `timestamp` as whole Unix seconds, or None if it is missing, not a number or absurd."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value < MAX_TIMESTAMP:  # also False for NaN; infinities and huge ints never reach int()
+        return None
+    return int(value)
+
+
 def record_event(conn: sqlite3.Connection, *, key: str, event: Mapping[str, Any], status: str, source: str,
                  match: Match | None) -> bool:
     """Insert one event unless its key is known; True if it is new. Call inside a transaction."""
-    occurred = event.get("timestamp")
     cursor = conn.execute(
         "INSERT OR IGNORE INTO events (event_key, event, status, source, email, send_id, delivery_id, issue, list, "
         "occurred_at, url, payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (key, str(event.get("event", "")), status, source, _text(event.get("email")),
+        (key, _text(event.get("event")) or "", status, source, _text(event.get("email")),
          match.send_id if match else None, match.delivery_id if match else None,
          match.issue if match else _text(event.get("nl_issue")),
          match.list_name if match else _text(event.get("nl_list")),
-         int(occurred) if isinstance(occurred, int | float) else None, _text(event.get("url")),
+         sane_timestamp(event.get("timestamp")), _text(event.get("url")),
          json.dumps({k: v for k, v in event.items() if k not in UNSTORED_FIELDS}, sort_keys=True, default=str),
          now()))
     return cursor.rowcount == 1
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    """A value for a TEXT column: lone surrogates (valid JSON, not valid UTF-8) become U+FFFD."""
+    if value is None:
+        return None
+    return str(value).encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def advance_outcome(conn: sqlite3.Connection, delivery_id: int, outcome: str, at: int) -> None:

@@ -57,6 +57,14 @@ def suppressions(db_path: Path) -> dict[str, tuple[str, str]]:
 
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
+SAME_ORIGIN = {**ONE_CLICK, "Sec-Fetch-Site": "same-origin"}
+
+
+def press_unsubscribe(page: str) -> tuple[int, dict[str, str], bytes]:
+    """The page's Unsubscribe button as a browser presses it; the answer's headers carry `cookie` to send back."""
+    status, headers, body = request("POST", page, data=b"action=unsubscribe", headers=SAME_ORIGIN)
+    undo = headers.get("set-cookie", "").split(";", 1)[0]
+    return status, {**SAME_ORIGIN, **({"Cookie": undo} if undo else {})}, body
 
 
 # --- unsubscribe ----------------------------------------------------------------------------------------
@@ -129,9 +137,10 @@ def test_resubscribe_does_not_lift_a_bounce(server: tuple[str, Path, int]) -> No
     sendlog.add_suppression(conn, "alan@example.org", reason="bounced", source="webhook bounce")
     conn.close()
     page = f"{url}/unsubscribe/{token('alan@example.org')}"
-    assert request("POST", page, data=b"action=unsubscribe", headers=ONE_CLICK)[0] == 200
-    status, _, body = request("POST", page, data=b"action=resubscribe", headers=ONE_CLICK)
-    assert status == 200 and b"Not re-subscribed" in body and b"bounced" in body
+    status, browser, body = press_unsubscribe(page)
+    assert status == 200 and b"Re-subscribe" not in body and "Cookie" not in browser  # nothing of ours to undo
+    status, _, body = request("POST", page, data=b"action=resubscribe", headers=browser)
+    assert status == 403 and b"Not re-subscribed" in body
     assert suppressions(db_path)["alan@example.org"] == ("bounced", "webhook bounce")
 
 
@@ -357,9 +366,10 @@ def test_a_bounce_after_the_unsubscribe_survives_a_resubscribe(server: tuple[str
     open the way to an address that bounces."""
     url, db_path, send_id = server
     page = f"{url}/unsubscribe/{token('grace@example.org')}"
-    assert request("POST", page, data=b"action=unsubscribe", headers=ONE_CLICK)[0] == 200
+    status, browser, _ = press_unsubscribe(page)
+    assert status == 200
     assert post(url, signer, [event("bounce", "grace@example.org", send_id=str(send_id), type="bounce")])[0] == 200
     assert suppressions(db_path)["grace@example.org"][0] == "unsubscribed"
-    status, _, body = request("POST", page, data=b"action=resubscribe", headers=ONE_CLICK)
+    status, _, body = request("POST", page, data=b"action=resubscribe", headers=browser)
     assert status == 200 and b"Not re-subscribed" in body
     assert suppressions(db_path)["grace@example.org"] == ("bounced", "webhook bounce")
