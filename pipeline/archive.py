@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.errors import PipelineError, Problem
-from pipeline.issue import Issue, load_issue, markdown_links
+from pipeline.issue import Issue, load_issue, local_files, unpublishable
 from pipeline.message import substitute
 from pipeline.render import UNSUBSCRIBE, render_email
 
@@ -59,15 +59,12 @@ def discover(config: Config, *, slugs: Collection[str] | None = None) -> tuple[l
 
 def issue_files(issue: Issue) -> dict[str, Path]:
     """The issue's own images, by archive-relative path. Nothing else in the folder is ever published."""
-    wanted = [image.path.as_posix() for image in issue.images]
-    for section in issue.sections:
-        for article in section.articles:
-            wanted += [link for link in markdown_links(article.body) if not link.startswith(("http", "mailto:"))]
+    wanted = [rel for section in issue.sections for article in section.articles for rel in local_files(article)]
     root = issue.folder.resolve()
     files: dict[str, Path] = {}
     for rel in wanted:
         path = (root / rel).resolve()
-        if path.is_file() and path.is_relative_to(root) and path != root / "issue.yaml":
+        if unpublishable(root, rel) is None and path.is_file() and path != root / "issue.yaml":
             files[path.relative_to(root).as_posix()] = path
     return files
 
