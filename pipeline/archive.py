@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.errors import PipelineError, Problem
-from pipeline.issue import Issue, load_issue, markdown_links
+from pipeline.issue import Issue, load_issue, local_files, unpublishable
 from pipeline.message import substitute
 from pipeline.render import UNSUBSCRIBE, render_email
 
@@ -57,15 +57,12 @@ def discover(config: Config, *, slugs: Collection[str] | None = None) -> tuple[l
 
 def issue_files(issue: Issue) -> dict[str, Path]:
     """The issue's own images, by archive-relative path. Nothing else in the folder is ever published."""
-    wanted = [image.path.as_posix() for image in issue.images]
-    for section in issue.sections:
-        for article in section.articles:
-            wanted += [link for link in markdown_links(article.body) if not link.startswith(("http", "mailto:"))]
+    wanted = [rel for section in issue.sections for article in section.articles for rel in local_files(article)]
     root = issue.folder.resolve()
     files: dict[str, Path] = {}
     for rel in wanted:
         path = (root / rel).resolve()
-        if path.is_file() and path.is_relative_to(root) and path != root / "issue.yaml":
+        if unpublishable(root, rel) is None and path.is_file() and path != root / "issue.yaml":
             files[path.relative_to(root).as_posix()] = path
     return files
 
@@ -188,9 +185,9 @@ class Archive:
             return Page(feed(issues, self.config).encode(), "application/atom+xml; charset=utf-8")
         if path == "unsubscribe/":
             return Page(unsubscribe_page(self.config).encode(), "text/html; charset=utf-8")
-        slug, _, rest = path.partition("/")
+        slug, slash, rest = path.partition("/")
         issue = next((i for i in issues if i.slug == slug), None)
-        if issue is None:
+        if issue is None or not slash:  # `027` is not the page: its relative image links need `027/`
             return None
         if rest == "":
             return Page(self.issue_html(issue).encode(), "text/html; charset=utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
-from pipeline.issue import ALLOWED_LINK, Issue, load_issue
+from pipeline.issue import ALLOWED_LINK, Issue, load_issue, local_files, unpublishable
 from pipeline.message import encoded_size
 from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
 
@@ -61,6 +61,7 @@ def check_email(issue: Issue, email: Email, config: Config, *, size: int | None 
         if not (ALLOWED_LINK.match(href) or PLACEHOLDER_RE.fullmatch(href)):
             problems.append(Problem(message=f"link {href!r} is not an http(s) or mailto link",
                                     file=theme / "email.mjml.j2", fix="use full https:// URLs or mailto: links"))
+    problems += image_warnings(issue)
     kb = (message_size(email, config) if size is None else size) / 1000
     if kb > config.size_budget_kb:
         problems.append(Problem(
@@ -72,6 +73,22 @@ def check_email(issue: Issue, email: Email, config: Config, *, size: int | None 
             message=f"the encoded message is {kb:.1f} KB, above the {config.size_warning_kb:g} KB warning "
             f"(budget {config.size_budget_kb:g} KB)", file=issue.folder / "issue.yaml", blocking=False,
             fix="shorten the issue before it gets clipped by Gmail"))
+    return problems
+
+
+def image_warnings(issue: Issue) -> list[Problem]:
+    """Article images the archive will not publish (symlinks, files outside the folder): they would show
+    as broken images in the web version and in the mail, which loads its images from there."""
+    problems = []
+    for section in issue.sections:
+        for article in section.articles:
+            for rel in local_files(article):
+                reason = unpublishable(issue.folder, rel)
+                if reason:
+                    problems.append(Problem(
+                        message=f"image {rel} {reason}, so it is not published and shows as a broken image",
+                        file=article.file, blocking=False,
+                        fix="copy the image itself into the issue folder (e.g. images/) and point to that copy"))
     return problems
 
 

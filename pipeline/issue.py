@@ -106,6 +106,29 @@ def markdown_links(text: str) -> list[str]:
     return links
 
 
+def local_files(article: Article) -> list[str]:
+    """The article's own files, as written: its `image:` and the local images its body links."""
+    found = [article.image.path.as_posix()] if article.image else []
+    return found + [link for link in markdown_links(article.body) if not link.startswith(("http", "mailto:"))]
+
+
+def unpublishable(folder: Path, rel: str) -> str | None:
+    """Why the archive will not publish the file `rel` of an issue folder, or None if it will.
+
+    Only regular files inside the folder are copied, never a symlink (nor a path through one): what it
+    points at may be anything on the machine.
+    """
+    root = folder.resolve()
+    current = root
+    for part in Path(rel).parts:
+        current = current / part
+        if current.is_symlink():
+            return "is a symlink"
+    if not (root / rel).resolve().is_relative_to(root):
+        return "lies outside the issue folder"
+    return None
+
+
 def _date(value: str, file: Path, field: str, problems: list[Problem]) -> dt.date | None:
     try:
         return dt.date.fromisoformat(value)

@@ -6,9 +6,10 @@ A token is ``<payload>.<mac>``, both URL-safe base64 without padding:
 - mac: the first 16 bytes (128 bits) of HMAC-SHA256 keyed by ``NEWSLETTER_SECRET`` over
   ``b"nl-unsubscribe-v1\\0" + payload`` (the prefix keeps these MACs apart from any other use of the key).
 
-`verify` returns ``None`` for anything that is not a token we signed (forged, altered, truncated,
-signed with another secret, not base64, not our JSON) and compares MACs in constant time. It never
-raises for a bad token, so a web handler can answer 400 without a try block.
+`verify` returns ``None`` for anything that is not a token we signed, spelled exactly as we spell it
+(forged, altered, truncated, padded, signed with another secret, not base64, not our JSON) and compares
+MACs in constant time. It never raises for a bad token, so a web handler can answer 400 without a try
+block.
 
 The secret is never stored: changing NEWSLETTER_SECRET invalidates every unsubscribe link already sent,
 so keep it as long as old issues are in people's inboxes.
@@ -49,14 +50,23 @@ class UnsubscribeToken:
     issue: str
 
 
-def _b64(data: bytes) -> str:
+def urlsafe_b64(data: bytes) -> str:
+    """URL-safe base64 without padding: the one spelling a token part may have."""
     return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
+_b64 = urlsafe_b64
+
+
 def _unb64(text: str) -> bytes:
-    if not text or len(text) % 4 == 1:
-        raise ValueError("bad base64 length")
-    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    """The bytes of a canonical urlsafe_b64 text; ValueError for anything else (padding, unused bits set,
+    other alphabets), so that exactly one spelling of each token verifies."""
+    if not text or len(text) % 4 == 1 or not text.isascii():
+        raise ValueError("bad base64")
+    data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if urlsafe_b64(data) != text:
+        raise ValueError("not the canonical spelling")
+    return data
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:

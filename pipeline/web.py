@@ -14,6 +14,7 @@ import html
 import logging
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,6 +34,7 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError, StoreError
 from pipeline.events import reason_of
 from pipeline.store import Store
+from pipeline.webguard import UNDO_SECONDS, cross_site, form_type, may_undo, origin_of, undo_cookie, undo_cookie_name
 from pipeline.webhook import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -41,6 +43,7 @@ from pipeline.webhook import (
     WebhookTooLarge,
     parse_events,
     process_events,
+    signed_headers,
     verify_signature,
 )
 
@@ -94,20 +97,23 @@ class AccessLog:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or WebhookTooLarge as soon as it passes `limit` (checked before and while reading)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise WebhookTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        raise WebhookTooLarge(f"body of {declared[:20]} bytes is over the limit of {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise WebhookTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise WebhookTooLarge(f"body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise WebhookError("the client went away before the body was complete") from None
     return b"".join(chunks)
 
 
 def form_fields(content_type: str, body: bytes) -> dict[str, str]:
     """urlencoded or multipart/form-data (RFC 8058 allows both) into a flat dict; stdlib only."""
-    if content_type.lower().startswith("multipart/form-data"):
+    if form_type(content_type) == "multipart/form-data":
         head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         fields: dict[str, str] = {}
@@ -128,6 +134,10 @@ def _page(config: Config, title: str, body: str, status: int = 200) -> HTMLRespo
             "margin:3rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.6rem 1.2rem}"
             f"</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
     return HTMLResponse(text, status_code=status, headers=PRIVATE)
+
+
+def _refused(config: Config, title: str, text: str, status: int) -> HTMLResponse:
+    return _page(config, title, f"<p>{text}</p>", status)
 
 
 def _button(action: str, label: str) -> str:
@@ -155,50 +165,79 @@ def create_app(settings: Settings) -> Starlette:
 
     archive = Archive(config, published=published)
     contact = config.contact.get("email") or config.reply_to or config.sender_email
+    write_to = f'write to <a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
     invalid_link = ("<p>This unsubscribe link is not valid. Use the link in the newsletter exactly as it came, or "
-                    f'write to <a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
+                    f"{write_to}.</p>")
+    public_origin = origin_of(config.base_url)
+
+    def own_origins(request: Request) -> tuple[str, ...]:
+        """base_url's origin and the one this request was addressed to (scheme as the proxy reported it)."""
+        host = request.headers.get("host", "")[:300].lower()
+        return (public_origin, f"{request.scope.get('scheme', 'http')}://{host}")
 
     async def unsubscribe(request: Request) -> Response:
-        token = tokens.verify(settings.secret, request.path_params["token"])
+        raw = request.path_params["token"]
+        token = tokens.verify(settings.secret, raw)
         if token is None:  # same answer for every bad token: nothing about any address is looked up
             return _page(config, "Link not valid", invalid_link, 400)
         if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
             return _page(config, f"Unsubscribe from {config.name}?",
                          f"<p>Stop sending {html.escape(config.name)} to <strong>{html.escape(token.email)}"
                          f"</strong>?</p>{_button('unsubscribe', 'Unsubscribe')}")
+        content_type = request.headers.get("content-type", "")
+        if form_type(content_type) is None:
+            return PlainTextResponse("Send a form: application/x-www-form-urlencoded or multipart/form-data.\n",
+                                     status_code=415, headers=PRIVATE)
         try:
-            fields = form_fields(request.headers.get("content-type", ""), await read_body(request, MAX_FORM_BYTES))
+            fields = form_fields(content_type, await read_body(request, MAX_FORM_BYTES))
         except WebhookError as exc:
-            return PlainTextResponse(str(exc), status_code=exc.status, headers=PRIVATE)
-        if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: no page wanted
+            return PlainTextResponse(f"{exc.args[0]}\n", status_code=exc.status, headers=PRIVATE)
+        if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: the token alone
             await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name, issue=token.issue))
             return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
         action = fields.get("action")
+        if action in ("unsubscribe", "resubscribe") and cross_site(request.headers, own=own_origins(request)):
+            return _refused(config, "Request refused", "This button works only on its own page. Open the "
+                            "unsubscribe link from the newsletter and press the button there.", 403)
         if action == "unsubscribe":
-            await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name, issue=token.issue))
-            return _page(config, "You are unsubscribed",
-                         f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
-                         f"<p>Clicked by mistake?</p>{_button('resubscribe', 'Re-subscribe')}")
+            added = await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name,
+                                                                 issue=token.issue))
+            done = f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
+            if not added:  # unsubscribed before, maybe by someone else: this browser gets no undo
+                return _page(config, "You are unsubscribed", done + f"<p>To receive it again, {write_to}.</p>")
+            response = _page(config, "You are unsubscribed", done + "<p>Clicked by mistake? You can undo it "
+                             f"here for {UNDO_SECONDS // 60} minutes.</p>{_button('resubscribe', 'Re-subscribe')}")
+            response.set_cookie(undo_cookie_name(raw), undo_cookie(settings.secret, raw, now=time.time()),
+                                max_age=UNDO_SECONDS, path=None, secure=request.scope.get("scheme") == "https",
+                                httponly=True, samesite="strict")
+            return response
         if action == "resubscribe":
+            if not may_undo(settings.secret, raw, request.cookies.get(undo_cookie_name(raw)), now=time.time()):
+                return _refused(config, "Not re-subscribed", "An unsubscribe can be undone here only in the "
+                                f"browser that made it, within {UNDO_SECONDS // 60} minutes. To receive "
+                                f"{html.escape(config.name)} again, {write_to}.", 403)
             _, remaining = await in_db(lambda s: s.link_resubscribe(email=token.email, reason_of=reason_of))
             if remaining:
                 return _page(config, "Not re-subscribed",
                              f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
-                             f"({html.escape(remaining)}). To receive {html.escape(config.name)} again, write to "
-                             f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
-            return _page(config, "You are subscribed again",
-                         f"<p>{html.escape(token.email)} will receive {html.escape(config.name)} again.</p>"
-                         f"{_button('unsubscribe', 'Unsubscribe')}")
+                             f"({html.escape(remaining)}). To receive {html.escape(config.name)} again, "
+                             f"{write_to}.</p>")
+            response = _page(config, "You are subscribed again",
+                             f"<p>{html.escape(token.email)} will receive {html.escape(config.name)} again.</p>"
+                             f"{_button('unsubscribe', 'Unsubscribe')}")
+            response.set_cookie(undo_cookie_name(raw), "", max_age=0, path=None, httponly=True, samesite="strict")
+            return response
         return PlainTextResponse("Unknown request: POST List-Unsubscribe=One-Click, or use the button on this page.\n",
                                  status_code=400, headers=PRIVATE)
 
     async def webhook(request: Request) -> Response:
         if settings.webhook_key is None:
             return JSONResponse({"error": "webhook not configured: set SENDGRID_WEBHOOK_PUBLIC_KEY"}, 503)
+        signature, timestamp = request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER)
         try:
+            signed_headers(signature, timestamp)  # an unsigned post is refused before its body is read
             body = await read_body(request, settings.max_webhook_bytes)
-            verify_signature(settings.webhook_key, body, request.headers.get(SIGNATURE_HEADER),
-                             request.headers.get(TIMESTAMP_HEADER))
+            verify_signature(settings.webhook_key, body, signature, timestamp)
             try:
                 events = parse_events(body)
             except WebhookError:

@@ -10,7 +10,9 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +23,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.events import OUTCOME_RANK, SUPPRESSION_REASONS, UNSTORED_FIELDS, suppression_reason
+from pipeline.events import (
+    OUTCOME_RANK,
+    SUPPRESSION_REASONS,
+    UNSTORED_FIELDS,
+    clean_text,
+    sane_timestamp,
+    suppression_reason,
+)
 from pipeline.store import EventRecord, Store
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
@@ -40,7 +49,12 @@ SEND_ID, ISSUE, LIST = "nl_send_id", "nl_issue", "nl_list"
 # and a retried batch must change nothing.
 IDENTITY_FIELDS = ("event", "email", "timestamp", "sg_message_id", SEND_ID, ISSUE, LIST, "url", "type",
                    "reason", "status", "response", "attempt", "asm_group_id", "useragent", "ip")
-
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() would also take "+1", " 1", "1_0", "١"
+MAX_SIGNATURE_CHARS = 200  # a P-256 ECDSA signature is at most 72 bytes of DER: 96 base64 characters
+MAX_EMAIL_CHARS = 320
+MAX_INT_DIGITS = 100
+MAX_SEND_ID = 2**63 - 1  # SQLite's largest integer
+_UNCLEAN = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control characters, lone surrogates
 
 
 class WebhookError(PipelineError):
@@ -79,37 +93,77 @@ def public_key_from_env(environ: Mapping[str, str] = os.environ) -> ec.EllipticC
     return public_key_from_base64(text)
 
 
+def signed_headers(signature: str | None, timestamp: str | None, *, now: float | None = None,
+                   max_skew: float = MAX_SKEW_SECONDS) -> bytes:
+    """The DER signature, if both headers have their shape and the timestamp is recent; else WebhookForbidden.
+
+    Cheap and unable to fail otherwise, so an unsigned post is refused before its body is even read.
+    """
+    if not signature or not timestamp:
+        raise WebhookForbidden(f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER} header")
+    if not _TIMESTAMP.fullmatch(timestamp) or len(signature) > MAX_SIGNATURE_CHARS:
+        raise WebhookForbidden("malformed signature or timestamp header")
+    try:
+        der = base64.b64decode(signature, validate=True)
+    except (ValueError, binascii.Error):
+        raise WebhookForbidden("malformed signature or timestamp header") from None
+    if abs((time.time() if now is None else now) - int(timestamp)) > max_skew:
+        raise WebhookForbidden(f"timestamp is more than {max_skew:.0f} s away from this server's clock "
+                               "(replayed post, or check the server clock)")
+    return der
+
+
 def verify_signature(key: ec.EllipticCurvePublicKey, body: bytes, signature: str | None, timestamp: str | None,
                      *, now: float | None = None, max_skew: float = MAX_SKEW_SECONDS) -> None:
     """Raise WebhookForbidden unless `signature` signs `timestamp + body` and the timestamp is recent.
 
     The timestamp is part of the signed bytes, so a fresh timestamp cannot be glued onto an old post.
     """
-    if not signature or not timestamp:
-        raise WebhookForbidden(f"missing {SIGNATURE_HEADER} or {TIMESTAMP_HEADER} header")
+    der = signed_headers(signature, timestamp, now=now, max_skew=max_skew)
+    assert timestamp is not None
     try:
-        sent_at = int(timestamp)
-        der = base64.b64decode(signature, validate=True)
-    except (ValueError, binascii.Error):
-        raise WebhookForbidden("malformed signature or timestamp header") from None
-    if abs((time.time() if now is None else now) - sent_at) > max_skew:
-        raise WebhookForbidden(f"timestamp is more than {max_skew:.0f} s away from this server's clock "
-                               "(replayed post, or check the server clock)")
-    try:
-        key.verify(der, timestamp.encode("utf-8") + body, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
+        key.verify(der, timestamp.encode("ascii") + body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
         raise WebhookForbidden("signature does not match the body") from None
+
+
+def _parse_int(text: str) -> int | float:
+    """JSON integers as int; one of absurd length as an infinity, so that its event (not the whole post) is
+    invalid and Python's 4,300-digit limit on int() is never reached."""
+    if len(text) <= MAX_INT_DIGITS:
+        return int(text)
+    return -math.inf if text.startswith("-") else math.inf
 
 
 def parse_events(body: bytes) -> list[dict[str, Any]]:
     """The body must be a JSON array of objects; anything else is refused whole (400) before any change."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise WebhookError(f"body is not valid JSON ({exc})") from None
+        data = json.loads(body, parse_int=_parse_int)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WebhookError(f"body is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise WebhookError("body must be a JSON array of event objects")
     return data
+
+
+def invalid_field(event: Mapping[str, Any]) -> str | None:
+    """The first field whose value SendGrid would never send (so the event is stored as invalid), or None."""
+    kind, email, send_id = event.get("event"), event.get("email"), event.get(SEND_ID)
+    if not isinstance(kind, str) or len(kind) > 64 or _UNCLEAN.search(kind):
+        return "event"
+    if not isinstance(email, str) or "@" not in email or len(email) > MAX_EMAIL_CHARS or _UNCLEAN.search(email):
+        return "email"
+    if sane_timestamp(event.get("timestamp")) is None:
+        return "timestamp"
+    if send_id is not None and not (
+            (isinstance(send_id, str) and _TIMESTAMP.fullmatch(send_id) is not None)
+            or (type(send_id) is int and 0 <= send_id <= MAX_SEND_ID)):
+        return SEND_ID
+    for name in (ISSUE, LIST, "url"):
+        value = event.get(name)
+        if value is not None and (not isinstance(value, str) or _UNCLEAN.search(value)):
+            return name
+    return None
 
 
 def event_key(event: Mapping[str, Any]) -> str:
@@ -160,7 +214,7 @@ def process_events(store: Store, events: list[dict[str, Any]]) -> Outcome:
 def event_record(item: Mapping[str, Any]) -> EventRecord:
     """What storing and applying one posted event means, decided before the store sees it."""
     kind, email = item.get("event"), item.get("email")
-    if not isinstance(kind, str) or not isinstance(email, str) or "@" not in email:
+    if invalid_field(item) is not None or not isinstance(kind, str) or not isinstance(email, str):
         status = "invalid"
     elif kind not in KNOWN_EVENTS:
         status = "unknown_type"
@@ -169,14 +223,11 @@ def event_record(item: Mapping[str, Any]) -> EventRecord:
     stamp = item.get("timestamp")
     reason = suppression_reason(item) if status == "applied" else None
     return EventRecord(
-        key=event_key(item), event=str(kind or ""), status=status, source="webhook", email=_text(email),
-        send_id=item.get(SEND_ID), issue=_text(item.get(ISSUE)), list_name=_text(item.get(LIST)),
-        occurred_at=int(stamp) if isinstance(stamp, int | float) else None, url=_text(item.get("url")),
+        key=event_key(item), event=clean_text(kind) or "", status=status, source="webhook", email=clean_text(email),
+        send_id=item.get(SEND_ID), issue=clean_text(item.get(ISSUE)), list_name=clean_text(item.get(LIST)),
+        occurred_at=sane_timestamp(stamp), url=clean_text(item.get("url")),
         payload=json.dumps({k: v for k, v in item.items() if k not in UNSTORED_FIELDS}, sort_keys=True, default=str),
         outcome=str(kind) if kind in OUTCOME_RANK else None,
         suppress=(SUPPRESSION_REASONS[reason], f"webhook {kind}") if reason else None,
         lifts_group_unsubscribe=kind == "group_resubscribe")
 
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)

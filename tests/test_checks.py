@@ -54,3 +54,26 @@ def test_issue_problems_come_back_as_a_list_not_an_exception(site: Path) -> None
     (site / "issues/001-hello/images/square.png").unlink()
     (problem,) = check_issue(site / "issues" / "001-hello", load_config(site))
     assert problem.blocking and "images/square.png does not exist" in problem.message
+
+
+def test_symlinked_or_outside_images_are_warned_about_and_not_published(site: Path) -> None:
+    """The archive copies only regular files inside the issue folder; check says so before the send."""
+    from conftest import run_cli
+
+    from pipeline.archive import issue_files
+    from pipeline.issue import load_issue
+
+    folder = site / "issues" / "001-hello"
+    article = folder / "articles/hello.md"
+    (folder / "images/linked.png").symlink_to(folder / "images/square.png")
+    (site / "outside.png").write_bytes((folder / "images/square.png").read_bytes())
+    article.write_text(article.read_text("utf-8").replace("image: images/square.png", "image: images/linked.png")
+                       + "\n![chart](../../outside.png)\n![ok](images/square.png)\n", "utf-8")
+    problems = check_issue(folder, load_config(site))
+    assert [(p.blocking, p.file, p.message) for p in problems] == [
+        (False, article, "image images/linked.png is a symlink, so it is not published and shows as a broken image"),
+        (False, article, "image ../../outside.png lies outside the issue folder, so it is not published and shows "
+                         "as a broken image")]
+    assert set(issue_files(load_issue(folder, load_config(site)))) == {"images/square.png"}
+    result = run_cli(site, "check", str(folder))
+    assert result.returncode == 0 and "warning: image images/linked.png is a symlink" in result.stdout + result.stderr
