@@ -5,18 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sqlite3
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from loop_support import SECRET, Signer, body_of, dump, event, request, running, seed_send
+from loop_support import SECRET, Signer, body_of, event, request, running
 from sendgrid.helpers.eventwebhook import EventWebhook
+from storekit import dump, seed_send, select, site_store, suppressions
 
 from pipeline import tokens
 from pipeline.config import Config, load_config
+from pipeline.store import Store
 from pipeline.web import Settings, create_app, redact
 from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
@@ -35,25 +36,24 @@ def signer() -> Signer:
 
 
 @pytest.fixture
-def server(config: Config, signer: Signer) -> Iterator[tuple[str, Path, int]]:
-    """(base URL, send log path, send id): issue 001-hello sent to list `sample`; 002-second not sent yet."""
+def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
+    """(base URL, the store, send id): issue 001-hello sent to list `sample`; 002-second not sent yet.
+    Runs on each engine: the app opens its own stores as `serve` does."""
     from pipeline.webhook import public_key_from_base64
 
-    db_path = config.sendlog_path
-    send_id = seed_send(db_path)
+    store = site_store(config.root, store_env)
+    send_id = seed_send(store)
     settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                        db_path=db_path, max_webhook_bytes=64 * 1024)
-    with running(create_app(settings)) as url:
-        yield url, db_path, send_id
+                        open_store=lambda: site_store(config.root, store_env), max_webhook_bytes=64 * 1024)
+    try:
+        with running(create_app(settings)) as url:
+            yield url, store, send_id
+    finally:
+        store.close()
 
 
 def token(email: str = "ada@example.org") -> str:
     return tokens.sign(SECRET, email=email, list_name="sample", issue="001-hello")
-
-
-def suppressions(db_path: Path) -> dict[str, tuple[str, str]]:
-    with sqlite3.connect(db_path) as conn:
-        return {e: (r, s) for e, r, s in conn.execute("SELECT email, reason, source FROM suppressions")}
 
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -70,40 +70,40 @@ def press_unsubscribe(page: str) -> tuple[int, dict[str, str], bytes]:
 # --- unsubscribe ----------------------------------------------------------------------------------------
 
 
-def test_one_click_post_unsubscribes_at_once_and_a_second_changes_nothing(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_one_click_post_unsubscribes_at_once_and_a_second_changes_nothing(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     status, headers, body = request("POST", f"{url}/unsubscribe/{token()}", data=b"List-Unsubscribe=One-Click",
                                     headers=ONE_CLICK)
     assert status == 200 and headers["cache-control"] == "no-store"
-    assert suppressions(db_path) == {"ada@example.org": ("unsubscribed", "unsubscribe-link sample 001-hello")}
-    before = dump(db_path)
+    assert suppressions(store) == {"ada@example.org": ("unsubscribed", "unsubscribe-link sample 001-hello")}
+    before = dump(store)
     assert request("POST", f"{url}/unsubscribe/{token()}", data=b"List-Unsubscribe=One-Click",
                    headers=ONE_CLICK)[0] == 200
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
-def test_one_click_as_multipart_form_data(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_one_click_as_multipart_form_data(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     body = (b'--XyZ\r\nContent-Disposition: form-data; name="List-Unsubscribe"\r\n\r\nOne-Click\r\n--XyZ--\r\n')
     status, _, _ = request("POST", f"{url}/unsubscribe/{token('grace@example.org')}", data=body,
                            headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
     assert status == 200
-    assert "grace@example.org" in suppressions(db_path)
+    assert "grace@example.org" in suppressions(store)
 
 
-def test_get_never_unsubscribes(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
-    before = dump(db_path)
+def test_get_never_unsubscribes(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
+    before = dump(store)
     for _ in range(3):
         status, headers, body = request("GET", f"{url}/unsubscribe/{token()}")
         assert status == 200 and b"<form" in body and b"ada@example.org" in body
         assert headers["referrer-policy"] == "no-referrer"
     assert request("HEAD", f"{url}/unsubscribe/{token()}")[0] == 200
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
-def test_bad_tokens_get_one_answer_whatever_the_address(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_bad_tokens_get_one_answer_whatever_the_address(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     good = token()
     payload, mac = good.split(".")
     forged = tokens.sign(b"another-secret-of-enough-length", email="ada@example.org", list_name="sample",
@@ -111,37 +111,33 @@ def test_bad_tokens_get_one_answer_whatever_the_address(server: tuple[str, Path,
     stranger = tokens.sign(b"another-secret-of-enough-length", email="nobody@example.net", list_name="x", issue="y")
     altered = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1] + "." + mac
     bad = [forged, stranger, altered, good[:-3], payload, f"{payload}.", "garbage", "a.b"]
-    before = dump(db_path)
+    before = dump(store)
     answers = set()
     for bad_token in bad:
         for method, data in (("GET", None), ("POST", b"List-Unsubscribe=One-Click")):
             status, _, body = request(method, f"{url}/unsubscribe/{bad_token}", data=data, headers=ONE_CLICK)
             answers.add((status, body))
     assert len(answers) == 1 and next(iter(answers))[0] == 400
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
-def test_post_without_one_click_or_action_is_refused(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
-    before = dump(db_path)
+def test_post_without_one_click_or_action_is_refused(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
+    before = dump(store)
     assert request("POST", f"{url}/unsubscribe/{token()}", data=b"", headers=ONE_CLICK)[0] == 400
     assert request("POST", f"{url}/unsubscribe/{token()}", data=b"x" * 70_000, headers=ONE_CLICK)[0] == 413
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
-def test_resubscribe_does_not_lift_a_bounce(server: tuple[str, Path, int]) -> None:
-    from pipeline import sendlog
-
-    url, db_path, _ = server
-    conn = sendlog.open_sendlog(db_path)
-    sendlog.add_suppression(conn, "alan@example.org", reason="bounced", source="webhook bounce")
-    conn.close()
+def test_resubscribe_does_not_lift_a_bounce(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
+    store.add_suppression("alan@example.org", reason="bounced", source="webhook bounce")
     page = f"{url}/unsubscribe/{token('alan@example.org')}"
     status, browser, body = press_unsubscribe(page)
     assert status == 200 and b"Re-subscribe" not in body and "Cookie" not in browser  # nothing of ours to undo
     status, _, body = request("POST", page, data=b"action=resubscribe", headers=browser)
     assert status == 403 and b"Not re-subscribed" in body
-    assert suppressions(db_path)["alan@example.org"] == ("bounced", "webhook bounce")
+    assert suppressions(store)["alan@example.org"] == ("bounced", "webhook bounce")
 
 
 def chromium() -> Any:
@@ -159,28 +155,28 @@ def local_only(page: Any) -> None:
                else route.abort())
 
 
-def test_confirm_and_resubscribe_buttons_in_chromium(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_confirm_and_resubscribe_buttons_in_chromium(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     manager, browser = chromium()
     try:
         page = browser.new_page()
         local_only(page)
         page.goto(f"{url}/unsubscribe/{token('grace@example.org')}")
         assert "grace@example.org" in page.inner_text("body")
-        assert suppressions(db_path) == {}
+        assert suppressions(store) == {}
         page.click("button#unsubscribe")
         page.wait_for_selector("button#resubscribe")
         assert "You are unsubscribed" in page.inner_text("h1")
-        assert suppressions(db_path)["grace@example.org"][0] == "unsubscribed"
+        assert suppressions(store)["grace@example.org"][0] == "unsubscribed"
         page.click("button#resubscribe")
         page.wait_for_selector("text=You are subscribed again")
-        assert suppressions(db_path) == {}
+        assert suppressions(store) == {}
     finally:
         browser.close()
         manager.stop()
 
 
-def test_logs_never_show_the_token_or_the_address(server: tuple[str, Path, int],
+def test_logs_never_show_the_token_or_the_address(server: tuple[str, Store, int],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     url, _, _ = server
     caplog.set_level(logging.INFO, logger="pipeline.web")
@@ -201,14 +197,13 @@ def post(url: str, signer: Signer, events: list[dict[str, Any]], **kwargs: Any) 
     return status, json.loads(answer)
 
 
-def outcomes(db_path: Path) -> dict[str, str]:
-    with sqlite3.connect(db_path) as conn:
-        return dict(conn.execute("SELECT d.email, s.outcome FROM delivery_status s JOIN deliveries d "
-                                 "ON d.id = s.delivery_id"))
+def outcomes(store: Store) -> dict[str, str]:
+    return dict(select(store, "SELECT d.email, s.outcome FROM delivery_status s JOIN deliveries d "
+                              "ON d.id = s.delivery_id"))
 
 
-def test_signed_events_update_the_send_log_and_suppress(server: tuple[str, Path, int], signer: Signer) -> None:
-    url, db_path, send_id = server
+def test_signed_events_update_the_send_log_and_suppress(server: tuple[str, Store, int], signer: Signer) -> None:
+    url, store, send_id = server
     sid = str(send_id)
     events = [
         event("processed", send_id=sid), event("delivered", send_id=sid, timestamp=1_768_500_010),
@@ -225,23 +220,23 @@ def test_signed_events_update_the_send_log_and_suppress(server: tuple[str, Path,
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=body, headers=headers)
     assert status == 200, answer
     assert json.loads(answer)["applied"] == 7
-    assert outcomes(db_path) == {"ada@example.org": "delivered", "grace@example.org": "bounce",
+    assert outcomes(store) == {"ada@example.org": "delivered", "grace@example.org": "bounce",
                                  "alan@example.org": "delivered"}
-    assert suppressions(db_path) == {"grace@example.org": ("bounced", "webhook bounce"),
+    assert suppressions(store) == {"grace@example.org": ("bounced", "webhook bounce"),
                                      "alan@example.org": ("complained", "webhook spamreport")}
     # SendGrid retries the same batch (new sg_event_ids, new signature): nothing changes.
-    before = dump(db_path)
+    before = dump(store)
     status, counts = post(url, signer, [dict(e, sg_event_id=f"retry-{i}") for i, e in enumerate(events)])
     assert status == 200 and counts["duplicates"] == 7 and counts["applied"] == 0
-    assert dump(db_path) == before
+    assert dump(store) == before
     # An out-of-order `processed` never moves a delivered message back.
     post(url, signer, [event("processed", send_id=sid, timestamp=1_768_500_500)])
-    assert outcomes(db_path)["ada@example.org"] == "delivered"
+    assert outcomes(store)["ada@example.org"] == "delivered"
 
 
 @pytest.mark.parametrize("attack", ["tampered", "stale", "unsigned", "other key"])
-def test_forged_posts_get_403_and_change_nothing(server: tuple[str, Path, int], signer: Signer, attack: str) -> None:
-    url, db_path, send_id = server
+def test_forged_posts_get_403_and_change_nothing(server: tuple[str, Store, int], signer: Signer, attack: str) -> None:
+    url, store, send_id = server
     body = body_of([event("bounce", send_id=str(send_id))])
     headers = signer.headers(body)
     if attack == "tampered":
@@ -252,27 +247,26 @@ def test_forged_posts_get_403_and_change_nothing(server: tuple[str, Path, int], 
         headers = {"Content-Type": "application/json"}
     else:
         headers = Signer().headers(body)
-    before = dump(db_path)
+    before = dump(store)
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=body, headers=headers)
     assert status == 403 and "error" in json.loads(answer)
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
-def test_events_are_stored_without_the_readers_ip_and_user_agent(server: tuple[str, Path, int],
+def test_events_are_stored_without_the_readers_ip_and_user_agent(server: tuple[str, Store, int],
                                                                  signer: Signer) -> None:
-    url, db_path, send_id = server
+    url, store, send_id = server
     status, counts = post(url, signer, [event("open", send_id=str(send_id), ip="203.0.113.9",
                                               useragent="Mozilla/5.0 (Reader's phone)")])
     assert status == 200 and counts["applied"] == 1
-    with sqlite3.connect(db_path) as conn:
-        (payload,) = conn.execute("SELECT payload FROM events WHERE event = 'open'").fetchone()
+    ((payload,),) = select(store, "SELECT payload FROM events WHERE event = 'open'")
     stored = json.loads(payload)
     assert stored["email"] == "ada@example.org" and "ip" not in stored and "useragent" not in stored
     assert "203.0.113.9" not in payload and "Reader's phone" not in payload
 
 
-def test_bad_input_gets_a_clear_4xx_and_loses_nothing(server: tuple[str, Path, int], signer: Signer) -> None:
-    url, db_path, send_id = server
+def test_bad_input_gets_a_clear_4xx_and_loses_nothing(server: tuple[str, Store, int], signer: Signer) -> None:
+    url, store, send_id = server
     junk = b'[{"event": "open", "email": '
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=junk, headers=signer.headers(junk))
     assert status == 400 and "not valid JSON" in json.loads(answer)["error"]
@@ -288,20 +282,19 @@ def test_bad_input_gets_a_clear_4xx_and_loses_nothing(server: tuple[str, Path, i
     ])
     assert status == 422 and "error" in counts
     assert (counts["applied"], counts["unknown_type"], counts["unmatched"], counts["invalid"]) == (1, 1, 2, 1)
-    with sqlite3.connect(db_path) as conn:
-        kept = sorted(conn.execute("SELECT event, status FROM events"))
-        rejects = conn.execute("SELECT body FROM webhook_rejects").fetchall()
+    kept = sorted(select(store, "SELECT event, status FROM events"))
+    rejects = [bytes(body) for (body,) in select(store, "SELECT body FROM webhook_rejects")]
     assert kept == [("delivered", "applied"), ("delivered", "unmatched"), ("delivered", "unmatched"),
                     ("open", "invalid"), ("teleported", "unknown_type")]
-    assert rejects == [(junk,)]
+    assert rejects == [junk]
 
 
 # --- archive --------------------------------------------------------------------------------------------
 
 
-def test_archive_in_chromium(server: tuple[str, Path, int], config: Config) -> None:
-    url, db_path, _ = server
-    seed_send(db_path, issue="002-second", message_id="msg-2")
+def test_archive_in_chromium(server: tuple[str, Store, int], config: Config) -> None:
+    url, store, _ = server
+    seed_send(store, issue="002-second", message_id="msg-2")
     manager, browser = chromium()
     try:
         page = browser.new_page()
@@ -327,7 +320,7 @@ def test_archive_in_chromium(server: tuple[str, Path, int], config: Config) -> N
     assert titles == ["Test Weekly", "Test Weekly No. 2: second steps", "Test Weekly No. 1: hello"]
 
 
-def test_archive_serves_only_sent_issues_and_their_images(server: tuple[str, Path, int]) -> None:
+def test_archive_serves_only_sent_issues_and_their_images(server: tuple[str, Store, int]) -> None:
     url, _, _ = server
     assert request("GET", f"{url}/archive/002-second/")[0] == 404  # not sent yet
     assert request("GET", f"{url}/archive/001-hello/issue.yaml")[0] == 404
@@ -341,8 +334,10 @@ def test_archive_serves_only_sent_issues_and_their_images(server: tuple[str, Pat
 
 def test_behind_a_proxy_that_strips_a_prefix(config: Config) -> None:
     """The proxy publishes us under /news/ and strips it (as nginx `proxy_pass http://127.0.0.1:8025/;` does)."""
-    seed_send(config.sendlog_path)
-    settings = Settings(config=config, secret=SECRET, webhook_key=None, db_path=config.sendlog_path)
+    store = site_store(config.root)
+    seed_send(store)
+    store.close()
+    settings = Settings(config=config, secret=SECRET, webhook_key=None, open_store=lambda: site_store(config.root))
     with running(create_app(settings), root_path="/news", proxy_headers=True) as url:
         status, _, page = request("GET", f"{url}/archive/", headers={"X-Forwarded-Proto": "https"})
         assert status == 200 and b'href="001-hello/"' in page
@@ -353,7 +348,7 @@ def test_behind_a_proxy_that_strips_a_prefix(config: Config) -> None:
         assert request("POST", f"{url}/webhooks/sendgrid", data=b"[]")[0] == 503  # no key: SendGrid retries
 
 
-def test_a_theme_that_no_longer_renders_is_a_500_not_a_crash(server: tuple[str, Path, int], config: Config) -> None:
+def test_a_theme_that_no_longer_renders_is_a_500_not_a_crash(server: tuple[str, Store, int], config: Config) -> None:
     url, _, _ = server
     (config.theme_dir / "email.mjml.j2").write_text("<mjml>{{ nonsense.field }}</mjml>", "utf-8")
     status, _, body = request("GET", f"{url}/archive/001-hello/")
@@ -361,15 +356,15 @@ def test_a_theme_that_no_longer_renders_is_a_500_not_a_crash(server: tuple[str, 
     assert request("GET", f"{url}/archive/")[0] == 200
 
 
-def test_a_bounce_after_the_unsubscribe_survives_a_resubscribe(server: tuple[str, Path, int], signer: Signer) -> None:
+def test_a_bounce_after_the_unsubscribe_survives_a_resubscribe(server: tuple[str, Store, int], signer: Signer) -> None:
     """The link's suppression came first (so the bounce was not stored over it); re-subscribing must not
     open the way to an address that bounces."""
-    url, db_path, send_id = server
+    url, store, send_id = server
     page = f"{url}/unsubscribe/{token('grace@example.org')}"
     status, browser, _ = press_unsubscribe(page)
     assert status == 200
     assert post(url, signer, [event("bounce", "grace@example.org", send_id=str(send_id), type="bounce")])[0] == 200
-    assert suppressions(db_path)["grace@example.org"][0] == "unsubscribed"
+    assert suppressions(store)["grace@example.org"][0] == "unsubscribed"
     status, _, body = request("POST", page, data=b"action=resubscribe", headers=browser)
     assert status == 200 and b"Not re-subscribed" in body
-    assert suppressions(db_path)["grace@example.org"] == ("bounced", "webhook bounce")
+    assert suppressions(store)["grace@example.org"] == ("bounced", "webhook bounce")
