@@ -265,7 +265,8 @@ def status(issue_dir: Path, as_json: bool) -> None:
             click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
                        f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
             if entry["in_doubt_recipients"]:
-                click.echo(f"  in doubt ({entry['in_doubt']}): their request got no answer; they may have received "
+                click.echo(f"  in doubt ({entry['in_doubt']}): their request got no answer (a crash leaves at most "
+                           "sending.concurrency requests so); they may have received "
                            f"it. Check SendGrid's activity feed, then resend with `newsletter send {issue_dir} "
                            f"--list {name} --resend-in-doubt`, or leave them:")
                 for address in entry["in_doubt_recipients"]:
