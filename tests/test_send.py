@@ -3,7 +3,6 @@ every bad input stops before the first request."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +12,10 @@ from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
 from pipeline.plan import SendOptions
 from pipeline.send import SendJob
-from pipeline.store._lock import SendLock
-from pipeline.store._sqlite import SQLiteStore
 from pipeline.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn
+from tests.storekit import count, select, site_store
 
 
 @pytest.fixture
@@ -27,15 +25,19 @@ def standin() -> Iterator[StandIn]:
 
 
 @pytest.fixture
-def env(standin: StandIn) -> dict[str, str]:
-    return environ(standin.url)
+def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
+    """The stand-in's address and keys, and the test's engine: every test that takes it runs on both."""
+    return environ(standin.url, **store_env)
 
 
-def _counts(site: Path, list_name: str = "sample") -> dict[str, int]:
-    conn = SQLiteStore(load_config(site).sendlog_path)
-    found = conn.find_send(issue="001-hello", list_name=list_name, transport="sendgrid")
-    assert found is not None
-    return conn.counts(found.id)
+def _counts(site: Path, env: dict[str, str], list_name: str = "sample") -> dict[str, int]:
+    store = site_store(site, env)
+    try:
+        found = store.find_send(issue="001-hello", list_name=list_name, transport="sendgrid")
+        assert found is not None
+        return store.counts(found.id)
+    finally:
+        store.close()
 
 
 def test_every_recipient_exactly_once(site: Path, standin: StandIn, env: dict[str, str]) -> None:
@@ -46,7 +48,7 @@ def test_every_recipient_exactly_once(site: Path, standin: StandIn, env: dict[st
     assert standin.request_count == 21  # batch_size 2
     again = send(site, env, list_name="big")
     assert again.accepted == 0 and standin.request_count == 21
-    assert _counts(site, "big")["accepted"] == 41
+    assert _counts(site, env, "big")["accepted"] == 41
 
 
 def test_retries_429_and_5xx_honouring_retry_after(site: Path, standin: StandIn, env: dict[str, str]) -> None:
@@ -65,7 +67,7 @@ def test_retry_budget_spent_leaves_send_resumable(site: Path, standin: StandIn, 
     with pytest.raises(SendError, match="gave up after .*retry_budget_seconds.*run the same command again"):
         send(site, env, list_name="big")  # the fake sleep adds nothing: the budget (5 s) is spent by backoff
     assert standin.recipients() == {}
-    counts = _counts(site, "big")
+    counts = _counts(site, env, "big")
     # the batches in flight when the budget ran out (up to sending.concurrency of them) failed, the rest waits
     assert counts["accepted"] == 0 and counts["failed"] >= 2 and counts["failed"] + counts["pending"] == 5
     standin.always = None
@@ -83,7 +85,7 @@ def test_fatal_answer_stops_at_once(site: Path, standin: StandIn, env: dict[str,
     with pytest.raises(SendError, match=words):
         send(site, env, list_name="big")
     assert standin.request_count == 2  # nothing after the fatal answer
-    counts = _counts(site, "big")
+    counts = _counts(site, env, "big")
     assert (counts["accepted"], counts["failed"], counts["pending"]) == (2, 2, 2)
 
 
@@ -123,13 +125,13 @@ def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, 
     job.close()
     summary = send(site, env, list_name="big")
     assert summary.accepted == 2 and not summary.finished
-    assert _counts(site, "big")["in_doubt"] == 2
+    assert _counts(site, env, "big")["in_doubt"] == 2
 
 
 def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: StandIn,
                                                            env: dict[str, str]) -> None:
     addresses = write_list(site, "big", 6)
-    conn = SQLiteStore(load_config(site).sendlog_path)
+    conn = site_store(site, env)
     conn.add_suppression(addresses[0].upper(), reason="unsubscribed", source="test")
 
     class SuppressLater:
@@ -139,7 +141,7 @@ def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: S
             self.inner = inner
 
         def send(self, batch: object) -> Result:  # as the webhook would, from another connection
-            other = SQLiteStore(load_config(site).sendlog_path)
+            other = site_store(site, env)
             other.add_suppression(addresses[5], reason="bounced", source="webhook")
             other.close()
             return self.inner.send(batch)  # type: ignore[attr-defined,no-any-return]
@@ -156,7 +158,7 @@ def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: S
         summary = job.run(Quiet())
     assert summary.finished
     assert set(standin.recipients()) == set(addresses[1:5])
-    counts = _counts(site, "big")
+    counts = _counts(site, env, "big")
     assert counts["suppressed"] == 1 and counts["accepted"] == 4
 
 
@@ -183,7 +185,7 @@ def test_removed_rows_are_not_sent(site: Path, standin: StandIn, env: dict[str, 
     write_list(site, "big", 3)  # person00003 left the list before the re-run
     assert send(site, env, list_name="big").finished
     assert "person00003@example.org" not in standin.recipients()
-    assert _counts(site, "big")["removed"] == 1
+    assert _counts(site, env, "big")["removed"] == 1
 
 
 def test_changed_content_refused_unless_allowed(site: Path, standin: StandIn, env: dict[str, str]) -> None:
@@ -204,9 +206,10 @@ def test_lock_held_refuses_naming_the_pid(site: Path, standin: StandIn, env: dic
     import os
 
     write_list(site, "big", 2)
-    with SendLock(load_config(site).state_dir, issue="001-hello", list_name="big"), \
-            pytest.raises(SendError, match=f"pid {os.getpid()}"):
+    store = site_store(site, env)  # the engine's own lock: a file lock, or PostgreSQL's advisory lock
+    with store.lock(issue="001-hello", list_name="big"), pytest.raises(SendError, match=f"pid {os.getpid()}"):
         send(site, env, list_name="big")
+    store.close()
     assert standin.request_count == 0
 
 
@@ -247,9 +250,9 @@ def test_bad_list_stops_before_anything(site: Path, standin: StandIn, env: dict[
         send(site, env, list_name="big")
     assert info.value.problems and info.value.problems[0].line == 6
     assert standin.request_count == 0
-    conn = SQLiteStore(load_config(site).sendlog_path)
-    assert conn.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
-    assert conn.conn.execute("SELECT count(*) FROM sends").fetchone()[0] == 0
+    conn = site_store(site, env)
+    assert count(conn, "SELECT count(*) FROM deliveries") == 0
+    assert count(conn, "SELECT count(*) FROM sends") == 0
     summary = send(site, env, list_name="big", skip_invalid=True)
     assert summary.finished and summary.accepted == 4
 
@@ -278,20 +281,20 @@ def test_test_copy_is_not_a_delivery(site: Path, standin: StandIn, env: dict[str
     assert body is not None and body["subject"].startswith("[TEST] ")
     assert body["personalizations"][0]["to"][0]["email"] == "me@example.net"
     assert body["personalizations"][0]["substitutions"]["%%name%%"] == "Ada Lovelace"  # first row's values
-    conn = SQLiteStore(load_config(site).sendlog_path)
-    assert conn.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0] == 0
+    conn = site_store(site, env)
+    assert count(conn, "SELECT count(*) FROM deliveries") == 0
 
 
-def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path) -> None:
-    env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="")
+def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
+    env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="", **store_env)
     out = tmp_path / "outbox"
     summary = send(site, env, outbox=out)
     assert summary.finished and len(list(out.glob("*.eml"))) == 3
     assert "throwaway" in (out / "ada@example.org.eml").read_text("utf-8")
     again = send(site, env, outbox=out)  # every outbox run writes everything again
     assert again.accepted == 3
-    conn = SQLiteStore(load_config(site).sendlog_path)
-    kinds = [r[0] for r in conn.conn.execute("SELECT transport FROM sends")]
+    conn = site_store(site, env)
+    kinds = [r[0] for r in select(conn, "SELECT transport FROM sends")]
     assert kinds == ["outbox"]
 
 
@@ -320,8 +323,15 @@ def test_sendlog_has_no_secrets(site: Path, standin: StandIn, env: dict[str, str
         if path.is_file():
             data = path.read_bytes()
             assert KEY.encode() not in data and SECRET.encode() not in data, path
-    conn = sqlite3.connect(load_config(site).sendlog_path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store = site_store(site, env)
+    tables = store.table_counts()
+    assert tables["sends"] == 1 and tables["deliveries"] == 3
+    for table in tables:
+        for _, rows in store.dump(table):
+            assert KEY not in repr(rows) and SECRET not in repr(rows), table
+    if store.engine == "sqlite":
+        assert select(store, "PRAGMA journal_mode") == [("wal",)]
+    store.close()
 
 
 def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
@@ -357,14 +367,14 @@ def test_what_remains_of_a_new_send_is_what_the_log_says(site: Path, env: dict[s
 
     write_list(site, "big", 7)
     config = load_config(site)
-    conn = SQLiteStore(config.sendlog_path)
+    conn = site_store(site, env)
     conn.add_suppression("person00006@example.org", reason="unsubscribed", source="test")
     fake = FakeTransport([Result(outcome=Outcome.ACCEPTED, status=202), Result(outcome=Outcome.IN_DOUBT)])
     with SendJob(site / ISSUE, config, SendOptions(list_name="big"), environ=env, sleep=Sleeps(),
                  transport=lambda p: fake) as job:
         job.prepare()
         summary = job.run(Quiet())
-    counts = _counts(site, "big")
+    counts = _counts(site, env, "big")
     assert summary.remaining == {k: counts[k] for k in ("pending", "failed", "in_doubt")} == \
         {"pending": 0, "failed": 0, "in_doubt": 2}
     assert not summary.finished and counts["accepted"] == 4
