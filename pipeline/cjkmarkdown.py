@@ -101,7 +101,7 @@ def emphasis(state: StateInline, silent: bool) -> bool:
 
 # A run this long without a space gets break opportunities; URLs break after / and before ? & = # . -
 LONG_RUN = 20
-_RUN = re.compile(r"\S{%d,}" % LONG_RUN)
+_RUN = re.compile(r"\S{" + str(LONG_RUN) + ",}")
 _URL_BREAK = re.compile(r"(?<=[/])(?=[^/])|(?=[?&=#.\-_~%])")
 _CHUNK = 10  # characters between forced opportunities inside a run that has none of its own
 

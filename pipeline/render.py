@@ -22,7 +22,9 @@ from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
+from pipeline.images import shown_width
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.textpart import markdown_text, width
 
 
 def placeholder(field: str) -> str:
@@ -69,30 +71,8 @@ def markdown_to_html(text: str) -> Markup:
 
 
 def markdown_to_text(text: str) -> str:
-    """Markdown for the text part: paragraphs kept, links written as `label <url>`."""
-    out: list[str] = []
-    for token in parse_markdown(text):
-        if token.type == "inline":
-            line: list[str] = []
-            href = ""
-            for child in token.children or ():
-                if child.type == "link_open":
-                    href = str(child.attrGet("href") or "")
-                elif child.type == "link_close":
-                    line.append(f" <{href}>")
-                elif child.type in ("text", "code_inline"):
-                    line.append(child.content)
-                elif child.type == "image":
-                    line.append(f"[{child.content}]")
-                elif child.type in ("softbreak", "hardbreak"):
-                    line.append("\n")
-            out.append("".join(line))
-        elif token.type == "list_item_open":
-            out.append("- " if token.markup in "-*+" else f"{token.info}. ")
-        elif token.type in ("paragraph_close", "heading_close", "bullet_list_close", "ordered_list_close"):
-            out.append("\n\n" if token.level == 0 else "\n")
-    joined = re.sub(r"(- |\d+\. )\n*", r"\1", "".join(out))
-    return re.sub(r"\n{3,}", "\n\n", joined).strip()
+    """Markdown for the text part (pipeline.textpart): wrapped at 72 display columns, lists, quotes, tables."""
+    return markdown_text(parse_markdown(text))
 
 
 def dotdate(value: dt.date | None) -> str:
@@ -120,7 +100,7 @@ def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Enviro
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate)
+    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate, width=width)
     return env
 
 
@@ -253,10 +233,14 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         path = image.path.as_posix() if isinstance(image, Image) else image
         return f"{web_url}{path}"
 
+    def image_width(image: Image) -> int:
+        return shown_width(issue.folder / image.path, config.image_column_px)
+
     env = environment(theme_dir, config.state_dir / "cache" / "jinja")
     context: dict[str, Any] = {
         "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
         "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
+        "image_width": image_width,
     }
     try:
         source = env.get_template("email.mjml.j2").render(context)
