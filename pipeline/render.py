@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
 from pipeline.images import shown_width
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.mjml_blame import blame
 from pipeline.textpart import markdown_text, width
 
 
@@ -257,7 +258,8 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         if failed_mjml is not None:
             failed_mjml.parent.mkdir(parents=True, exist_ok=True)
             failed_mjml.write_text(source, "utf-8")
-        problem = _mjml_problem(exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
+        problem = blame(issue, str(exc)) or _mjml_problem(  # an article's own line first, else the theme's
+            exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
         raise IssueError("the MJML did not compile:", problems=[problem]) from None
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
