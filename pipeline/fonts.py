@@ -27,9 +27,9 @@ def covered() -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         return None
     ranges = []
     for part in listing.split():
-        low, _, high = part.partition("-")
+        first, _, last = part.partition("-")
         try:
-            ranges.append((int(low, 16), int(high or low, 16)))
+            ranges.append((int(first, 16), int(last or first, 16)))
         except ValueError:
             continue
     merged: list[list[int]] = []
