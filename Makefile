@@ -17,11 +17,13 @@ sample: $(VENV)/.installed
 	$(BIN)/newsletter build $(SAMPLE)
 	$(BIN)/newsletter send $(SAMPLE) --list sample --outbox outbox --yes
 
-# The tests drive Debian's Chromium; install it when missing (needs root or sudo).
+# The tests drive Debian's Chromium and lay out Korean and emoji: install Chromium and the Noto CJK and
+# colour emoji fonts when missing (needs root or sudo).
 chromium:
-	@command -v chromium >/dev/null || { \
+	@{ command -v chromium >/dev/null && fc-list :lang=ko | grep -q . && fc-list | grep -qi 'color emoji'; } || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-noto-cjk fonts-noto-color-emoji; }
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check pipeline tests benchmarks

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
+from pipeline.images import image_problems
 from pipeline.issue import ALLOWED_LINK, Issue, load_issue, local_files, unpublishable
 from pipeline.message import encoded_size
 from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
@@ -62,6 +63,7 @@ def check_email(issue: Issue, email: Email, config: Config, *, size: int | None 
             problems.append(Problem(message=f"link {href!r} is not an http(s) or mailto link",
                                     file=theme / "email.mjml.j2", fix="use full https:// URLs or mailto: links"))
     problems += image_warnings(issue)
+    problems += image_problems(issue, config)
     kb = (message_size(email, config) if size is None else size) / 1000
     if kb > config.size_budget_kb:
         problems.append(Problem(

@@ -125,7 +125,7 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
 
     config = load_config()
     if screenshot is not None:
-        for path in screenshots(issue_dir, config, screenshot):
+        for path in screenshots(issue_dir, config, screenshot, warn=lambda message: click.echo(message, err=True)):
             click.echo(f"wrote {path}")
         return
     serve(issue_dir, config, port=port, echo=click.echo)

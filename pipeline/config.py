@@ -36,6 +36,8 @@ class Config:
     size_budget_kb: float = 100.0
     size_warning_kb: float = 80.0
     contact: dict[str, Any] = field(default_factory=dict)
+    image_column_px: int = 552  # the theme's content column: images are shown at most this wide
+    image_max_kb: float = 200.0  # check warns about a heavier image
     sending: Sending = field(default_factory=Sending)
 
     @property
@@ -100,6 +102,7 @@ def load_config(root: Path | None = None) -> Config:
             message=f"theme {data.get('theme', 'default')!r} has no folder in templates/", file=path,
             fix="set theme to the name of a folder in templates/")])
     sending = data.get("sending", {})
+    images = data.get("images", {})
     return Config(
         root=root,
         name=data["name"],
@@ -112,6 +115,8 @@ def load_config(root: Path | None = None) -> Config:
         size_budget_kb=size_budget,
         size_warning_kb=size_warning,
         contact=data.get("contact", {}),
+        image_column_px=images.get("column_px", 552),
+        image_max_kb=float(images.get("max_kb", 200)),
         sending=Sending(
             categories=tuple(sending.get("categories", ())),
             unsubscribe_group_id=sending.get("unsubscribe_group_id"),

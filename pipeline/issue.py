@@ -8,9 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from pipeline.cjkmarkdown import make_markdown
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
 from pipeline.schema import parse_yaml, read_yaml
@@ -86,7 +86,7 @@ class Issue:
         return tuple(found)
 
 
-MARKDOWN = MarkdownIt("commonmark", {"typographer": False}).enable("table")
+MARKDOWN = make_markdown()  # CommonMark + tables, raw HTML as text, CJK-friendly emphasis
 
 
 @functools.lru_cache(maxsize=512)

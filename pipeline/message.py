@@ -5,9 +5,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import EmailPolicy
 
 from pipeline.render import PLACEHOLDER_RE, Email
+
+
+class _Policy(EmailPolicy):
+    """RFC 2045's 76-character lines (SMTP's own 78 lets Korean quoted-printable lines reach 78) and RFC 2047's
+    75-character encoded words, except List-* headers: a URL must stay a URL (an unbreakable one-click link
+    longer than a line would otherwise come out as encoded words), folded after its commas only."""
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower().startswith("list-") and str(value).isascii():
+            return f"{name}: " + str(value).replace(", ", "," + self.linesep + " ") + self.linesep
+        return str(super().fold(name, value))
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower().startswith("list-") and str(value).isascii():
+            return self.fold(name, value).encode("ascii")
+        return bytes(super().fold_binary(name, value))
+
+
+POLICY = _Policy(max_line_length=76, linesep="\r\n")
 
 
 def substitute(text: str, values: Mapping[str, str]) -> str:
@@ -25,7 +44,7 @@ def mime_message(
     reply_to: str | None = None,
 ) -> EmailMessage:
     """multipart/alternative with text first, encoded quoted-printable as SendGrid sends it."""
-    msg = EmailMessage(policy=SMTP)
+    msg = EmailMessage(policy=POLICY)
     msg["From"] = sender
     msg["To"] = to
     msg["Subject"] = substitute(email.subject, values)

@@ -197,7 +197,11 @@ def chromium_pages(url: str, widths: tuple[int, ...] = WIDTHS) -> Iterator[tuple
             browser.close()
 
 
-def screenshots(folder: Path, config: Config, out: Path) -> list[Path]:
+def screenshots(folder: Path, config: Config, out: Path,
+                warn: Callable[[str], None] | None = None) -> list[Path]:
+    """PNGs at each width; `warn` hears about characters no installed font covers (empty boxes)."""
+    from pipeline.fonts import font_warning
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
     with PreviewServer(folder, config) as server:
@@ -207,4 +211,6 @@ def screenshots(folder: Path, config: Config, out: Path) -> list[Path]:
             path = out / f"{folder.resolve().name}-{width}.png"
             page.screenshot(path=str(path), full_page=True)
             written.append(path)
+            if warn is not None and not written[1:] and (message := font_warning(page.inner_text("body"))):
+                warn(message)
     return written

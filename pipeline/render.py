@@ -22,7 +22,10 @@ from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
+from pipeline.images import shown_width
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.mjml_blame import blame
+from pipeline.textpart import markdown_text, width
 
 
 def placeholder(field: str) -> str:
@@ -69,30 +72,8 @@ def markdown_to_html(text: str) -> Markup:
 
 
 def markdown_to_text(text: str) -> str:
-    """Markdown for the text part: paragraphs kept, links written as `label <url>`."""
-    out: list[str] = []
-    for token in parse_markdown(text):
-        if token.type == "inline":
-            line: list[str] = []
-            href = ""
-            for child in token.children or ():
-                if child.type == "link_open":
-                    href = str(child.attrGet("href") or "")
-                elif child.type == "link_close":
-                    line.append(f" <{href}>")
-                elif child.type in ("text", "code_inline"):
-                    line.append(child.content)
-                elif child.type == "image":
-                    line.append(f"[{child.content}]")
-                elif child.type in ("softbreak", "hardbreak"):
-                    line.append("\n")
-            out.append("".join(line))
-        elif token.type == "list_item_open":
-            out.append("- " if token.markup in "-*+" else f"{token.info}. ")
-        elif token.type in ("paragraph_close", "heading_close", "bullet_list_close", "ordered_list_close"):
-            out.append("\n\n" if token.level == 0 else "\n")
-    joined = re.sub(r"(- |\d+\. )\n*", r"\1", "".join(out))
-    return re.sub(r"\n{3,}", "\n\n", joined).strip()
+    """Markdown for the text part (pipeline.textpart): wrapped at 72 display columns, lists, quotes, tables."""
+    return markdown_text(parse_markdown(text))
 
 
 def dotdate(value: dt.date | None) -> str:
@@ -120,7 +101,7 @@ def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Enviro
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate)
+    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate, width=width)
     return env
 
 
@@ -253,10 +234,14 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         path = image.path.as_posix() if isinstance(image, Image) else image
         return f"{web_url}{path}"
 
+    def image_width(image: Image) -> int:
+        return shown_width(issue.folder / image.path, config.image_column_px)
+
     env = environment(theme_dir, config.state_dir / "cache" / "jinja")
     context: dict[str, Any] = {
         "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
         "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
+        "image_width": image_width,
     }
     try:
         source = env.get_template("email.mjml.j2").render(context)
@@ -273,7 +258,8 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         if failed_mjml is not None:
             failed_mjml.parent.mkdir(parents=True, exist_ok=True)
             failed_mjml.write_text(source, "utf-8")
-        problem = _mjml_problem(exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
+        problem = blame(issue, str(exc)) or _mjml_problem(  # an article's own line first, else the theme's
+            exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
         raise IssueError("the MJML did not compile:", problems=[problem]) from None
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
