@@ -23,6 +23,7 @@ from markupsafe import Markup
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.values import HTML_SUFFIX
 
 
 def placeholder(field: str) -> str:
@@ -31,7 +32,24 @@ def placeholder(field: str) -> str:
 
 
 UNSUBSCRIBE = placeholder("unsubscribe_url")
-PLACEHOLDER_RE = re.compile(r"%%([A-Za-z0-9_]+)%%")
+#: A tag as the send fills it: `%%city%%` (the plain value) or `%%city:html%%` (the value HTML-escaped).
+PLACEHOLDER_RE = re.compile(rf"%%([A-Za-z0-9_]+(?:{HTML_SUFFIX})?)%%")
+_PLAIN_TAG = re.compile(r"%%([A-Za-z0-9_]+)%%")
+
+
+def html_tags(html: str) -> str:
+    """Every plain tag in the HTML part becomes its HTML tag, whose value the send HTML-escapes.
+
+    SendGrid puts one value into the subject, the HTML and the text alike, so the HTML cannot share the
+    text's tags: a name like `<a href=...>` would be live markup. Done on the finished HTML, it covers tags
+    from the templates, the Markdown and the preheader alike. The unsubscribe URL keeps its tag: the send
+    makes it from base_url and a base64 token, which need no escaping (`Personalizer` checks base_url).
+    """
+    def retag(match: re.Match[str]) -> str:
+        field = match.group(1)
+        return match.group() if field == "unsubscribe_url" else placeholder(field + HTML_SUFFIX)
+
+    return _PLAIN_TAG.sub(retag, html)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,4 +296,4 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
     return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,
-                 html=inline_css(compiled, css), text=text, mjml=source)
+                 html=html_tags(inline_css(compiled, css)), text=text, mjml=source)

@@ -89,7 +89,8 @@ class SendJob:
             mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
                                           secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
             self._personalizer = Personalizer(mailing)
-            self._test_row = recipients.row_for_test_copy(self.conn, path, options.test_address)
+            self._test_row = recipients.row_for_test_copy(self.conn, path, options.test_address,
+                                                                base_url=config.base_url)
             self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
             self._transport = self._transport_for(api_key)
             return self.plan
