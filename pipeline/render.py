@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from markupsafe import Markup
 
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader
 from pipeline.values import HTML_SUFFIX
 
 
@@ -121,6 +123,7 @@ def dotdate(value: dt.date | None) -> str:
 @functools.cache
 def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:
     """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes.
+    It is a sandbox confined to the theme folder (pipeline.sandbox): a theme is data, not code.
 
     cache_dir keeps compiled templates between processes: compiling them is a fifth of a cold build.
     """
@@ -131,8 +134,8 @@ def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Enviro
             bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache_dir))
         except OSError:
             pass  # a read-only checkout still builds, only slower
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(theme_dir),
+    env = ThemeEnvironment(
+        loader=ThemeLoader(theme_dir),
         bytecode_cache=bytecode_cache,
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
@@ -153,6 +156,9 @@ def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
             if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
                 name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
             tb = tb.tb_next
+    if isinstance(exc, SecurityError):
+        return Problem(message=f"template refused by the theme sandbox: {exc.message or exc}",
+                       file=Path(name) if name else theme_dir, line=line, fix=SECURITY_FIX)
     return Problem(message=f"template error: {exc.message or exc}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pipeline import claims, recipients, sendlog, tokens
+from pipeline import claims, keys, recipients, sendlog, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.bodies import BodyBuilder, Lookahead
 from pipeline.bulk import gc_paused
@@ -129,7 +129,7 @@ class SendJob:
         if host and not re.fullmatch(r"https?://[^\s/?#]+/?", host):
             raise SendError(f"{API_HOST_ENV} is {host!r}, not a base URL like https://api.eu.sendgrid.com — "
                             f"fix it, or unset it to use {DEFAULT_HOST}")
-        key = self.environ.get(API_KEY_ENV, "").strip()
+        key = keys.from_env(API_KEY_ENV, SendError, environ=self.environ, ascii_only=True)
         if not key:
             raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "
                             f"{API_KEY_ENV}=<an API key with Mail Send permission> for a real send, or add "

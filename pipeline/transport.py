@@ -28,10 +28,11 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from pipeline import keys
 from pipeline.batches import Batch, Personalizer, display_name
 from pipeline.message import mime_message
 
-API_KEY_ENV = "SENDGRID_API_KEY"
+API_KEY_ENV = keys.API_KEY_ENV
 # A long List-Unsubscribe URL folded at 78 columns would turn into an RFC 2047 encoded word that no mail
 # client reads as a URL; RFC 5322 allows 998 characters a line.
 _ONE_LINE_HEADERS = SMTP.clone(max_line_length=998)
