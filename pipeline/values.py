@@ -65,17 +65,21 @@ class RowRule:
         keys = ["name", *columns]
         # Per column: a plain and an HTML tag (the key written twice, one with the suffix).
         self._overhead = sum(2 * (len(k) + _TAG_OVERHEAD) + len(HTML_SUFFIX) for k in keys)
+        # url_bytes_max without the address's part (8 bytes a character: 6 JSON-escaped, then base64), +1 each
+        self._fixed = self._overhead + url_bytes_max("", base_url=base_url, list_name=list_name) + 2
 
     def problem(self, email: str, name: str, fields: Mapping[str, str]) -> str:
-        if bad := unsafe_char(name):
-            return f"the name holds a control character ({bad})"
-        for column, value in fields.items():
-            if bad := unsafe_char(value):
-                return f"column {column!r} holds a control character ({bad})"
-        chars = len(name) + sum(map(len, fields.values()))
-        url = url_bytes_max(email, base_url=self.base_url, list_name=self.list_name)
+        """Called for every row of every list read: the common row costs an isprintable() and some sums
+        (printable text holds no Cc, Cf, Zl or Zp character, so none that UNSAFE matches)."""
+        if not name.isprintable() or (fields and not "".join(fields.values()).isprintable()):
+            if bad := unsafe_char(name):
+                return f"the name holds a control character ({bad})"
+            for column, value in fields.items():
+                if bad := unsafe_char(value):
+                    return f"column {column!r} holds a control character ({bad})"
+        chars = len(name) + (sum(map(len, fields.values())) if fields else 0)
         # Fast path: a character is at most 4 bytes plain and 6 escaped (&quot;), so 10 bytes in all.
-        if chars * 10 + self._overhead + url <= MAX_SUBSTITUTION_BYTES:
+        if chars * 10 + 8 * len(email) + self._fixed <= MAX_SUBSTITUTION_BYTES:
             return ""
         size = self.size(email, name, fields)
         if size > MAX_SUBSTITUTION_BYTES:
