@@ -24,9 +24,9 @@ from pipeline.config import Config
 from pipeline.errors import SendError
 from pipeline.render import Email, placeholder
 from pipeline.store import DeliveryRow
+from pipeline.values import HTML_SUFFIX, html_value
 
 MAX_PERSONALIZATIONS = 1000
-MAX_SUBSTITUTION_BYTES = 10_000
 MAX_SEND_AHEAD = dt.timedelta(hours=72)
 RESERVED = ("name", "unsubscribe_url")
 ONE_CLICK = "List-Unsubscribe=One-Click"
@@ -93,26 +93,26 @@ def display_name(name: str) -> str:
     return " ".join(name.translate(_NAME_UNSAFE).split())
 
 
-def substitution_bytes(values: Mapping[str, str]) -> int:
-    """SendGrid's measure, approximated from above: tag and value bytes plus JSON punctuation."""
-    return sum(len(k) + 4 + 6 + len(v.encode("utf-8")) for k, v in values.items())
-
-
 class Personalizer:
     """Per-recipient values and headers, and the request body for a batch."""
 
     def __init__(self, mailing: Mailing) -> None:
         self.mailing = mailing
-        self.merge_fields = sorted(f for f in mailing.email.placeholders if f not in RESERVED)
+        self.tags = sorted(mailing.email.placeholders | {"unsubscribe_url"})
+        self.merge_fields = sorted({t.removesuffix(HTML_SUFFIX) for t in self.tags} - set(RESERVED))
         self._mailto = tokens.mailto_unsubscribe(mailing.reply_to or mailing.sender_email)
         self._mailto_enc = _enc(f"<{self._mailto}>")[1:-1]
-        self._field_keys = [(f, _enc(placeholder(f))) for f in self.merge_fields]
+        # (field, its tag as a JSON key, whether the value is HTML-escaped), for every tag but the URL's
+        self._field_keys = [(t.removesuffix(HTML_SUFFIX), _enc(placeholder(t)), t.endswith(HTML_SUFFIX))
+                            for t in self.tags if t.removesuffix(HTML_SUFFIX) not in RESERVED]
+        self._name_html = "name" + HTML_SUFFIX in self.tags
+        self._url_html = "unsubscribe_url" + HTML_SUFFIX in self.tags
         self._shared = self._shared_json()
         self._signer = tokens.Signer(mailing.secret, list_name=mailing.list_name, issue=mailing.issue)
         prefix = tokens.unsubscribe_url(mailing.base_url, "")
         self._url_prefix = _enc(prefix)[1:-1]
-        if self._url_prefix != prefix:
-            raise SendError(f"base_url {mailing.base_url!r} has characters that need escaping in JSON — "
+        if self._url_prefix != prefix or html_value(prefix) != prefix:
+            raise SendError(f"base_url {mailing.base_url!r} has characters that need escaping in JSON or HTML — "
                             "fix base_url in newsletter.yaml")
 
     # --- values -----------------------------------------------------------------------------------------
@@ -121,27 +121,19 @@ class Personalizer:
         return self._url_prefix + self._signer.token(email)
 
     def values(self, email: str, name: str, fields: Mapping[str, str]) -> dict[str, str]:
-        """Tag name (without %%) -> value, for every tag the email uses; what the outbox substitutes."""
-        found = {f: fields.get(f, "") for f in self.merge_fields}
-        found["name"] = name
-        found["unsubscribe_url"] = self.unsubscribe_url(email)
+        """Tag name (without %%) -> value, for every tag the email uses; what the outbox substitutes.
+        `name:html` and the other HTML tags get the value HTML-escaped (see pipeline.values)."""
+        plain = {**fields, "name": name, "unsubscribe_url": self.unsubscribe_url(email)}
+        found = {}
+        for tag in self.tags:
+            field = tag.removesuffix(HTML_SUFFIX)
+            value = plain.get(field, "")
+            found[tag] = html_value(value) if field != tag else value
         return found
 
     def headers(self, url: str) -> dict[str, str]:
         """RFC 2369 + RFC 8058 one-click unsubscribe: the https URL of the footer link and a mailto."""
         return {"List-Unsubscribe": f"<{url}>, <{self._mailto}>", "List-Unsubscribe-Post": ONE_CLICK}
-
-    def size_without_url(self, name: str, fields: Mapping[str, str]) -> int:
-        """Substitution bytes of one recipient except the URL (whose size `url_bytes_max` bounds)."""
-        values = {f: fields.get(f, "") for f in self.merge_fields}
-        values["name"] = name
-        return substitution_bytes(values)
-
-    def url_bytes_max(self, email: str) -> int:
-        """An upper bound of the unsubscribe URL's size for an address (its token grows with the address)."""
-        m = self.mailing
-        payload = 6 * (len(email) + len(m.list_name) + len(m.issue)) + 10
-        return len(m.base_url) + len("/unsubscribe/") + (payload * 4) // 3 + 4 + 23 + len("unsubscribe_url") + 10
 
     @staticmethod
     def parse_fields(fields_json: str | None) -> dict[str, str]:
@@ -181,10 +173,17 @@ class Personalizer:
             to = f'{{"email":{e},"name":{n if safe else _enc(display_name(name))}}}'
         else:
             n, to = '""', f'{{"email":{e}}}'
-        extra = ""
+        if self._name_html:  # most names need no escaping: isalnum() is the cheap test for that
+            n_html = n if name.isalnum() or not name else _enc(html_value(name))
+            extra = f',"%%name{HTML_SUFFIX}%%":{n_html}'
+        else:
+            extra = ""
+        if self._url_html:
+            extra += f',"%%unsubscribe_url{HTML_SUFFIX}%%":"{url}"'
         if self._field_keys:
             fields = json.loads(fields_json) if fields_json else {}
-            extra = "".join(f",{key}:{_enc(fields.get(f, ''))}" for f, key in self._field_keys)
+            extra += "".join(f",{key}:{_enc(html_value(fields.get(f, '')) if escaped else fields.get(f, ''))}"
+                             for f, key, escaped in self._field_keys)
         return (f'{{"to":[{to}],"substitutions":{{"%%name%%":{n},"%%unsubscribe_url%%":"{url}"{extra}}},'
                 f'"headers":{{"List-Unsubscribe":"<{url}>, {self._mailto_enc}",'
                 f'"List-Unsubscribe-Post":"{ONE_CLICK}"}}}}')

@@ -12,6 +12,7 @@ from pipeline.images import image_problems
 from pipeline.issue import ALLOWED_LINK, Issue, load_issue, local_files, unpublishable
 from pipeline.message import encoded_size
 from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
+from pipeline.values import HTML_SUFFIX, html_value
 
 
 class _Scan(HTMLParser):
@@ -32,9 +33,12 @@ class _Scan(HTMLParser):
 
 def sample_values(email: Email, config: Config) -> dict[str, str]:
     """Realistic per-recipient values, so the size check counts what a real subscriber receives."""
-    values = {field: "x" * 20 for field in email.placeholders}
-    values["name"] = "Sample Subscriber"
-    values["unsubscribe_url"] = f"{config.base_url}/unsubscribe/{'x' * 120}"
+    plain = {"name": "Sample Subscriber", "unsubscribe_url": f"{config.base_url}/unsubscribe/{'x' * 120}"}
+    values = {}
+    for tag in email.placeholders | set(plain):
+        field = tag.removesuffix(HTML_SUFFIX)
+        value = plain.get(field, "x" * 20)
+        values[tag] = html_value(value) if field != tag else value
     return values
 
 

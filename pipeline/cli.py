@@ -291,8 +291,9 @@ def subscribers_check(name: str, skip_invalid: bool) -> None:
     from pipeline.errors import SubscriberError
     from pipeline.subscribers import check_list, list_path
 
-    path = list_path(load_config(), name)
-    reader = check_list(path)
+    config = load_config()
+    path = list_path(config, name)
+    reader = check_list(path, base_url=config.base_url)
     _print_problems(reader.problems)
     click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
                f"{reader.invalid} invalid, {reader.duplicates} duplicate(s)")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.batches import MAX_SUBSTITUTION_BYTES, Personalizer
+from pipeline.batches import Personalizer
 from pipeline.errors import Problem, SubscriberError
 from pipeline.gcpause import gc_paused
 from pipeline.store import DeliveryRow, Store
@@ -30,15 +30,16 @@ class Recorded:
     skipped: tuple[Problem, ...]  # the rows left out, as warnings
 
 
-def reader(store: Store, path: Path) -> ListReader:
+def reader(store: Store, path: Path, base_url: str) -> ListReader:
     """A reader of the list that skips everyone the store's suppression list holds."""
     suppressed = store.suppressed_set()
-    return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None)
+    return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None,
+                      base_url=base_url)
 
 
-def row_for_test_copy(store: Store, path: Path, address: str) -> DeliveryRow:
-    """A test copy goes to `address` with the name and merge fields of the list's first recipient."""
-    for recipient in reader(store, path):
+def row_for_test_copy(store: Store, path: Path, address: str, *, base_url: str) -> DeliveryRow:
+    """A test copy goes to `address` with the name and merge fields of the list's first (valid) recipient."""
+    for recipient in reader(store, path, base_url):
         fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
         return (0, address, recipient.name, fields)
     return (0, address, "", None)
@@ -49,27 +50,18 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     """Read the list into the deliveries of `send_id`: all rows for a new send, the ones it lacks for a
     resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`."""
     started = time.perf_counter()
-    source = reader(store, path)
-    oversized: list[Problem] = []
+    source = reader(store, path, personalizer.mailing.base_url)
     listed = 0
 
     def rows() -> Iterator[tuple[str, str, str | None]]:
         nonlocal listed
-        for email, name, fields, line in source.rows(dedupe=not new_send):
-            if fields or len(name) > 100:
-                size = personalizer.size_without_url(name, fields) + personalizer.url_bytes_max(email)
-                if size > MAX_SUBSTITUTION_BYTES:
-                    oversized.append(Problem(
-                        message=f"the name and merge fields of this row come to about {size} bytes, over "
-                        f"SendGrid's {MAX_SUBSTITUTION_BYTES} bytes of substitutions per recipient", file=path,
-                        line=line, fix="shorten the row's values, or pass --skip-invalid to leave it out"))
-                    continue
+        for email, name, fields, _ in source.rows(dedupe=not new_send):  # bad rows: see pipeline.values
             listed += 1
             yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
-        blocking = [*(p for p in source.problems if p.blocking), *oversized]
+        blocking = [p for p in source.problems if p.blocking]
         if blocking and not skip_invalid:
             raise SubscriberError(
-                f"list {list_name} ({path}) has {source.invalid + len(oversized)} bad row(s); nothing was sent — "
+                f"list {list_name} ({path}) has {source.invalid} bad row(s); nothing was sent — "
                 "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
 
     with gc_paused():
@@ -81,7 +73,7 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     if new_send:  # the send log dropped the duplicates: they were counted as listed until then
         duplicates, listed = listed - added, added
     skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
-                    for p in [*source.problems, *oversized])
+                    for p in source.problems)
     log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded in %.1f s",
              list_name, listed, source.invalid, duplicates, source.suppressed, time.perf_counter() - started)
     return Recorded(listed=listed, added=added, skipped=skipped)

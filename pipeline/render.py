@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from jinja2.exceptions import SecurityError
 from markupsafe import Markup
 
 from pipeline.config import Config
@@ -25,7 +26,9 @@ from pipeline.errors import IssueError, Problem
 from pipeline.images import shown_width
 from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
 from pipeline.mjml_blame import blame
+from pipeline.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader
 from pipeline.textpart import markdown_text, width
+from pipeline.values import HTML_SUFFIX
 
 
 def placeholder(field: str) -> str:
@@ -34,7 +37,24 @@ def placeholder(field: str) -> str:
 
 
 UNSUBSCRIBE = placeholder("unsubscribe_url")
-PLACEHOLDER_RE = re.compile(r"%%([A-Za-z0-9_]+)%%")
+#: A tag as the send fills it: `%%city%%` (the plain value) or `%%city:html%%` (the value HTML-escaped).
+PLACEHOLDER_RE = re.compile(rf"%%([A-Za-z0-9_]+(?:{HTML_SUFFIX})?)%%")
+_PLAIN_TAG = re.compile(r"%%([A-Za-z0-9_]+)%%")
+
+
+def html_tags(html: str) -> str:
+    """Every plain tag in the HTML part becomes its HTML tag, whose value the send HTML-escapes.
+
+    SendGrid puts one value into the subject, the HTML and the text alike, so the HTML cannot share the
+    text's tags: a name like `<a href=...>` would be live markup. Done on the finished HTML, it covers tags
+    from the templates, the Markdown and the preheader alike. The unsubscribe URL keeps its tag: the send
+    makes it from base_url and a base64 token, which need no escaping (`Personalizer` checks base_url).
+    """
+    def retag(match: re.Match[str]) -> str:
+        field = match.group(1)
+        return match.group() if field == "unsubscribe_url" else placeholder(field + HTML_SUFFIX)
+
+    return _PLAIN_TAG.sub(retag, html)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +104,7 @@ def dotdate(value: dt.date | None) -> str:
 @functools.cache
 def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:
     """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes.
+    It is a sandbox confined to the theme folder (pipeline.sandbox): a theme is data, not code.
 
     cache_dir keeps compiled templates between processes: compiling them is a fifth of a cold build.
     """
@@ -94,8 +115,8 @@ def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Enviro
             bytecode_cache = jinja2.FileSystemBytecodeCache(str(cache_dir))
         except OSError:
             pass  # a read-only checkout still builds, only slower
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(theme_dir),
+    env = ThemeEnvironment(
+        loader=ThemeLoader(theme_dir),
         bytecode_cache=bytecode_cache,
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
@@ -116,6 +137,9 @@ def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
             if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
                 name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
             tb = tb.tb_next
+    if isinstance(exc, SecurityError):
+        return Problem(message=f"template refused by the theme sandbox: {exc.message or exc}",
+                       file=Path(name) if name else theme_dir, line=line, fix=SECURITY_FIX)
     return Problem(message=f"template error: {exc.message or exc}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
@@ -264,4 +288,4 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
     css_file = theme_dir / "inline.css"
     css = css_file.read_text("utf-8") if css_file.is_file() else ""
     return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,
-                 html=inline_css(compiled, css), text=text, mjml=source)
+                 html=html_tags(inline_css(compiled, css)), text=text, mjml=source)

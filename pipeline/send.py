@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pipeline import recipients, tokens
+from pipeline import keys, recipients, tokens
 from pipeline.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.bodies import BodyBuilder, Lookahead
 from pipeline.config import Config
@@ -84,7 +84,8 @@ class SendJob:
             mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
                                           secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
             self._personalizer = Personalizer(mailing)
-            self._test_row = recipients.row_for_test_copy(self.store, path, options.test_address)
+            self._test_row = recipients.row_for_test_copy(self.store, path, options.test_address,
+                                                          base_url=config.base_url)
             self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
             self._transport = self._transport_for(api_key)
             return self.plan
@@ -123,7 +124,7 @@ class SendJob:
         if host and not re.fullmatch(r"https?://[^\s/?#]+/?", host):
             raise SendError(f"{API_HOST_ENV} is {host!r}, not a base URL like https://api.eu.sendgrid.com — "
                             f"fix it, or unset it to use {DEFAULT_HOST}")
-        key = self.environ.get(API_KEY_ENV, "").strip()
+        key = keys.from_env(API_KEY_ENV, SendError, environ=self.environ, ascii_only=True)
         if not key:
             raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "
                             f"{API_KEY_ENV}=<an API key with Mail Send permission> for a real send, or add "

@@ -22,6 +22,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 
 from pipeline.config import Config
 from pipeline.errors import Problem, SubscriberError
+from pipeline.values import RowRule, unsafe_char
 
 if TYPE_CHECKING:
     from pipeline.subscribers_import import ImportResult
@@ -104,6 +105,9 @@ def list_path(config: Config, name: str, *, must_exist: bool = True) -> Path:
     if not stem or "/" in stem or "\\" in stem or ".." in stem or stem.startswith("."):
         raise SubscriberError(f"invalid list name {name!r} — give the file name in subscribers/ without "
                               f"a folder, e.g. 'sample' for subscribers/sample.csv")
+    if bad := unsafe_char(stem):
+        raise SubscriberError(f"the list name holds a control character ({bad}) and cannot go into a mail header "
+                              f"or a link — rename the file in subscribers/ to a plain name, e.g. 'members'")
     path = config.subscribers_dir / f"{stem}.csv"
     if must_exist and not path.is_file():
         listed = ", ".join(sorted(p.stem for p in config.subscribers_dir.glob("*.csv"))) or "none"
@@ -243,7 +247,7 @@ class ListReader:
     `suppressed` gets the normalised address and should compare without regard to case.
     """
 
-    def __init__(self, path: Path, *, suppressed: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, path: Path, *, suppressed: Callable[[str], bool] | None = None, base_url: str = "") -> None:
         self.path = path
         self.problems: list[Problem] = []
         self.total = self.invalid = self.duplicates = self.suppressed = 0
@@ -266,6 +270,8 @@ class ListReader:
                 self.problems.append(Problem(
                     message=f"column {column!r} cannot be used as a merge field %%{column}%%", file=path, line=1,
                     fix="rename it with letters, digits and underscores only (e.g. 'first_name')", blocking=False))
+        # The one bad-row rule (pipeline.values): `subscribers check` and `send` both come through here.
+        self._rule = RowRule(base_url=base_url, list_name=path.stem, columns=[c for _, c in self._fields])
 
     @property
     def valid(self) -> int:
@@ -291,7 +297,7 @@ class ListReader:
         seen: set[int] = set()
         seen_add = seen.add
         width, email_at, name_at, fields = len(self._csv.header), self._email_at, self._name_at, self._fields
-        is_suppressed = self._is_suppressed
+        is_suppressed, problem = self._is_suppressed, self._rule.problem
         total = invalid = duplicates = suppressed = 0
         try:
             for line, row, bad_utf8 in self._csv.rows():
@@ -301,6 +307,12 @@ class ListReader:
                 why = ""
                 if not (len(email) <= 64 and _PLAIN(email)):
                     email, why = check_cells(row, bad_utf8, width, email_at)
+                if not why:
+                    if len(row) < width:
+                        row += [""] * (width - len(row))
+                    name = clean_name(row[name_at]) if name_at is not None else ""
+                    values = {k: row[i] for i, k in fields} if fields else _NO_FIELDS
+                    why = problem(email, name, values)  # before duplicates and suppressions: as `check` sees it
                 if why:
                     invalid += 1
                     note_invalid(self.problems, invalid, self.path, line, why)
@@ -314,18 +326,15 @@ class ListReader:
                 if is_suppressed is not None and is_suppressed(email):
                     suppressed += 1
                     continue
-                if len(row) < width:
-                    row += [""] * (width - len(row))
-                yield (email, clean_name(row[name_at]) if name_at is not None else "",
-                       {k: row[i] for i, k in fields} if fields else _NO_FIELDS, line)
+                yield email, name, values, line
             note_hidden(self.problems, invalid, self.path)
         finally:
             self.total, self.invalid, self.duplicates, self.suppressed = total, invalid, duplicates, suppressed
 
 
-def check_list(path: Path, *, suppressed: Callable[[str], bool] | None = None) -> ListReader:
+def check_list(path: Path, *, suppressed: Callable[[str], bool] | None = None, base_url: str = "") -> ListReader:
     """Read the whole list for its counts and problems; the caller decides what they mean."""
-    reader = ListReader(path, suppressed=suppressed)
+    reader = ListReader(path, suppressed=suppressed, base_url=base_url)
     collections.deque(reader, maxlen=0)
     return reader
 

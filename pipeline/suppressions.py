@@ -18,10 +18,11 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
+from pipeline import keys
 from pipeline.errors import ConfigError, SendError
 from pipeline.store import Store
 
-API_KEY_ENV = "SENDGRID_API_KEY"
+API_KEY_ENV = keys.API_KEY_ENV
 API_HOST_ENV = "SENDGRID_API_HOST"  # only to point the client at a stand-in in tests
 DEFAULT_HOST = "https://api.sendgrid.com"
 PAGE_SIZE = 500  # the largest page SendGrid's suppression endpoints return
@@ -63,7 +64,7 @@ def client_fetch(environ: Mapping[str, str] = os.environ, *, timeout: float = 30
     from python_http_client.exceptions import HTTPError
     from sendgrid import SendGridAPIClient
 
-    key = environ.get(API_KEY_ENV, "").strip()
+    key = keys.from_env(API_KEY_ENV, ConfigError, environ=environ, ascii_only=True)
     if not key:
         raise ConfigError(f"{API_KEY_ENV} is not set — create an API key with read access to Suppressions in "
                           f"SendGrid and export {API_KEY_ENV}=<key>")

@@ -22,14 +22,14 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _enc
 from urllib.parse import quote
 
+from pipeline import keys
 from pipeline.errors import SendError
 
-SECRET_ENV = "NEWSLETTER_SECRET"
+SECRET_ENV = keys.SECRET_ENV
 MIN_SECRET_BYTES = 16
 _DOMAIN = b"nl-unsubscribe-v1\0"
 _MAC_BYTES = 16
@@ -130,7 +130,7 @@ def verify(secret: bytes, token: str) -> UnsubscribeToken | None:
 
 def secret_from_env(environ: dict[str, str] | None = None) -> bytes:
     """NEWSLETTER_SECRET as bytes; SendError naming the variable and how to create one if unusable."""
-    value = (os.environ if environ is None else environ).get(SECRET_ENV, "")
+    value = keys.from_env(SECRET_ENV, SendError, environ=environ)
     if not value:
         raise SendError(f"{SECRET_ENV} is not set; a real send signs every unsubscribe link with it — "
                         f"{CREATE_SECRET_HINT}")

@@ -26,13 +26,15 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from pipeline import keys
 from pipeline.batches import Batch, Personalizer, display_name
 from pipeline.message import mime_message
 
-API_KEY_ENV = "SENDGRID_API_KEY"
+API_KEY_ENV = keys.API_KEY_ENV
 # A long List-Unsubscribe URL folded at 78 columns would turn into an RFC 2047 encoded word that no mail
 # client reads as a URL; RFC 5322 allows 998 characters a line.
 _ONE_LINE_HEADERS = SMTP.clone(max_line_length=998)
+_SMTPUTF8 = _ONE_LINE_HEADERS.clone(utf8=True)  # an address with a local part in Unicode (RFC 6532)
 API_HOST_ENV = "SENDGRID_API_HOST"
 DEFAULT_HOST = "https://api.sendgrid.com"
 
@@ -187,12 +189,12 @@ class OutboxTransport:
             values = p.values(address, name, p.parse_fields(fields_json))
             headers = {**p.headers(values["unsubscribe_url"]), **self._extra, "Date": email.utils.formatdate(),
                        "Message-ID": email.utils.make_msgid(domain=self._sender.domain)}  # what a mail client expects
-            to = Address(display_name(name), addr_spec=address)
-            msg = mime_message(p.mailing.email, sender=self._sender, to=to, values=values, headers=headers,
-                               reply_to=p.mailing.reply_to)
+            msg = mime_message(p.mailing.email, sender=self._sender, to=(display_name(name), address),
+                               values=values, headers=headers, reply_to=p.mailing.reply_to)
+            data = msg.as_bytes(policy=_ONE_LINE_HEADERS if str(msg["To"]).isascii() else _SMTPUTF8)
             target = self.folder / f"{safe_file_name(address)}.eml"
             tmp = target.with_suffix(".eml.tmp")
-            tmp.write_bytes(msg.as_bytes(policy=_ONE_LINE_HEADERS))
+            tmp.write_bytes(data)
             os.replace(tmp, target)
         return Result(outcome=Outcome.ACCEPTED, message_id=f"outbox-{batch.request_id}")
 

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from pipeline import keys
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.events import (
     OUTCOME_RANK,
@@ -35,7 +36,7 @@ from pipeline.store import EventRecord, Store
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
-PUBLIC_KEY_ENV = "SENDGRID_WEBHOOK_PUBLIC_KEY"
+PUBLIC_KEY_ENV = keys.PUBLIC_KEY_ENV
 MAX_SKEW_SECONDS = 600
 # SendGrid posts a batch every ~30 s or at ~768 KB; a few MB leaves room and still bounds memory.
 MAX_BODY_BYTES = 5 * 1024 * 1024
@@ -73,7 +74,11 @@ class WebhookTooLarge(WebhookError):
 
 def public_key_from_base64(text: str) -> ec.EllipticCurvePublicKey:
     """SendGrid shows the verification key as base64 DER SubjectPublicKeyInfo (a PEM without its armour)."""
-    cleaned = "".join(text.replace("-----BEGIN PUBLIC KEY-----", "").replace("-----END PUBLIC KEY-----", "").split())
+    armour = ("-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----")
+    cleaned = text.strip()
+    if cleaned.startswith(armour[0]) and cleaned.endswith(armour[1]):  # a PEM block: its line breaks belong
+        cleaned = "".join(cleaned.removeprefix(armour[0]).removesuffix(armour[1]).splitlines())
+    keys.checked(PUBLIC_KEY_ENV, cleaned, ConfigError)
     try:
         key = serialization.load_der_public_key(base64.b64decode(cleaned, validate=True))
     except (ValueError, binascii.Error) as exc:

@@ -11,10 +11,11 @@ import jsonschema
 import pytest
 
 from pipeline import tokens
-from pipeline.batches import Batch, Mailing, Personalizer, display_name, parse_send_at, substitution_bytes
+from pipeline.batches import Batch, Mailing, Personalizer, display_name, parse_send_at
 from pipeline.config import load_config
 from pipeline.errors import SendError
 from pipeline.render import Email
+from pipeline.values import RowRule, substitution_bytes
 from tests.standin import SCHEMA_PATH, limit_errors
 
 SECRET = b"batches-test-secret-0123456789"
@@ -98,12 +99,21 @@ def test_display_name() -> None:
     assert display_name("two\r\nlines") == "two lines"
 
 
-def test_size_bound_is_an_upper_bound(site: Path) -> None:
-    p = _personalizer(site)
+def test_the_row_rule_bounds_what_any_issue_substitutes(site: Path) -> None:
+    """RowRule.size (what `check` and `send` decide bad rows by) is at least the bytes sent, for an issue
+    that uses every column in both parts."""
+    html = "<p>%%name:html%% %%city:html%% %%zip:html%%</p><a href='%%unsubscribe_url%%'>u</a>"
+    p = _personalizer(site, email=_email(html=html), issue="x" * 255)
+    rule = RowRule(base_url=p.mailing.base_url, list_name="sample", columns=["city", "zip"])
     for email in ("a@example.org", "zoë.very.long.name.indeed@example.org"):
-        values = p.values(email, "Ada", {"city": "London"})
-        exact = substitution_bytes(values)
-        assert p.size_without_url("Ada", {"city": "London"}) + p.url_bytes_max(email) >= exact
+        for name, city in (("Ada", "London"), ('<b>"Ada" & co</b>' * 20, "Zürich <'&'>" * 30)):
+            fields = {"city": city, "zip": "8001"}
+            body = json.loads(p.body(Batch(id=1, request_id="r", rows=[(1, email, name, json.dumps(fields))])))
+            substitutions = body["personalizations"][0]["substitutions"]
+            exact = substitution_bytes({k.strip("%"): v for k, v in substitutions.items()})
+            assert set(substitutions) == {"%%name%%", "%%name:html%%", "%%city%%", "%%city:html%%", "%%zip%%",
+                                          "%%zip:html%%", "%%unsubscribe_url%%"}
+            assert rule.size(email, name, fields) >= exact
 
 
 def test_parse_send_at() -> None:

@@ -28,7 +28,7 @@ def test_build_writes_the_four_files_with_a_manifest(site: Path) -> None:
     assert manifest["sizes"]["encoded_message_bytes"] > manifest["sizes"]["html_bytes"]
     assert manifest["template"]["theme"] == "plain" and len(manifest["template"]["hash"]) == 64
     assert manifest["packages"]["mjml-python"][0].isdigit()
-    assert manifest["placeholders"] == ["name", "unsubscribe_url"]
+    assert manifest["placeholders"] == ["name", "name:html", "unsubscribe_url"]  # the HTML part has its own
 
 
 def test_same_folder_builds_to_the_same_bytes(site: Path, tmp_path: Path) -> None:

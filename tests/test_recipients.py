@@ -83,7 +83,8 @@ def test_oversized_merge_fields_are_a_bad_row(site: Path, store: Store) -> None:
 
 def test_a_test_copy_borrows_the_first_recipients_values(site: Path, store: Store) -> None:
     path, _ = _setup(site, store)
-    assert recipients.row_for_test_copy(store, path, "me@example.org") == (0, "me@example.org", "Ada",
-                                                                             '{"city": "London"}')
+    base = "https://x.example"
+    assert recipients.row_for_test_copy(store, path, "me@example.org", base_url=base) == (
+        0, "me@example.org", "Ada", '{"city": "London"}')
     path.write_text("email,name\n", "utf-8")
-    assert recipients.row_for_test_copy(store, path, "me@example.org") == (0, "me@example.org", "", None)
+    assert recipients.row_for_test_copy(store, path, "me@example.org", base_url=base) == (0, "me@example.org", "", None)

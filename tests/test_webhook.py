@@ -90,6 +90,8 @@ def test_public_key_forms(signer: Signer) -> None:
     pem = f"-----BEGIN PUBLIC KEY-----\n{signer.public_base64}\n-----END PUBLIC KEY-----\n"
     assert public_key_from_base64(pem).public_numbers() == public_key_from_base64(signer.public_base64).public_numbers()
     with pytest.raises(ConfigError, match="not a base64 public key"):
+        public_key_from_base64("not-a-key")
+    with pytest.raises(ConfigError, match="holds whitespace"):
         public_key_from_base64("not a key")
     rsa_der = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)

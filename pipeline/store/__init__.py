@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
 
-__all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "Claim", "DeliveryRow", "EventCounts", "EventRecord",
-           "Finish", "ListRow", "Match", "Peeked", "Send", "Store", "Suppression", "database_url", "now", "open_store"]
+__all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "Claim", "DeliveryRow", "EventCounts",
+           "EventRecord", "Finish", "ListRow", "Match", "Peeked", "Send", "Store", "Suppression", "database_url", "now",
+           "open_store"]
 
 
 def database_url(environ: Mapping[str, str] | None = None) -> str | None:

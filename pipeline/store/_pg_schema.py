@@ -64,7 +64,7 @@ MIGRATIONS: list[Migration] = [
             message_id text,
             updated_at text,
             PRIMARY KEY (send_id, id)
-        );
+        ) WITH (fillfactor = 50);
         CREATE UNIQUE INDEX deliveries_email ON deliveries (send_id, {key("email")});
         CREATE TABLE suppressions (
             email text COLLATE "C" NOT NULL,

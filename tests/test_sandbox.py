@@ -1,0 +1,79 @@
+"""Themes are data, not code: a template that reaches for Python objects or files is refused, with its line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.errors import IssueError
+from pipeline.issue import load_issue
+from pipeline.render import render_email
+from tests.conftest import run_cli
+
+ATTACKS = [
+    "{{ cycler.__init__.__globals__.os.popen('touch pwned').read() }}",
+    "{{ joiner.__init__.__globals__['__builtins__']['open']('newsletter.yaml').read() }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ asset_url.__globals__ }}",
+    "{{ config.root.joinpath('newsletter.yaml').read_text() }}",
+    "{{ config.sending }}",
+    "{{ issue.folder }}",
+    "{{ issue.sections[0].articles[0].file.read_text() }}",
+    "{% include '../../newsletter.yaml' %}",
+    "{% import '../default/email.txt.j2' as x %}",
+    "{{ config.contact.update(email='x@evil.example') }}",
+]
+
+
+def _add_line(site: Path, template: str, line: str) -> int:
+    path = site / "templates" / "plain" / template
+    text = path.read_text("utf-8").rstrip("\n") + "\n"
+    path.write_text(text + line + "\n", "utf-8")
+    return text.count("\n") + 1
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_an_attribute_walk_or_a_file_outside_is_refused_with_file_and_line(site: Path, attack: str) -> None:
+    line = _add_line(site, "email.txt.j2", attack)
+    config = load_config(site)
+    with pytest.raises(IssueError) as caught:
+        render_email(load_issue(site / "issues" / "001-hello", config), config)
+    problem = caught.value.problems[0]
+    assert problem.file == site / "templates" / "plain" / "email.txt.j2" and problem.line == line
+    assert "sandbox" in problem.message and "README (Themes, Context)" in problem.fix
+    assert not (site / "pwned").exists()
+
+
+def test_build_reports_it_without_a_traceback_and_runs_nothing(site: Path) -> None:
+    line = _add_line(site, "email.mjml.j2", "{{ cycler.__init__.__globals__.os.popen('touch pwned').read() }}")
+    done = run_cli(site, "build", "issues/001-hello")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert f"templates/plain/email.mjml.j2:{line}: error: template refused by the theme sandbox" in done.stderr
+    assert not (site / "pwned").exists()
+
+
+def test_a_symbolic_link_out_of_the_theme_is_refused(site: Path) -> None:
+    os.symlink(site / "newsletter.yaml", site / "templates" / "plain" / "leak.j2")
+    _add_line(site, "email.txt.j2", "{% include 'leak.j2' %}")
+    config = load_config(site)
+    with pytest.raises(IssueError) as caught:
+        render_email(load_issue(site / "issues" / "001-hello", config), config)
+    assert "outside the theme folder" in caught.value.problems[0].message
+
+
+def test_what_the_readme_documents_still_works(site: Path) -> None:
+    documented = ("{{ config.name }} {{ config.sender_email }} {{ config.sender_name }} {{ config.reply_to }} "
+                  "{{ config.base_url }} {{ config.contact.get('email') }} {{ issue.slug }} {{ issue.masthead }} "
+                  "{{ issue.language }} {{ issue.preheader }} {{ issue.subject }} {{ issue.date | dotdate }} "
+                  "{% for s in issue.sections %}{{ s.title }}{{ s.kicker }}{{ s.numbered }}"
+                  "{% for a in s.articles %}{{ a.title }}{{ a.subtitle }}{{ a.source }}{{ a.link }}{{ a.date }}"
+                  "{{ a.body | plaintext }}{% if a.image %}{{ a.image.path }}{{ a.image.alt }}{% endif %}{% endfor %}"
+                  "{% for e in s.literature %}{{ e.title }}{{ e.subtitle }}{{ e.authors }}{{ e.details }}"
+                  "{{ e.link }}{% endfor %}{% endfor %} {{ recipient.city }} {{ web_url }} {{ archive_url }}")
+    _add_line(site, "email.txt.j2", documented)
+    config = load_config(site)
+    email = render_email(load_issue(site / "issues" / "001-hello", config), config)
+    assert "Test Weekly editor@example.org" in email.text and "%%city%%" in email.text
