@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import sendlog
 from pipeline.errors import SendError
 from pipeline.message import address_header, header_text
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.subscribers import check_list
 from pipeline.values import MAX_SUBSTITUTION_BYTES
 from tests.sendkit import ISSUE, KEY, cli, environ
@@ -158,7 +158,7 @@ def test_header_text_refuses_control_characters_without_echoing() -> None:
     assert address_header("To", "Doe, Jane", "j@example.org") == '"Doe, Jane" <j@example.org>'
 
 
-def test_send_log_is_untouched_by_a_bad_list(site: Path, conn: sqlite3.Connection) -> None:
+def test_send_log_is_untouched_by_a_bad_list(site: Path) -> None:
     """The in-process path: a bad row found while recording rolls the whole list back."""
     from tests.sendkit import send
 
@@ -168,5 +168,6 @@ def test_send_log_is_untouched_by_a_bad_list(site: Path, conn: sqlite3.Connectio
     with pytest.raises(SubscriberError) as caught:
         send(site, environ(None), list_name="club", outbox=site / "outbox")
     assert [p.line for p in caught.value.problems] == [3]
-    with sendlog.open_sendlog(site / ".newsletter" / "sendlog.sqlite3") as db:
-        assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+    db = SQLiteStore(site / ".newsletter" / "sendlog.sqlite3")
+    assert db.conn.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+    db.close()

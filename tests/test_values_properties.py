@@ -19,12 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import recipients, sendlog
+from pipeline import recipients
 from pipeline.batches import Batch, Mailing, Personalizer, display_name
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
 from pipeline.message import mime_message, substitute
 from pipeline.render import Email, html_tags
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.subscribers import ListReader, clean_name
 from pipeline.values import UNSAFE
 
@@ -118,15 +119,15 @@ def test_list_rows_with_any_text_are_kept_intact_or_reported_with_their_line(
     assert all(not UNSAFE.search(n + c) for n, c in got.values())
     assert [p.line for p in reader.problems if p.blocking] == bad_lines
 
-    conn = sendlog.open_sendlog(folder / "sendlog.sqlite3")
-    send = sendlog.create_send(conn, issue="001-hello", list_name="club", transport="sendgrid", content_hash="h",
-                               subject="s")
+    store = SQLiteStore(folder / "sendlog.sqlite3")
+    send = store.create_send(issue="001-hello", list_name="club", transport="sendgrid", content_hash="h",
+                             subject="s")
     try:
-        recipients.record_list(conn, send.id, path, _personalizer(site), list_name="club", new_send=True,
+        recipients.record_list(store, send.id, path, _personalizer(site), list_name="club", new_send=True,
                                skip_invalid=False)
         assert not bad_lines
     except SubscriberError as exc:
         assert bad_lines and [p.line for p in exc.problems] == bad_lines
-    count = conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
+    count = store.conn.execute("SELECT count(*) FROM deliveries").fetchone()[0]
     assert count == (0 if bad_lines else len(expected))
-    conn.close()
+    store.close()
