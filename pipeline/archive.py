@@ -170,10 +170,10 @@ def index_page(found: Iterable[Editions], config: Config) -> str:
     head = "".join(f'<link rel="alternate" type="application/atom+xml" hreflang="{html.escape(lang)}" '
                    f'title="{html.escape(config.name)} ({html.escape(language_name(lang))})" '
                    f'href="{html.escape(name)}">\n' for lang, name in feeds)
-    feed_links = " · ".join(f'<a href="{html.escape(name)}" hreflang="{html.escape(lang)}">'
-                            f'{html.escape(_("Atom feed"))} ({html.escape(language_name(lang))})</a>'
-                            if len(feeds) > 1 else f'<a href="{html.escape(name)}">{html.escape(_("Atom feed"))}</a>'
-                            for lang, name in feeds)
+    label = html.escape(_("Atom feed"))
+    feed_links = " · ".join(f'<a href="{html.escape(name)}" hreflang="{html.escape(lang)}">{label} '
+                            f"({html.escape(language_name(lang))})</a>" if len(feeds) > 1
+                            else f'<a href="{html.escape(name)}">{label}</a>' for lang, name in feeds)
     body = (f"<h1>{html.escape(title)}</h1>\n<p>{feed_links}</p>\n"
             '<ol class="issues" reversed>\n' + "\n".join(items) + "\n</ol>")
     return _html_page(title, body, lang=config.language, head=head)
@@ -189,7 +189,7 @@ def unsubscribe_page(config: Config) -> str:
             + html.escape(_("This is the public web version, so it cannot know who you are. To unsubscribe, use "
                             "the Unsubscribe link at the bottom of the email you received, or write to %(address)s."))
             .replace("%(address)s", mail)
-            + f'</p>\n<p><a href="../">{html.escape(_("Back to the archive"))}</a></p>')
+            + '</p>\n<p><a href="../">' + html.escape(_("Back to the archive")) + "</a></p>")
     return _html_page(title, body, lang=config.language)
 
 

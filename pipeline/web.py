@@ -34,6 +34,7 @@ from pipeline.archive import Archive, sent_issues
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.events import link_resubscribe, link_unsubscribe, open_db, record_reject
+from pipeline.i18n import translations
 from pipeline.webhook import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -131,6 +132,11 @@ def _page(config: Config, title: str, body: str, status: int = 200) -> HTMLRespo
     return HTMLResponse(text, status_code=status, headers=PRIVATE)
 
 
+def _fill(message: str, **values: str) -> str:
+    """A translated message as HTML: the message escaped, then the (already escaped) HTML values put in."""
+    return html.escape(message, quote=False) % values
+
+
 def _button(action: str, label: str) -> str:
     return (f'<form method="post"><input type="hidden" name="action" value="{action}">'
             f'<button type="submit" id="{action}">{html.escape(label)}</button></form>')
@@ -156,40 +162,53 @@ def create_app(settings: Settings) -> Starlette:
 
     archive = Archive(config, published=published)
     contact = config.contact.get("email") or config.reply_to or config.sender_email
-    invalid_link = ("<p>This unsubscribe link is not valid. Use the link in the newsletter exactly as it came, or "
-                    f'write to <a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
+    mail = f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
+    name = html.escape(config.name)
+
+    def _(message: str) -> str:
+        """The theme's catalogue in the newsletter's language (pipeline.i18n); looked up per call, so an
+        edited catalogue shows without a restart."""
+        return translations(config.theme_dir, config.language).gettext(message)
+
+    def invalid_link() -> str:
+        return "<p>" + _fill(_("This unsubscribe link is not valid. Use the link in the newsletter exactly as it "
+                               "came, or write to %(address)s."), address=mail) + "</p>"
 
     async def unsubscribe(request: Request) -> Response:
         token = tokens.verify(settings.secret, request.path_params["token"])
         if token is None:  # same answer for every bad token: nothing about any address is looked up
-            return _page(config, "Link not valid", invalid_link, 400)
+            return _page(config, _("Link not valid"), invalid_link(), 400)
+        address = f"<strong>{html.escape(token.email)}</strong>"
         if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
-            return _page(config, f"Unsubscribe from {config.name}?",
-                         f"<p>Stop sending {html.escape(config.name)} to <strong>{html.escape(token.email)}"
-                         f"</strong>?</p>{_button('unsubscribe', 'Unsubscribe')}")
+            return _page(config, _("Unsubscribe from %(name)s?") % {"name": config.name},
+                         "<p>" + _fill(_("Stop sending %(name)s to %(address)s?"), name=name, address=address)
+                         + "</p>" + _button("unsubscribe", _("Unsubscribe")))
         try:
             fields = form_fields(request.headers.get("content-type", ""), await read_body(request, MAX_FORM_BYTES))
         except WebhookError as exc:
             return PlainTextResponse(str(exc), status_code=exc.status, headers=PRIVATE)
         if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: no page wanted
             await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
-            return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
+            return PlainTextResponse(_("Unsubscribed.") + "\n", headers=PRIVATE)
         action = fields.get("action")
         if action == "unsubscribe":
             await in_db(link_unsubscribe, email=token.email, list_name=token.list_name, issue=token.issue)
-            return _page(config, "You are unsubscribed",
-                         f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
-                         f"<p>Clicked by mistake?</p>{_button('resubscribe', 'Re-subscribe')}")
+            return _page(config, _("You are unsubscribed"),
+                         "<p>" + _fill(_("%(address)s will get no more %(name)s."), address=html.escape(token.email),
+                                       name=name)
+                         + "</p><p>" + html.escape(_("Clicked by mistake?")) + "</p>"
+                         + _button("resubscribe", _("Re-subscribe")))
         if action == "resubscribe":
-            _, remaining = await in_db(link_resubscribe, email=token.email)
+            _done, remaining = await in_db(link_resubscribe, email=token.email)
             if remaining:
-                return _page(config, "Not re-subscribed",
-                             f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
-                             f"({html.escape(remaining)}). To receive {html.escape(config.name)} again, write to "
-                             f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>')
-            return _page(config, "You are subscribed again",
-                         f"<p>{html.escape(token.email)} will receive {html.escape(config.name)} again.</p>"
-                         f"{_button('unsubscribe', 'Unsubscribe')}")
+                return _page(config, _("Not re-subscribed"), "<p>" + _fill(_(
+                    "Mail to %(address)s stays stopped for another reason (%(reason)s). To receive %(name)s again, "
+                    "write to %(contact)s."), address=html.escape(token.email), reason=html.escape(remaining),
+                    name=name, contact=mail) + "</p>")
+            return _page(config, _("You are subscribed again"),
+                         "<p>" + _fill(_("%(address)s will receive %(name)s again."),
+                                       address=html.escape(token.email), name=name)
+                         + "</p>" + _button("unsubscribe", _("Unsubscribe")))
         return PlainTextResponse("Unknown request: POST List-Unsubscribe=One-Click, or use the button on this page.\n",
                                  status_code=400, headers=PRIVATE)
 
@@ -227,12 +246,12 @@ def create_app(settings: Settings) -> Starlette:
             page = await run_in_threadpool(archive.get, path)
         except PipelineError as exc:  # e.g. the theme changed since and no longer renders this issue
             log.error("archive: %s", exc)
-            return PlainTextResponse("This page cannot be shown right now.\n", status_code=500)
+            return PlainTextResponse(_("This page cannot be shown right now.") + "\n", status_code=500)
         if (page is None and path and not path.endswith("/")
                 and await run_in_threadpool(archive.get, path + "/") is not None):
             return RedirectResponse(path.rsplit("/", 1)[-1] + "/", 308)  # relative: works under any prefix
         if page is None:
-            return PlainTextResponse("Not found in the archive.\n", status_code=404)
+            return PlainTextResponse(_("Not found in the archive.") + "\n", status_code=404)
         return Response(page.body, media_type=page.media_type, headers={"Cache-Control": "max-age=300"})
 
     async def healthz(request: Request) -> Response:
