@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -46,7 +45,8 @@ def test_a_korean_issue_has_korean_fixed_strings_in_the_html_and_the_text(sample
     for english in ENGLISH_FIXED:
         assert english not in email.html, english
     assert email.text.startswith("Smart City Korea Newsletter, 제27호 (2022년 4월 1일)\n")
-    for line in ("웹 브라우저에서 이번 호 보기: ", "\n문의\n", "수신 거부: %%unsubscribe_url%%", "[이미지: K-City Network"):
+    for line in ("웹 브라우저에서 이번 호 보기: ", "\n문의\n", "수신 거부: %%unsubscribe_url%%",
+                 "[이미지: K-City Network"):
         assert line in email.text, line
     for english in ("View this issue", "Contact us", "Unsubscribe:", "No. 27", "[Image:", "You receive"):
         assert english not in email.text, english
