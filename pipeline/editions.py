@@ -40,7 +40,7 @@ class Editions:
     def pick(self, tag: str | None) -> Issue:
         """The edition for a reader's BCP 47 tag (`ko`, `ko-KR`, `en_US`), else the default edition."""
         found = pick_language(tag, self.languages)
-        return self.get(found) if found else self.default  # type: ignore[return-value]
+        return (self.get(found) if found else None) or self.default
 
 
 def pick_language(tag: str | None, languages: tuple[str, ...]) -> str | None:
@@ -53,10 +53,9 @@ def pick_language(tag: str | None, languages: tuple[str, ...]) -> str | None:
         wanted = Locale.parse(tag, sep="-")
     except (ValueError, UnknownLocaleError):
         return None
-    found = negotiate_locale([tag], list(languages), sep="-")
-    if found:
-        return next(lang for lang in languages if lang.lower() == found.lower())
-    return next((lang for lang in languages if lang.split("-")[0].lower() == wanted.language), None)
+    found = negotiate_locale([tag], list(languages), sep="-") or ""
+    exact = next((lang for lang in languages if lang.lower() == found.lower()), None)
+    return exact or next((lang for lang in languages if lang.split("-")[0].lower() == wanted.language), None)
 
 
 def edition_files(folder: Path) -> list[tuple[str, Path]]:

@@ -131,3 +131,28 @@ def test_archive_index_feed_and_unsubscribe_page_speak_the_newsletter_language(s
     root = ET.fromstring(feed.body)
     assert root.get("{http://www.w3.org/XML/1998/namespace}lang") == "ko"
     assert archive.get("feed.en.xml") is not None
+
+
+def test_serve_unsubscribe_pages_speak_the_newsletter_language(sample_root: Path) -> None:
+    from loop_support import SECRET, request, running
+
+    from pipeline import tokens
+    from pipeline.web import Settings, create_app
+
+    config_file = sample_root / "newsletter.yaml"
+    config_file.write_text(config_file.read_text("utf-8").replace("language: en", "language: ko"), "utf-8")
+    config = load_config(sample_root)
+    settings = Settings(config=config, secret=SECRET, webhook_key=None, db_path=config.sendlog_path)
+    token = tokens.sign(SECRET, email="a<b>@example.org", list_name="sample", issue="027-2022-04-01")
+    with running(create_app(settings)) as url:
+        status, _, body = request("GET", f"{url}/unsubscribe/{token}")
+        page = body.decode()
+        assert status == 200 and '<html lang="ko">' in page
+        assert "Smart City Korea Newsletter 수신을 거부하시겠습니까?" in page
+        assert "<strong>a&lt;b&gt;@example.org</strong> 주소로 Smart City Korea Newsletter 발송을 중단할까요?" in page
+        assert ">수신 거부</button>" in page and "Unsubscribe" not in page
+        status, _, body = request("POST", f"{url}/unsubscribe/{token}", data=b"action=unsubscribe",
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200 and "수신 거부되었습니다" in body.decode() and ">다시 구독하기</button>" in body.decode()
+        status, _, body = request("GET", f"{url}/unsubscribe/not-a-token")
+        assert status == 400 and "올바르지 않은 링크" in body.decode() and "smartcity@auri.re.kr" in body.decode()
