@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
+import re
 import threading
 from pathlib import Path
 
@@ -47,6 +48,22 @@ def _read_catalogue(path: Path) -> Catalog:
         return read_po(fp)
 
 
+def _formats(msgid: str, msgstr: str) -> bool:
+    """Whether a translation survives `%` formatting with the message's placeholders, as Jinja's i18n and the
+    pages apply it to every message: a stray `%` or an unknown `%(name)s` would fail at render time."""
+    names = dict.fromkeys(re.findall(r"%\((\w+)\)s", msgid), "")
+    try:
+        msgstr % names
+    except (KeyError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _bad_translations(catalogue: Catalog) -> set[str]:
+    return {m.id for m in catalogue if isinstance(m.id, str) and m.id and isinstance(m.string, str) and m.string
+            and not _formats(m.id, m.string)}
+
+
 def translations(theme_dir: Path, language: str) -> NullTranslations:
     """The theme's gettext translations for a BCP 47 tag (`ko`, `ko-KR`, `en`): its catalogue for the tag,
     else for the tag's language (`ko` for `ko-KR`); without one, the messages as written (English).
@@ -62,7 +79,10 @@ def translations(theme_dir: Path, language: str) -> NullTranslations:
             cached = _compiled.get(path)
             if cached is None or cached[0] != stamp:
                 buffer = io.BytesIO()
-                write_mo(buffer, _read_catalogue(path))
+                catalogue = _read_catalogue(path)
+                for msgid in _bad_translations(catalogue):  # shown in English instead; `check` reports it
+                    catalogue.delete(msgid)
+                write_mo(buffer, catalogue)
                 buffer.seek(0)
                 cached = (stamp, Translations(buffer, domain=DOMAIN))
                 _compiled[path] = cached
@@ -138,7 +158,11 @@ def missing_messages(theme_dir: Path, language: str) -> list[Problem]:
                         "stay in English", file=paths[-1], blocking=False,
                         fix="add the catalogue (pybabel init, see README, Themes) and translate it")]
     catalogue = _read_catalogue(path)
-    problems = []
+    broken = _bad_translations(catalogue)
+    problems = [Problem(message=f"the translation of {msgid!r} does not fit its placeholders (a stray % or an "
+                        "unknown %(name)s), so it shows in English", file=path, blocking=False,
+                        fix="write the placeholders exactly as in msgid, and a literal percent sign as %%")
+                for msgid in sorted(broken)]
     for msgid, (where, line) in sorted(used.items(), key=lambda item: (str(item[1][0]), item[1][1])):
         message = catalogue.get(msgid)
         if message is None:
@@ -147,6 +171,8 @@ def missing_messages(theme_dir: Path, language: str) -> list[Problem]:
             reason = "is marked fuzzy"
         elif not message.string or (isinstance(message.string, tuple) and not all(message.string)):
             reason = "is not translated"
+        elif msgid in broken:
+            continue
         else:
             continue
         problems.append(Problem(message=f"string {msgid!r} ({where.name}:{line}) {reason}, so it shows in "

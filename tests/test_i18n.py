@@ -156,3 +156,14 @@ def test_serve_unsubscribe_pages_speak_the_newsletter_language(sample_root: Path
         assert status == 200 and "수신 거부되었습니다" in body.decode() and ">다시 구독하기</button>" in body.decode()
         status, _, body = request("GET", f"{url}/unsubscribe/not-a-token")
         assert status == 400 and "올바르지 않은 링크" in body.decode() and "smartcity@auri.re.kr" in body.decode()
+
+
+def test_a_translation_that_breaks_its_placeholders_shows_in_english_and_check_says_why(sample_root: Path) -> None:
+    theme = sample_root / "templates" / "default"
+    po = catalogue_path(theme, "ko")
+    po.write_text(po.read_text("utf-8").replace('msgstr "제%(number)s호"', 'msgstr "제%(numero)s호 100%"'), "utf-8")
+    assert translations(theme, "ko").gettext("No. %(number)s") == "No. %(number)s"
+    assert translations(theme, "ko").gettext("Unsubscribe") == "수신 거부"  # the rest of the catalogue still works
+    [problem] = missing_messages(theme, "ko")
+    assert "the translation of 'No. %(number)s' does not fit its placeholders" in problem.message
+    assert problem.file == po and not problem.blocking
