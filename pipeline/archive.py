@@ -1,9 +1,11 @@
-"""The web archive: an index (newest first), each issue's web version, its images, and an Atom feed.
+"""The web archive: an index (newest first), each edition's web version, its images, and an Atom feed per language.
 
 One set of functions produces every page as text, so `newsletter serve` and `newsletter archive --out`
 publish byte-identical archives. Inside the archive all links are relative (an issue page links its
 images as `images/x.png` and the index as `../`), so it works under any path prefix or static host;
-only the feed uses absolute URLs built from base_url, as feed readers need them.
+only the feeds and the hreflang links use absolute URLs built from base_url, as their readers need them.
+An issue's main edition is at `<slug>/`, each other edition at `<slug>/<lang>/`; images are shared.
+Fixed strings come from the theme's catalogue (pipeline.i18n), in the newsletter's language or the edition's.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import html
 import mimetypes
+import posixpath
+import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterable
@@ -18,16 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.editions import EDITION_FILE, Editions, load_editions
 from pipeline.errors import PipelineError, Problem
-from pipeline.issue import Issue, load_issue, local_files, unpublishable
+from pipeline.i18n import language_name, translations
+from pipeline.issue import Issue, local_files, unpublishable
 from pipeline.message import substitute
 from pipeline.render import UNSUBSCRIBE, render_email
 
 # Rendered with this instead of base_url, then replaced by relative links (never a real host: .invalid).
 _SENTINEL = "https://archive-base.invalid"
-NEUTRAL_UNSUBSCRIBE = "../unsubscribe/"
+_SENTINEL_URL = re.compile(re.escape(_SENTINEL) + r"/archive/([^\"'\s<>]*)")
 WRITTEN_LIST = ".archive-files"  # in the --out folder: what the last write put there
 ATOM = "http://www.w3.org/2005/Atom"
+XML = "http://www.w3.org/XML/1998/namespace"
 
 
 @dataclass(frozen=True)
@@ -36,9 +43,10 @@ class Page:
     media_type: str
 
 
-def discover(config: Config, *, slugs: Collection[str] | None = None) -> tuple[list[Issue], list[Problem]]:
+def discover_editions(config: Config, *,
+                     slugs: Collection[str] | None = None) -> tuple[list[Editions], list[Problem]]:
     """Every valid issue folder (only those in `slugs` when given), newest first; broken ones as problems."""
-    issues: list[Issue] = []
+    found: list[Editions] = []
     problems: list[Problem] = []
     folders = sorted(p for p in config.issues_dir.iterdir() if p.is_dir()) if config.issues_dir.is_dir() else []
     for folder in folders:
@@ -47,34 +55,72 @@ def discover(config: Config, *, slugs: Collection[str] | None = None) -> tuple[l
         if not (folder / "issue.yaml").is_file():
             continue
         try:
-            issues.append(load_issue(folder, config))
+            found.append(load_editions(folder, config))
         except PipelineError as exc:
             problems.append(Problem(message=f"issue {folder.name} left out of the archive: {exc.args[0]}",
                                     file=folder, blocking=False, fix=f"run `newsletter check {folder}`"))
-    issues.sort(key=lambda i: (i.date, i.number, i.slug), reverse=True)
-    return issues, problems
+    found.sort(key=lambda e: (e.default.date, e.default.number, e.default.slug), reverse=True)
+    return found, problems
+
+
+def discover(config: Config, *, slugs: Collection[str] | None = None) -> tuple[list[Issue], list[Problem]]:
+    """discover_editions, each issue as its default edition."""
+    found, problems = discover_editions(config, slugs=slugs)
+    return [e.default for e in found], problems
+
+
+def all_files(editions: Editions) -> dict[str, Path]:
+    """The images of every edition (they share the issue folder), by archive-relative path."""
+    return {rel: path for edition in editions.all for rel, path in issue_files(edition).items()}
 
 
 def issue_files(issue: Issue) -> dict[str, Path]:
-    """The issue's own images, by archive-relative path. Nothing else in the folder is ever published."""
-    wanted = [rel for section in issue.sections for article in section.articles for rel in local_files(article)]
+    """The edition's own images, by archive-relative path. Nothing else in the folder is ever published."""
+    wanted = [image.path.as_posix() for image in issue.images]
+    wanted += [rel for section in issue.sections for article in section.articles for rel in local_files(article)]
     root = issue.folder.resolve()
     files: dict[str, Path] = {}
     for rel in wanted:
         path = (root / rel).resolve()
-        if unpublishable(root, rel) is None and path.is_file() and path != root / "issue.yaml":
+        if (unpublishable(root, rel) is None and path.is_file()
+                and not EDITION_FILE.match(path.relative_to(root).as_posix())):
             files[path.relative_to(root).as_posix()] = path
     return files
 
 
+def page_path(issue: Issue) -> str:
+    """An edition's archive-relative folder: `027/` for the main edition, `027/ko/` for another."""
+    return f"{issue.slug}/{issue.edition_path}"
+
+
 def issue_page(issue: Issue, config: Config) -> str:
-    """The email's HTML as a web page: per-recipient tags emptied, the unsubscribe link made neutral."""
+    """The email's HTML as a web page: per-recipient tags emptied, the unsubscribe link made neutral,
+    archive links relative to the page, and hreflang links to the issue's other editions."""
     email = render_email(issue, config, asset_base=_SENTINEL)
-    text = email.html.replace(UNSUBSCRIBE, NEUTRAL_UNSUBSCRIBE)
+    here = page_path(issue)
+    text = email.html.replace(UNSUBSCRIBE, f"{_SENTINEL}/archive/unsubscribe/")
     text = substitute(text, {})
-    text = text.replace(f'"{_SENTINEL}/archive/{issue.slug}/"', '"./"')
-    text = text.replace(f"{_SENTINEL}/archive/{issue.slug}/", "").replace(f"{_SENTINEL}/archive/", "../")
-    return text.replace(_SENTINEL, config.base_url.rstrip("/"))
+    text = _SENTINEL_URL.sub(lambda m: _relative(m.group(1), here), text)
+    text = text.replace(_SENTINEL, config.base_url.rstrip("/"))
+    if issue.editions:
+        base = config.base_url.rstrip("/") + f"/archive/{issue.slug}/"
+        default = dict(issue.editions).get(config.language, "")
+        links = "".join(f'<link rel="alternate" hreflang="{html.escape(lang)}" href="{html.escape(base + path)}">\n'
+                        for lang, path in issue.editions)
+        links += f'<link rel="alternate" hreflang="x-default" href="{html.escape(base + default)}">\n'
+        text = text.replace("</head>", links + "</head>", 1)
+    return text
+
+
+def _relative(target: str, here: str) -> str:
+    """The link from the page at archive path `here` (a folder) to archive path `target`."""
+    if target == here:
+        return "./"
+    folder, _, rest = target.partition("?")
+    link = posixpath.relpath(folder or ".", here or ".")
+    if folder.endswith("/") or not folder:
+        link += "/"
+    return link + (f"?{rest}" if rest else "")
 
 
 def _html_page(title: str, body: str, *, lang: str, head: str = "") -> str:
@@ -86,53 +132,99 @@ def _html_page(title: str, body: str, *, lang: str, head: str = "") -> str:
             f"</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
-def index_page(issues: Iterable[Issue], config: Config) -> str:
-    items = "\n".join(
-        f'<li><time datetime="{i.date.isoformat()}">{i.date.isoformat()}</time>'
-        f'<a href="{html.escape(i.slug)}/">{html.escape(i.subject)}</a></li>' for i in issues)
-    body = (f"<h1>{html.escape(config.name)}: archive</h1>\n"
-            f'<p><a href="feed.xml">Atom feed</a></p>\n<ol class="issues" reversed>\n{items}\n</ol>')
-    head = f'<link rel="alternate" type="application/atom+xml" title="{html.escape(config.name)}" href="feed.xml">\n'
-    return _html_page(f"{config.name}: archive", body, lang=config.language, head=head)
+def feed_name(language: str, config: Config) -> str:
+    """feed.xml in the newsletter's language, feed.<lang>.xml in each other one."""
+    return "feed.xml" if language == config.language else f"feed.{language}.xml"
+
+
+def feed_languages(found: Iterable[Editions], config: Config) -> list[str]:
+    """The newsletter's language first, then every other language an edition is written in."""
+    languages = {config.language: None}
+    for editions in found:
+        languages.update(dict.fromkeys(editions.languages))
+    return list(languages)
+
+
+def _edition_links(editions: Editions, shown: Issue) -> str:
+    return "".join(f' <a href="{html.escape(page_path(e))}" hreflang="{html.escape(e.language)}" '
+                   f'lang="{html.escape(e.language)}">{html.escape(language_name(e.language))}</a>'
+                   for e in editions.all if e is not shown)
+
+
+def index_page(found: Iterable[Editions], config: Config) -> str:
+    """Each issue once, in its default edition, with links to its other editions."""
+    found = list(found)
+    _ = translations(config.theme_dir, config.language).gettext
+    items = []
+    for editions in found:
+        issue = editions.default
+        lang = f' lang="{html.escape(issue.language)}"' if issue.language != config.language else ""
+        items.append(f'<li><time datetime="{issue.date.isoformat()}">{issue.date.isoformat()}</time>'
+                     f'<a href="{html.escape(page_path(issue))}"{lang}>{html.escape(issue.subject)}</a>'
+                     f"{_edition_links(editions, issue)}</li>")
+    title = _("%(name)s: archive") % {"name": config.name}
+    feeds = [(lang, feed_name(lang, config)) for lang in feed_languages(found, config)]
+    head = "".join(f'<link rel="alternate" type="application/atom+xml" hreflang="{html.escape(lang)}" '
+                   f'title="{html.escape(config.name)} ({html.escape(language_name(lang))})" '
+                   f'href="{html.escape(name)}">\n' for lang, name in feeds)
+    label = html.escape(_("Atom feed"))
+    feed_links = " · ".join(f'<a href="{html.escape(name)}" hreflang="{html.escape(lang)}">{label} '
+                            f"({html.escape(language_name(lang))})</a>" if len(feeds) > 1
+                            else f'<a href="{html.escape(name)}">{label}</a>' for lang, name in feeds)
+    body = (f"<h1>{html.escape(title)}</h1>\n<p>{feed_links}</p>\n"
+            '<ol class="issues" reversed>\n' + "\n".join(items) + "\n</ol>")
+    return _html_page(title, body, lang=config.language, head=head)
 
 
 def unsubscribe_page(config: Config) -> str:
     """Where the web version's unsubscribe link leads: the archive never knows who is reading."""
+    _ = translations(config.theme_dir, config.language).gettext
     contact = config.contact.get("email") or config.reply_to or config.sender_email
-    body = (f"<h1>Unsubscribe from {html.escape(config.name)}</h1>\n"
-            "<p>This is the public web version, so it cannot know who you are. To unsubscribe, use the "
-            "<em>Unsubscribe</em> link at the bottom of the email you received, or write to "
-            f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>.</p>\n'
-            '<p><a href="../">Back to the archive</a></p>')
-    return _html_page(f"Unsubscribe from {config.name}", body, lang=config.language)
+    mail = f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
+    title = _("Unsubscribe from %(name)s") % {"name": config.name}
+    body = (f"<h1>{html.escape(title)}</h1>\n<p>"
+            + html.escape(_("This is the public web version, so it cannot know who you are. To unsubscribe, use "
+                            "the Unsubscribe link at the bottom of the email you received, or write to %(address)s."))
+            .replace("%(address)s", mail)
+            + '</p>\n<p><a href="../">' + html.escape(_("Back to the archive")) + "</a></p>")
+    return _html_page(title, body, lang=config.language)
 
 
 def _stamp(day: dt.date) -> str:
     return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def feed(issues: list[Issue], config: Config) -> str:
-    """Atom 1.0, built with ElementTree so it is always well-formed."""
+def feed(found: list[Editions], config: Config, language: str | None = None) -> str:
+    """Atom 1.0 in one language, built with ElementTree so it is always well-formed.
+
+    The newsletter's language gets every issue (in its default edition); another language gets the
+    editions written in it. The feed and each entry carry their language in xml:lang."""
+    language = language or config.language
     base = config.base_url.rstrip("/") + "/archive/"
     ET.register_namespace("", ATOM)
+    lang_attr = f"{{{XML}}}lang"
+    if language == config.language:
+        issues = [e.default for e in found]
+    else:
+        issues = [e for editions in found if (e := editions.get(language)) is not None]
 
     def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
         element = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attrs)
         element.text = text
         return element
 
-    root = ET.Element(f"{{{ATOM}}}feed")
+    root = ET.Element(f"{{{ATOM}}}feed", {lang_attr: language})
     sub(root, "title", config.name)
-    sub(root, "id", base)
+    sub(root, "id", base if language == config.language else f"{base}{feed_name(language, config)}")
     sub(root, "link", href=base)
-    sub(root, "link", rel="self", href=base + "feed.xml")
+    sub(root, "link", rel="self", href=base + feed_name(language, config))
     sub(root, "updated", _stamp(issues[0].date) if issues else _stamp(dt.date(2000, 1, 1)))
     sub(sub(root, "author"), "name", config.sender_name or config.name)
     for issue in issues:
-        entry = sub(root, "entry")
+        entry = sub(root, "entry", **{lang_attr: issue.language})
         sub(entry, "title", issue.subject)
-        sub(entry, "id", f"{base}{issue.slug}/")
-        sub(entry, "link", href=f"{base}{issue.slug}/")
+        sub(entry, "id", f"{base}{page_path(issue)}")
+        sub(entry, "link", href=f"{base}{page_path(issue)}", hreflang=issue.language)
         sub(entry, "updated", _stamp(issue.date))
         headlines = [a.title for s in issue.sections for a in s.articles]
         summary = issue.preheader or "; ".join(headlines)
@@ -144,25 +236,30 @@ class Archive:
     """The archive of one newsletter, as pages by archive-relative path (`""`, `feed.xml`, `027/`, ...).
 
     `published` says which issue folders are public (the store decides: `Store.sent_issues`). Rendering
-    an issue takes tens of milliseconds, so pages are cached until a file of the issue or theme changes.
+    an edition takes tens of milliseconds, so pages are cached until a file of the issue or theme changes.
     """
 
     def __init__(self, config: Config, *, published: Callable[[], Collection[str] | None] = lambda: None) -> None:
         self.config = config
         self.published = published
         self._cache: dict[str, tuple[tuple[int, ...], str]] = {}
-        self._found: tuple[object, tuple[list[Issue], list[Problem]]] | None = None
+        self._found: tuple[object, tuple[list[Editions], list[Problem]]] | None = None
 
-    def issues(self) -> tuple[list[Issue], list[Problem]]:
-        """discover(), again only when the selection or a file under issues/ changed."""
+    def editions(self) -> tuple[list[Editions], list[Problem]]:
+        """discover_editions(), again only when the selection or a file under issues/ changed."""
         slugs = self.published()
         root = self.config.issues_dir
         files = sorted(root.rglob("*")) if root.is_dir() else []
         key = (None if slugs is None else frozenset(slugs), self.config.config_file.stat().st_mtime_ns,
                tuple((f.as_posix(), f.stat().st_mtime_ns) for f in files))
         if self._found is None or self._found[0] != key:
-            self._found = (key, discover(self.config, slugs=slugs))
+            self._found = (key, discover_editions(self.config, slugs=slugs))
         return self._found[1]
+
+    def issues(self) -> tuple[list[Issue], list[Problem]]:
+        """The published issues, each in its default edition."""
+        found, problems = self.editions()
+        return [e.default for e in found], problems
 
     def _fingerprint(self, issue: Issue) -> tuple[int, ...]:
         files = [self.config.config_file, *self.config.theme_dir.rglob("*"), *issue.folder.rglob("*")]
@@ -170,28 +267,34 @@ class Archive:
 
     def issue_html(self, issue: Issue) -> str:
         stamp = self._fingerprint(issue)
-        cached = self._cache.get(issue.slug)
+        key = page_path(issue)
+        cached = self._cache.get(key)
         if cached is None or cached[0] != stamp:
             cached = (stamp, issue_page(issue, self.config))
-            self._cache[issue.slug] = cached
+            self._cache[key] = cached
         return cached[1]
+
+    def _feeds(self, found: list[Editions]) -> dict[str, str]:
+        return {feed_name(lang, self.config): lang for lang in feed_languages(found, self.config)}
 
     def get(self, path: str) -> Page | None:
         """The page or image at an archive-relative path, or None: unknown paths, unpublished issues."""
-        issues, _ = self.issues()
+        found, _ = self.editions()
         if path == "":
-            return Page(index_page(issues, self.config).encode(), "text/html; charset=utf-8")
-        if path == "feed.xml":
-            return Page(feed(issues, self.config).encode(), "application/atom+xml; charset=utf-8")
+            return Page(index_page(found, self.config).encode(), "text/html; charset=utf-8")
+        feeds = self._feeds(found)
+        if path in feeds:
+            return Page(feed(found, self.config, feeds[path]).encode(), "application/atom+xml; charset=utf-8")
         if path == "unsubscribe/":
             return Page(unsubscribe_page(self.config).encode(), "text/html; charset=utf-8")
         slug, slash, rest = path.partition("/")
-        issue = next((i for i in issues if i.slug == slug), None)
-        if issue is None or not slash:  # `027` is not the page: its relative image links need `027/`
+        editions = next((e for e in found if e.default.slug == slug), None)
+        if editions is None or not slash:  # `027` is not the page: its relative image links need `027/`
             return None
-        if rest == "":
-            return Page(self.issue_html(issue).encode(), "text/html; charset=utf-8")
-        source = issue_files(issue).get(rest)
+        edition = next((e for e in editions.all if e.edition_path == rest), None)
+        if edition is not None:
+            return Page(self.issue_html(edition).encode(), "text/html; charset=utf-8")
+        source = all_files(editions).get(rest)
         if source is None:
             return None
         return Page(source.read_bytes(), mimetypes.guess_type(source.name)[0] or "application/octet-stream")
@@ -202,13 +305,14 @@ class Archive:
         Every page is rendered before the first file is written. Files an earlier write put there and this
         one does not (an issue no longer published, an image no longer used) are removed; other files in
         `out` are left alone."""
-        issues, problems = self.issues()
-        pages = {"index.html": index_page(issues, self.config), "feed.xml": feed(issues, self.config),
-                 "unsubscribe/index.html": unsubscribe_page(self.config)}
+        found, problems = self.editions()
+        pages = {"index.html": index_page(found, self.config), "unsubscribe/index.html": unsubscribe_page(self.config)}
+        pages.update({name: feed(found, self.config, lang) for name, lang in self._feeds(found).items()})
         copies: dict[str, Path] = {}
-        for issue in issues:
-            pages[f"{issue.slug}/index.html"] = self.issue_html(issue)
-            copies.update({f"{issue.slug}/{rel}": source for rel, source in issue_files(issue).items()})
+        for editions in found:
+            for edition in editions.all:
+                pages[f"{page_path(edition)}index.html"] = self.issue_html(edition)
+            copies.update({f"{editions.default.slug}/{rel}": source for rel, source in all_files(editions).items()})
         for rel in [*pages, *copies]:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
         for rel, text in pages.items():

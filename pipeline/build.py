@@ -18,16 +18,17 @@ from typing import Any
 from pipeline.checks import check_email, message_size
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
-from pipeline.issue import Issue, load_issue
+from pipeline.issue import Issue
 from pipeline.render import Email, render_email
 
 
 @dataclass(frozen=True, kw_only=True)
 class BuildResult:
     out: Path
-    email: Email
-    manifest: dict[str, Any]
+    email: Email  # the default edition's
+    manifest: dict[str, Any]  # build/<slug>/manifest.json
     problems: tuple[Problem, ...]  # warnings only: blocking problems raise
+    editions: dict[str, tuple[Email, dict[str, Any]]]  # language -> (email, its manifest)
 
 
 def tree_hash(folder: Path) -> str:
@@ -88,6 +89,7 @@ def _write_atomically(out: Path, files: dict[str, str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text, "utf-8", newline="")
         old = out.parent / f".{out.name}.old"
         if out.exists():
@@ -110,18 +112,47 @@ def render_checked(issue: Issue, config: Config, *, failed_mjml: Path | None = N
     return email, problems, size
 
 
+def _dump(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 def build_issue(folder: Path, config: Config, *, out: Path | None = None) -> BuildResult:
+    """Build every edition. One edition: build/<slug>/ holds its four files, as always. Several:
+    build/<slug>/<lang>/ holds each edition's, and build/<slug>/manifest.json lists them with one
+    content hash over all of them (what a send of the issue delivers)."""
+    from pipeline.editions import load_editions
+
     folder = folder.resolve()
     out = (out or config.build_dir / folder.name).resolve()
-    failed = out.parent / f"{out.name}.failed.mjml"
-    failed.unlink(missing_ok=True)
-    issue = load_issue(folder, config)
-    email, problems, size = render_checked(issue, config, failed_mjml=failed)
-    data = manifest(issue, email, config, size=size)
-    _write_atomically(out, {
-        "email.html": email.html,
-        "email.txt": email.text,
-        "email.mjml": email.mjml,
-        "manifest.json": json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
-    })
-    return BuildResult(out=out, email=email, manifest=data, problems=tuple(problems))
+    editions = load_editions(folder, config)
+    several = len(editions.all) > 1
+    files: dict[str, str] = {}
+    built: dict[str, tuple[Email, dict[str, Any]]] = {}
+    problems: list[Problem] = []
+    for issue in editions.all:
+        failed = out.parent / (f"{out.name}.{issue.language}.failed.mjml" if several else f"{out.name}.failed.mjml")
+        failed.unlink(missing_ok=True)
+        email, found, size = render_checked(issue, config, failed_mjml=failed)
+        data = manifest(issue, email, config, size=size)
+        prefix = f"{issue.language}/" if several else ""
+        files.update({f"{prefix}email.html": email.html, f"{prefix}email.txt": email.text,
+                      f"{prefix}email.mjml": email.mjml, f"{prefix}manifest.json": _dump(data)})
+        built[issue.language] = (email, data)
+        problems += found
+    top = built[editions.default.language][1]
+    if several:
+        digest = hashlib.sha256()
+        for language, (email, _) in built.items():
+            digest.update(f"{language}\0{email.content_hash}\0".encode())
+        top = {
+            "issue": folder.name, "number": editions.default.number, "date": editions.default.date.isoformat(),
+            "default_language": editions.default.language, "content_hash": digest.hexdigest(),
+            "editions": {language: {"folder": f"{language}/", "subject": data["subject"],
+                                    "content_hash": data["content_hash"], "sizes": data["sizes"]}
+                         for language, (_, data) in built.items()},
+            "template": top["template"], "source_hash": top["source_hash"], "packages": top["packages"],
+        }
+        files["manifest.json"] = _dump(top)
+    _write_atomically(out, files)
+    return BuildResult(out=out, email=built[editions.default.language][0], manifest=top,
+                       problems=tuple(problems), editions=built)

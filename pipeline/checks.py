@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from email.headerregistry import Address
 from html.parser import HTMLParser
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
 from pipeline.images import image_problems
-from pipeline.issue import ALLOWED_LINK, Issue, load_issue, local_files, unpublishable
+from pipeline.issue import ALLOWED_LINK, Issue, local_files, unpublishable
 from pipeline.message import encoded_size
 from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
 from pipeline.values import HTML_SUFFIX, html_value
@@ -99,10 +100,22 @@ def image_warnings(issue: Issue) -> list[Problem]:
 
 
 def check_issue(folder: Path, config: Config) -> list[Problem]:
-    """Every problem of the folder, its templates and the rendered email; raises nothing for bad input."""
+    """Every problem of the folder, its templates and every edition's rendered email, and every theme string
+    that would stay in English in an edition's language; raises nothing for bad input."""
+    from pipeline.editions import load_editions
+    from pipeline.i18n import missing_messages
+
+    problems: list[Problem] = []
     try:
-        issue = load_issue(folder, config)
-        email = render_email(issue, config)
+        editions = load_editions(folder, config)
+        for issue in editions.all:
+            email = render_email(issue, config)
+            found = check_email(issue, email, config)
+            if len(editions.all) > 1:  # say which edition, as the same template serves them all
+                found = [dataclasses.replace(p, message=f"[{issue.language}] {p.message}") for p in found]
+            problems += found
     except IssueError as exc:
         return list(exc.problems) or [Problem(message=str(exc))]
-    return check_email(issue, email, config)
+    for language in dict.fromkeys(e.language for e in editions.all):
+        problems += missing_messages(config.theme_dir, language)
+    return problems

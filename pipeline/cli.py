@@ -91,7 +91,12 @@ def build(issue_dir: Path, out: Path | None) -> None:
 
     result = build_issue(issue_dir, load_config(), out=out)
     _print_problems([p for p in result.problems if not p.blocking])
-    click.echo(f"built {result.out} ({result.manifest['sizes']['encoded_message_bytes'] / 1000:.1f} KB encoded)")
+    sizes = [f"{language} {data['sizes']['encoded_message_bytes'] / 1000:.1f} KB"
+             for language, (_, data) in result.editions.items()]
+    if len(sizes) == 1:
+        click.echo(f"built {result.out} ({sizes[0].split(' ', 1)[1]} encoded)")
+    else:
+        click.echo(f"built {result.out}: {len(sizes)} editions ({', '.join(sizes)} encoded)")
     _finished.append(True)
 
 

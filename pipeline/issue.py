@@ -7,6 +7,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from markdown_it.token import Token
 
@@ -66,6 +67,8 @@ class Issue:
     language: str
     masthead: str
     sections: tuple[Section, ...]
+    edition_path: str = ""  # where this edition is published under the issue's URL: "" or "ko/"
+    editions: tuple[tuple[str, str], ...] = ()  # (language, edition_path) of every edition, this one included
 
     @property
     def slug(self) -> str:
@@ -145,13 +148,14 @@ def _link_problem(link: str, file: Path, where: str) -> Problem | None:
                    fix="use a full https:// URL or mailto:address")
 
 
-def _load_article(folder: Path, name: str, problems: list[Problem]) -> Article | None:
-    file = folder / "articles" / name
+def _load_article(folder: Path, articles: str, name: str, listed_in: Path,
+                  problems: list[Problem]) -> Article | None:
+    file = folder / articles / name
     try:
         text = file.read_text("utf-8")
     except FileNotFoundError:
-        problems.append(Problem(message=f"article articles/{name} does not exist", file=folder / ISSUE_FILE,
-                                fix=f"create articles/{name} or remove it from the sections list"))
+        problems.append(Problem(message=f"article {articles}/{name} does not exist", file=listed_in,
+                                fix=f"create {articles}/{name} or remove it from the sections list"))
         return None
     except UnicodeDecodeError as exc:
         problems.append(Problem(message=f"not valid UTF-8 (byte {exc.start})", file=file,
@@ -202,40 +206,40 @@ def _check_links(folder: Path, file: Path, front: list[str], body: str, problems
             problems.append(problem)
 
 
-def load_issue(folder: Path, config: Config) -> Issue:
-    """Read and validate everything first (Pelican style); raise once with every problem found."""
-    folder = folder.resolve()
+def read_sections(folder: Path, file: Path, data: dict[str, Any], *, articles: str,
+                  problems: list[Problem]) -> tuple[Section, ...]:
+    """The sections of one edition file (issue.yaml or issue.<lang>.yaml); articles come from `articles`."""
+    sections = []
+    for raw in data["sections"]:
+        found = [_load_article(folder, articles, name, file, problems) for name in raw.get("articles", [])]
+        literature = [LiteratureEntry(**entry) for entry in raw.get("literature", [])]
+        for entry in literature:
+            if entry.link and (p := _link_problem(entry.link, file, f"literature {entry.title!r}")):
+                problems.append(p)
+        if not found and not literature:
+            problems.append(Problem(message=f"section {raw['title']!r} has no articles and no literature",
+                                    file=file, fix="add `articles:` or `literature:` to it, or remove it"))
+        sections.append(Section(title=raw["title"], kicker=raw.get("kicker", ""),
+                                numbered=raw.get("numbered", False),
+                                articles=tuple(a for a in found if a is not None),
+                                literature=tuple(literature)))
+    return tuple(sections)
+
+
+def read_main(folder: Path) -> tuple[dict[str, Any], dt.date | None, list[Problem]]:
+    """issue.yaml, validated: the number and date every edition shares, and the main edition."""
     if not folder.is_dir():
         raise IssueError(f"{folder} is not a folder — pass the path of an issue folder, e.g. issues/027")
     file = folder / ISSUE_FILE
     data, problems = read_yaml(file, schema="issue")
     raise_if_blocking(problems, IssueError, f"issue {folder.name} is not valid:")
     assert isinstance(data, dict)
-    date = _date(data["date"], file, "date", problems)
-    sections = []
-    for raw in data["sections"]:
-        articles = [_load_article(folder, name, problems) for name in raw.get("articles", [])]
-        literature = [LiteratureEntry(**entry) for entry in raw.get("literature", [])]
-        for entry in literature:
-            if entry.link and (p := _link_problem(entry.link, file, f"literature {entry.title!r}")):
-                problems.append(p)
-        if not articles and not literature:
-            problems.append(Problem(message=f"section {raw['title']!r} has no articles and no literature",
-                                    file=file, fix="add `articles:` or `literature:` to it, or remove it"))
-        sections.append(Section(title=raw["title"], kicker=raw.get("kicker", ""),
-                                numbered=raw.get("numbered", False),
-                                articles=tuple(a for a in articles if a is not None),
-                                literature=tuple(literature)))
-    raise_if_blocking(problems, IssueError, f"issue {folder.name} is not valid:")
-    assert date is not None
-    return Issue(
-        folder=folder,
-        number=data["number"],
-        date=date,
-        subject=data["subject"],
-        preheader=data.get("preheader", ""),
-        language=data.get("language", config.language),
-        masthead=data.get("masthead", ""),
-        sections=tuple(sections),
-    )
+    return data, _date(data["date"], file, "date", problems), problems
 
+
+def load_issue(folder: Path, config: Config) -> Issue:
+    """The issue's default edition (see pipeline.editions): the one in the newsletter's language, else
+    the one in issue.yaml. Everything is read and validated first; one error lists every problem."""
+    from pipeline.editions import load_editions  # editions builds on this module
+
+    return load_editions(folder, config).default

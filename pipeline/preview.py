@@ -2,6 +2,7 @@
 
 Images are served from the issue folder under the same /archive/<slug>/ path they get when published,
 so the preview shows exactly the HTML a subscriber gets, with sample values for the per-recipient tags.
+The default edition is at `/`, every edition at `/<lang>/`; the live page has links to switch between them.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 from pipeline.build import render_checked
 from pipeline.checks import sample_values
 from pipeline.config import Config, load_config
+from pipeline.editions import load_editions
 from pipeline.errors import IssueError, PipelineError
-from pipeline.issue import load_issue
 from pipeline.message import substitute
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
@@ -56,6 +57,7 @@ class Preview:
         self.version = 0
         self.html = ""
         self.text = ""
+        self.editions: dict[str, tuple[str, str]] = {}  # language -> (html, text)
         self.error: str | None = None
         self._seen = -1.0
         self._lock = threading.Lock()
@@ -72,13 +74,17 @@ class Preview:
         self._seen = mtime
         try:
             config = load_config(self.config.root)
-            issue = load_issue(self.folder, config)
-            email, _, _ = render_checked(issue, config, asset_base=self.base_url)
-            values = sample_values(email, config)
-            values["unsubscribe_url"] = f"{self.base_url}/unsubscribe-preview"
+            editions = load_editions(self.folder, config)
+            rendered = {}
+            for issue in editions.all:
+                email, _, _ = render_checked(issue, config, asset_base=self.base_url)
+                values = sample_values(email, config)
+                values["unsubscribe_url"] = f"{self.base_url}/unsubscribe-preview"
+                rendered[issue.language] = (substitute(email.html, values), substitute(email.text, values))
             with self._lock:
                 self.config = config
-                self.html, self.text = substitute(email.html, values), substitute(email.text, values)
+                self.editions = rendered
+                self.html, self.text = rendered[editions.default.language]
                 self.error = None
         except PipelineError as exc:
             with self._lock:
@@ -87,19 +93,37 @@ class Preview:
             self.version += 1
         return True
 
+    def _switcher(self, current: str | None) -> str:
+        """Links to every edition, fixed at the top of the live page (only when there are several)."""
+        if len(self.editions) < 2:
+            return ""
+        links = " ".join(f'<a href="/{html.escape(lang)}/" hreflang="{html.escape(lang)}"'
+                         + (' aria-current="page"' if lang == current else "")
+                         + f">{html.escape(lang)}</a>" for lang in self.editions)
+        return ('<nav id="nl-preview-editions" style="position:fixed;top:0;right:0;background:#fff;padding:4px 8px;'
+                f'font:13px sans-serif;border:1px solid #999">{links}</nav>')
+
     def page(self, path: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for one request path."""
         with self._lock:
             if path == "/__version":
                 return 200, "text/plain", str(self.version).encode()
+            language, _, rest = path[1:].partition("/")
+            if language in self.editions:
+                current: str | None = language
+                html_part, text_part, path = *self.editions[language], "/" + rest
+            else:
+                current, html_part, text_part = None, self.html, self.text
             if self.error is not None and path in ("/", "/email.html", "/email.txt"):
                 body = f"<!DOCTYPE html><title>Build failed</title><pre>{html.escape(self.error)}</pre>"
                 return 500, "text/html; charset=utf-8", (body + _RELOAD_SCRIPT).encode()
             if path in ("/", "/email.html"):
-                live = self.html.replace("</body>", _RELOAD_SCRIPT + "</body>") if path == "/" else self.html
+                live = html_part
+                if path == "/":
+                    live = live.replace("</body>", self._switcher(current) + _RELOAD_SCRIPT + "</body>")
                 return 200, "text/html; charset=utf-8", live.encode()
             if path == "/email.txt":
-                return 200, "text/plain; charset=utf-8", self.text.encode()
+                return 200, "text/plain; charset=utf-8", text_part.encode()
         prefix = f"/archive/{self.folder.name}/"
         if path.startswith(prefix):
             file = (self.folder / path[len(prefix):]).resolve()

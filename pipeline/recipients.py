@@ -65,10 +65,7 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
                 "fix them, or pass --skip-invalid to send to the valid rows only", problems=blocking)
 
     with gc_paused():
-        if new_send:
-            added = store.add_recipients(send_id, rows())
-        else:
-            added = store.sync_recipients(send_id, rows())
+        added = store.add_recipients(send_id, rows()) if new_send else store.sync_recipients(send_id, rows())
     duplicates = source.duplicates
     if new_send:  # the send log dropped the duplicates: they were counted as listed until then
         duplicates, listed = listed - added, added

@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.runtime
 from jinja2.exceptions import SecurityError
 from markupsafe import Markup
 
+from pipeline import i18n
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
 from pipeline.images import shown_width
@@ -101,10 +103,24 @@ def dotdate(value: dt.date | None) -> str:
     return value.strftime("%Y.%m.%d.") if value else ""
 
 
+@jinja2.pass_context
+def localdate(context: jinja2.runtime.Context, value: dt.date | None, pattern: str) -> str:
+    """`{{ issue.date | localdate(_("yyyy.MM.dd.")) }}`: the pattern is a message, so each language's
+    catalogue chooses its own (Korean: `y년 M월 d일`)."""
+    return i18n.format_day(value, pattern, context.get("language", i18n.SOURCE_LANGUAGE))
+
+
+@jinja2.pass_context
+def localnumber(context: jinja2.runtime.Context, value: int | float) -> str:
+    return i18n.format_number(value, context.get("language", i18n.SOURCE_LANGUAGE))
+
+
 @functools.cache
-def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Environment:
-    """One environment per theme: Jinja keeps compiled templates and recompiles a file when it changes.
-    It is a sandbox confined to the theme folder (pipeline.sandbox): a theme is data, not code.
+def environment(theme_dir: Path, cache_dir: Path | None = None,
+                language: str = i18n.SOURCE_LANGUAGE) -> jinja2.Environment:
+    """One environment per theme and language: Jinja keeps compiled templates and recompiles a file when it
+    changes. It is a sandbox confined to the theme folder (pipeline.sandbox): a theme is data, not code;
+    `_()` and `{% trans %}` look the theme's catalogue up on each call, so an edited .po shows at once.
 
     cache_dir keeps compiled templates between processes: compiling them is a fifth of a cold build.
     """
@@ -121,8 +137,19 @@ def environment(theme_dir: Path, cache_dir: Path | None = None) -> jinja2.Enviro
         autoescape=jinja2.select_autoescape(enabled_extensions=("mjml.j2", "html.j2"), default=False),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],
     )
-    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate, width=width)
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        lambda message: i18n.translations(theme_dir, language).gettext(message),
+        lambda singular, plural, n: i18n.translations(theme_dir, language).ngettext(singular, plural, n),
+        newstyle=True,
+        pgettext=lambda context, message: i18n.translations(theme_dir, language).pgettext(context, message),
+        npgettext=lambda context, singular, plural, n: i18n.translations(theme_dir, language).npgettext(
+            context, singular, plural, n),
+    )
+    env.filters.update(markdown=markdown_to_html, plaintext=markdown_to_text, dotdate=dotdate,
+                       localdate=localdate, localnumber=localnumber, width=width)
     return env
 
 
@@ -252,20 +279,23 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
 
     theme_dir = config.theme_dir
     base = (asset_base or config.base_url).rstrip("/")
-    web_url = f"{base}/archive/{issue.slug}/"
+    issue_url = f"{base}/archive/{issue.slug}/"
+    web_url = f"{issue_url}{issue.edition_path}"
 
     def asset_url(image: Image | str) -> str:
         path = image.path.as_posix() if isinstance(image, Image) else image
-        return f"{web_url}{path}"
+        return f"{issue_url}{path}"  # images are shared by every edition
 
     def image_width(image: Image) -> int:
         return shown_width(issue.folder / image.path, config.image_column_px)
 
-    env = environment(theme_dir, config.state_dir / "cache" / "jinja")
+    env = environment(theme_dir, config.state_dir / "cache" / "jinja", issue.language)
+    editions = [{"language": language, "name": i18n.language_name(language), "url": f"{issue_url}{path}",
+                 "current": language == issue.language} for language, path in issue.editions]
     context: dict[str, Any] = {
         "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
         "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
-        "image_width": image_width,
+        "language": issue.language, "editions": editions, "image_width": image_width,
     }
     try:
         source = env.get_template("email.mjml.j2").render(context)

@@ -33,6 +33,7 @@ from pipeline.archive import Archive
 from pipeline.config import Config
 from pipeline.errors import PipelineError, StoreError
 from pipeline.events import reason_of
+from pipeline.i18n import translations
 from pipeline.store import Store
 from pipeline.webguard import UNDO_SECONDS, cross_site, form_type, may_undo, origin_of, undo_cookie, undo_cookie_name
 from pipeline.webhook import (
@@ -140,6 +141,11 @@ def _refused(config: Config, title: str, text: str, status: int) -> HTMLResponse
     return _page(config, title, f"<p>{text}</p>", status)
 
 
+def _fill(message: str, **values: str) -> str:
+    """A translated message as HTML: the message escaped, then the (already escaped) HTML values put in."""
+    return html.escape(message, quote=False) % values
+
+
 def _button(action: str, label: str) -> str:
     return (f'<form method="post"><input type="hidden" name="action" value="{action}">'
             f'<button type="submit" id="{action}">{html.escape(label)}</button></form>')
@@ -165,10 +171,19 @@ def create_app(settings: Settings) -> Starlette:
 
     archive = Archive(config, published=published)
     contact = config.contact.get("email") or config.reply_to or config.sender_email
-    write_to = f'write to <a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
-    invalid_link = ("<p>This unsubscribe link is not valid. Use the link in the newsletter exactly as it came, or "
-                    f"{write_to}.</p>")
+    mail = f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
+    write_to = f"write to {mail}"
+    name = html.escape(config.name)
     public_origin = origin_of(config.base_url)
+
+    def _(message: str) -> str:
+        """The theme's catalogue in the newsletter's language (pipeline.i18n); looked up per call, so an
+        edited catalogue shows without a restart."""
+        return translations(config.theme_dir, config.language).gettext(message)
+
+    def invalid_link() -> str:
+        return "<p>" + _fill(_("This unsubscribe link is not valid. Use the link in the newsletter exactly as it "
+                               "came, or write to %(address)s."), address=mail) + "</p>"
 
     def own_origins(request: Request) -> tuple[str, ...]:
         """base_url's origin and the one this request was addressed to (scheme as the proxy reported it)."""
@@ -179,11 +194,12 @@ def create_app(settings: Settings) -> Starlette:
         raw = request.path_params["token"]
         token = tokens.verify(settings.secret, raw)
         if token is None:  # same answer for every bad token: nothing about any address is looked up
-            return _page(config, "Link not valid", invalid_link, 400)
+            return _page(config, _("Link not valid"), invalid_link(), 400)
+        address = f"<strong>{html.escape(token.email)}</strong>"
         if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
-            return _page(config, f"Unsubscribe from {config.name}?",
-                         f"<p>Stop sending {html.escape(config.name)} to <strong>{html.escape(token.email)}"
-                         f"</strong>?</p>{_button('unsubscribe', 'Unsubscribe')}")
+            return _page(config, _("Unsubscribe from %(name)s?") % {"name": config.name},
+                         "<p>" + _fill(_("Stop sending %(name)s to %(address)s?"), name=name, address=address)
+                         + "</p>" + _button("unsubscribe", _("Unsubscribe")))
         content_type = request.headers.get("content-type", "")
         if form_type(content_type) is None:
             return PlainTextResponse("Send a form: application/x-www-form-urlencoded or multipart/form-data.\n",
@@ -194,7 +210,7 @@ def create_app(settings: Settings) -> Starlette:
             return PlainTextResponse(f"{exc.args[0]}\n", status_code=exc.status, headers=PRIVATE)
         if fields.get("List-Unsubscribe") == "One-Click":  # RFC 8058, from the mail client: the token alone
             await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name, issue=token.issue))
-            return PlainTextResponse("Unsubscribed.\n", headers=PRIVATE)
+            return PlainTextResponse(_("Unsubscribed.") + "\n", headers=PRIVATE)
         action = fields.get("action")
         if action in ("unsubscribe", "resubscribe") and cross_site(request.headers, own=own_origins(request)):
             return _refused(config, "Request refused", "This button works only on its own page. Open the "
@@ -202,29 +218,32 @@ def create_app(settings: Settings) -> Starlette:
         if action == "unsubscribe":
             added = await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name,
                                                                  issue=token.issue))
-            done = f"<p>{html.escape(token.email)} will get no more {html.escape(config.name)}.</p>"
+            done = "<p>" + _fill(_("%(address)s will get no more %(name)s."), address=html.escape(token.email),
+                                 name=name) + "</p>"
             if not added:  # unsubscribed before, maybe by someone else: this browser gets no undo
-                return _page(config, "You are unsubscribed", done + f"<p>To receive it again, {write_to}.</p>")
-            response = _page(config, "You are unsubscribed", done + "<p>Clicked by mistake? You can undo it "
-                             f"here for {UNDO_SECONDS // 60} minutes.</p>{_button('resubscribe', 'Re-subscribe')}")
+                return _page(config, _("You are unsubscribed"), done + f"<p>To receive it again, {write_to}.</p>")
+            response = _page(config, _("You are unsubscribed"), done + "<p>" + html.escape(_("Clicked by mistake?"))
+                             + f" You can undo it here for {UNDO_SECONDS // 60} minutes.</p>"
+                             + _button("resubscribe", _("Re-subscribe")))
             response.set_cookie(undo_cookie_name(raw), undo_cookie(settings.secret, raw, now=time.time()),
                                 max_age=UNDO_SECONDS, path=None, secure=request.scope.get("scheme") == "https",
                                 httponly=True, samesite="strict")
             return response
         if action == "resubscribe":
             if not may_undo(settings.secret, raw, request.cookies.get(undo_cookie_name(raw)), now=time.time()):
-                return _refused(config, "Not re-subscribed", "An unsubscribe can be undone here only in the "
+                return _refused(config, _("Not re-subscribed"), "An unsubscribe can be undone here only in the "
                                 f"browser that made it, within {UNDO_SECONDS // 60} minutes. To receive "
-                                f"{html.escape(config.name)} again, {write_to}.", 403)
-            _, remaining = await in_db(lambda s: s.link_resubscribe(email=token.email, reason_of=reason_of))
+                                f"{name} again, {write_to}.", 403)
+            _done, remaining = await in_db(lambda s: s.link_resubscribe(email=token.email, reason_of=reason_of))
             if remaining:
-                return _page(config, "Not re-subscribed",
-                             f"<p>Mail to {html.escape(token.email)} stays stopped for another reason "
-                             f"({html.escape(remaining)}). To receive {html.escape(config.name)} again, "
-                             f"{write_to}.</p>")
-            response = _page(config, "You are subscribed again",
-                             f"<p>{html.escape(token.email)} will receive {html.escape(config.name)} again.</p>"
-                             f"{_button('unsubscribe', 'Unsubscribe')}")
+                return _page(config, _("Not re-subscribed"), "<p>" + _fill(_(
+                    "Mail to %(address)s stays stopped for another reason (%(reason)s). To receive %(name)s again, "
+                    "write to %(contact)s."), address=html.escape(token.email), reason=html.escape(remaining),
+                    name=name, contact=mail) + "</p>")
+            response = _page(config, _("You are subscribed again"),
+                             "<p>" + _fill(_("%(address)s will receive %(name)s again."),
+                                           address=html.escape(token.email), name=name)
+                             + "</p>" + _button("unsubscribe", _("Unsubscribe")))
             response.set_cookie(undo_cookie_name(raw), "", max_age=0, path=None, httponly=True, samesite="strict")
             return response
         return PlainTextResponse("Unknown request: POST List-Unsubscribe=One-Click, or use the button on this page.\n",
@@ -265,12 +284,12 @@ def create_app(settings: Settings) -> Starlette:
             page = await run_in_threadpool(archive.get, path)
         except PipelineError as exc:  # e.g. the theme changed since and no longer renders this issue
             log.error("archive: %s", exc)
-            return PlainTextResponse("This page cannot be shown right now.\n", status_code=500)
+            return PlainTextResponse(_("This page cannot be shown right now.") + "\n", status_code=500)
         if (page is None and path and not path.endswith("/")
                 and await run_in_threadpool(archive.get, path + "/") is not None):
             return RedirectResponse(path.rsplit("/", 1)[-1] + "/", 308)  # relative: works under any prefix
         if page is None:
-            return PlainTextResponse("Not found in the archive.\n", status_code=404)
+            return PlainTextResponse(_("Not found in the archive.") + "\n", status_code=404)
         return Response(page.body, media_type=page.media_type, headers={"Cache-Control": "max-age=300"})
 
     async def healthz(request: Request) -> Response:
