@@ -10,7 +10,8 @@ from loop_support import event, seed_send
 
 from pipeline.errors import PipelineError
 from pipeline.events import link_unsubscribe, open_db
-from pipeline.report import build_report, chart_svg, html_report, text_report
+from pipeline.report import build_report, html_report, text_report
+from pipeline.report_chart import chart_svg
 from pipeline.webhook import process_events
 
 T0 = 1_768_500_000
