@@ -100,7 +100,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command(examples=("newsletter init mynews",
                         "newsletter init . --name 'Smart City Weekly' --sender me@example.org"))
 @click.argument("folder", metavar="DIR", type=out_dir)
-@click.option("--name", help="The newsletter's name (default: from DIR).")
+@click.option("--name", metavar="TITLE", help="The newsletter's name (default: from DIR).")
 @click.option("--sender", metavar="ADDRESS", default="editor@example.org", show_default=True,
               help="The From address.")
 @_report_errors
