@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import click
-
 from conftest import REPO, run_cli
+
 from pipeline import __version__
 from pipeline.cli import SUPPRESSION_REASONS, main
 from pipeline.sendlog import REASONS
@@ -44,7 +44,7 @@ def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tu
 
 
 def test_every_command_has_an_example_and_named_metavars() -> None:
-    for path, command in _commands(main):  # type: ignore[arg-type]
+    for path, _command in _commands(main):  # type: ignore[arg-type]
         text = run_cli(REPO, *path, "--help").stdout
         assert "newsletter " + " ".join(path) in text.split("\nExamples:\n")[1], path
         for generic in ("TEXT", "PATH", "INTEGER", "DIRECTORY", "FILENAME"):
