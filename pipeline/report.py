@@ -21,7 +21,7 @@ COUNTED = {"delivered": ("delivered",), "bounced": ("bounce",), "dropped": ("dro
            "spam_reports": ("spamreport",), "unsubscribes": ("unsubscribe", "group_unsubscribe"),
            "unique_opens": ("open",)}
 LABELS = {"recipients": "Recipients", "accepted": "Accepted by SendGrid", "delivered": "Delivered",
-          "bounced": "Bounced", "dropped": "Dropped", "spam_reports": "Spam reports (complaints)",
+          "bounced": "Bounced", "dropped": "Dropped", "spam_reports": "Spam complaints",
           "unsubscribes": "Unsubscribes", "unique_opens": "Unique opens", "opens": "Opens (all)",
           "unique_clicks": "Unique clickers"}
 
