@@ -9,13 +9,13 @@ SAMPLE := issues/027-2022-04-01
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,postgresql]' --config-settings editable_mode=compat  # a plain .pth: faster start
+	$(BIN)/pip install --quiet -e '.[dev,postgresql]'  # dev brings the screenshots extra (Playwright) for the tests
 	touch $@
 
 # Build the sample issue and "send" it to the sample list as .eml files in outbox/: no account, no network.
 sample: $(VENV)/.installed
 	$(BIN)/newsletter build $(SAMPLE)
-	$(BIN)/newsletter send $(SAMPLE) --list sample --outbox outbox --yes
+	$(BIN)/newsletter send $(SAMPLE) --list sample --outbox outbox
 
 # The tests drive Debian's Chromium and lay out Korean and emoji: install Chromium and the Noto CJK and
 # colour emoji fonts when missing (needs root or sudo).

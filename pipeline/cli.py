@@ -16,6 +16,9 @@ from typing import Any, TypeVar
 
 import click
 
+from pipeline import __version__
+from pipeline.cli_help import Group, no_color
+from pipeline.cli_output import emit_json, json_option, print_problems, problem_json
 from pipeline.errors import IssueError, PipelineError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,15 +38,14 @@ def _report_errors(func: F) -> F:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            click.echo("interrupted (Ctrl-C) — run the same command again to start over", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
 
 def _print_problems(problems: list[Problem]) -> None:
-    for problem in problems:
-        click.secho(str(problem), fg="red" if problem.blocking else "yellow", err=True)
+    print_problems(problems)
 
 
 def run() -> None:
@@ -54,7 +56,7 @@ def run() -> None:
     35–40 ms, a sixth of a cold build. Other commands (and tests that invoke `main`) exit normally.
     """
     try:
-        main()
+        main(prog_name="newsletter")
     except SystemExit as exc:
         if not (_finished and exc.code in (None, 0)):
             raise
@@ -66,23 +68,72 @@ def run() -> None:
 
 
 issue_dir = click.argument("issue_dir", type=click.Path(path_type=Path, file_okay=False))
+# One metavar per concept: ISSUE_DIR, DIR (a folder), FILE, NAME (a list), ADDRESS, PORT, TIME.
+out_dir = click.Path(path_type=Path, file_okay=False)
+SUPPRESSION_REASONS = ("unsubscribed", "bounced", "blocked", "invalid", "complained", "manual")  # sendlog.REASONS
+WORKFLOW = ("init", "new", "check", "build", "preview", "send", "status", "serve", "report", "archive",
+            "subscribers", "suppressions")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, order=WORKFLOW, context_settings={"help_option_names": ["-h", "--help"]}, examples=(
+    "newsletter init mynews && cd mynews      # a newsletter of your own",
+    "newsletter check issues/001-*            # then build, preview, send --outbox",
+    "newsletter build issues/001-* --debug    # --debug works before or after the command",
+))
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line error messages.")
+@click.version_option(__version__, "-V", "--version", prog_name="newsletter", message="%(prog)s %(version)s")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Compile newsletter issues into email and send them exactly once."""
-    ctx.obj = {"debug": debug}
+    """Compile newsletter issues into email and send them exactly once.
+
+    Every command finds the newsletter by looking for newsletter.yaml from the current folder upward.
+    Colour only on a terminal, and never with NO_COLOR set.
+    """
+    ctx.obj = {**(ctx.obj or {}), "debug": debug or (ctx.obj or {}).get("debug", False)}
+    if no_color():
+        ctx.color = False
+
+
+# --- init, new (issue #13) ----------------------------------------------------------------------------
+
+
+@main.command(examples=("newsletter init mynews",
+                        "newsletter init . --name 'Smart City Weekly' --sender me@example.org"))
+@click.argument("folder", metavar="DIR", type=out_dir)
+@click.option("--name", metavar="TITLE", help="The newsletter's name (default: from DIR).")
+@click.option("--sender", metavar="ADDRESS", default="editor@example.org", show_default=True,
+              help="The From address.")
+@_report_errors
+def init(folder: Path, name: str | None, sender: str) -> None:
+    """Create a working newsletter in DIR: config, the default theme, a first issue, a sample list, .gitignore."""
+    from pipeline.scaffold import init_newsletter
+
+    written = init_newsletter(folder, name=name, sender=sender)
+    issue = next(p.parent for p in written if p.name == "issue.yaml").relative_to(folder)
+    click.echo(f"created {folder} ({len(written)} files). Next:\n  cd {folder}\n  newsletter check {issue}\n"
+               f"  newsletter preview {issue}\n  newsletter send {issue} --list sample --outbox outbox")
+
+
+@main.command(examples=("newsletter new",))
+@_report_errors
+def new() -> None:
+    """Create the next issue folder: issues/<next number>-<today>/, with an issue.yaml and one article to edit."""
+    from pipeline.config import load_config
+    from pipeline.scaffold import new_issue
+
+    config = load_config()
+    folder = new_issue(config)
+    click.echo(f"created {folder.relative_to(config.root)} — edit its issue.yaml and articles/, then run "
+               f"`newsletter preview {folder.relative_to(config.root)}`")
 
 
 # --- build (issue #2) -------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(examples=("newsletter build issues/027-2022-04-01",
+                        "newsletter build issues/027-2022-04-01 --out /tmp/build --debug"))
 @issue_dir
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="Output folder (default: build/<issue folder name>).")
+@click.option("--out", metavar="DIR", type=out_dir, help="Output folder (default: build/<issue folder name>).")
 @_report_errors
 def build(issue_dir: Path, out: Path | None) -> None:
     """Compile ISSUE_DIR into email.html, email.txt, email.mjml and manifest.json."""
@@ -100,28 +151,36 @@ def build(issue_dir: Path, out: Path | None) -> None:
     _finished.append(True)
 
 
-@main.command()
+@main.command(examples=("newsletter check issues/027-2022-04-01",
+                        "newsletter check issues/027-2022-04-01 --json"))
 @issue_dir
+@json_option
 @_report_errors
-def check(issue_dir: Path) -> None:
-    """Report every problem of ISSUE_DIR; exit non-zero on blocking ones."""
+def check(issue_dir: Path, as_json: bool) -> None:
+    """Report every problem of ISSUE_DIR at once; exit 3 on blocking ones."""
     from pipeline.checks import check_issue
     from pipeline.config import load_config
 
     problems = check_issue(issue_dir, load_config())
     _print_problems(problems)
     blocking = sum(p.blocking for p in problems)
+    if as_json:
+        emit_json({"issue": issue_dir.resolve().name, "ok": not blocking, "errors": blocking,
+                   "warnings": len(problems) - blocking, "problems": [problem_json(p) for p in problems]})
     if blocking:
         raise IssueError(f"{blocking} blocking problem(s) in {issue_dir}; fix them and run check again")
-    click.echo(f"{issue_dir}: ok ({len(problems)} warning(s))")
+    if not as_json:
+        click.echo(f"{issue_dir}: ok ({len(problems)} warning(s))")
     _finished.append(True)
 
 
-@main.command()
+@main.command(examples=("newsletter preview issues/027-2022-04-01",
+                        "newsletter preview issues/027-2022-04-01 --screenshot shots"))
 @issue_dir
-@click.option("--port", default=8025, show_default=True, help="Port on 127.0.0.1.")
-@click.option("--screenshot", type=click.Path(path_type=Path, file_okay=False),
-              help="Write PNGs at 375 and 600 px wide to this folder with headless Chromium, then exit.")
+@click.option("--port", metavar="PORT", default=8025, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--screenshot", metavar="DIR", type=out_dir,
+              help="Write PNGs at 375 and 600 px wide to DIR with headless Chromium, then exit "
+                   "(needs the screenshots extra).")
 @_report_errors
 def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
     """Serve the built email on 127.0.0.1 and rebuild when the issue or templates change."""
@@ -130,6 +189,12 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
 
     config = load_config()
     if screenshot is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("playwright") is None:
+            raise PipelineError("--screenshot needs Playwright, which is not installed — add it with "
+                                "pip install 'newsletter-pipeline[screenshots]' (or .venv/bin/pip install -e "
+                                "'.[screenshots]' in a clone)")
         for path in screenshots(issue_dir, config, screenshot, warn=lambda message: click.echo(message, err=True)):
             click.echo(f"wrote {path}")
         return
@@ -139,52 +204,14 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
 # --- send (issue #3) ------------------------------------------------------------------------------------
 
 
-class _Progress:
-    """A tqdm bar with counts and ETA on a terminal; plain log lines (every 10 %) otherwise."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.total = self.done = self.step = 0
-
-    def start(self, total: int) -> None:
-        self.total, self.step = total, max(1, total // 10)
-        if sys.stderr.isatty() and total:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="rcpt", file=sys.stderr, dynamic_ncols=True)
-
-    def advance(self, sent: int) -> None:
-        before, self.done = self.done, self.done + sent
-        if self.bar is not None:
-            self.bar.update(sent)
-        elif self.done // self.step != before // self.step or self.done == self.total:
-            click.echo(f"sent {self.done}/{self.total}", err=True)
-
-    def note(self, message: str) -> None:
-        (self.bar.write if self.bar is not None else lambda m: click.echo(m, err=True))(f"warning: {message}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _log_to_stderr() -> None:
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("pipeline")
-    if not logger.handlers:
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
-@main.command()
+@main.command(examples=("newsletter send issues/027-2022-04-01 --list sample --outbox outbox",
+                        "newsletter send issues/027-2022-04-01 --list sample --test me@example.net",
+                        "newsletter send issues/027-2022-04-01 --list readers --yes --json"))
 @issue_dir
 @click.option("--list", "list_name", required=True, metavar="NAME", help="The list: subscribers/NAME.csv.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
-@click.option("--outbox", type=click.Path(path_type=Path, file_okay=False),
-              help="Write one personalised .eml per recipient to this folder instead of sending (no key needed).")
+@click.option("--yes", is_flag=True, help="Send without asking (required for a real send without a terminal).")
+@click.option("--outbox", metavar="DIR", type=out_dir,
+              help="Write one personalised .eml per recipient to DIR instead of sending (no key, no question).")
 @click.option("--test", "test_address", metavar="ADDRESS",
               help="Send one copy marked [TEST] to ADDRESS; not logged as a delivery.")
 @click.option("--at", metavar="TIME", help="Schedule: ISO 8601 with offset, at most 72 h ahead.")
@@ -192,74 +219,76 @@ def _log_to_stderr() -> None:
 @click.option("--skip-invalid", is_flag=True, help="Leave out bad rows of the list instead of stopping.")
 @click.option("--allow-changed-content", is_flag=True,
               help="Resume a send even though the issue changed since it began.")
+@json_option
 @_report_errors
 def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_address: str | None,
-         at: str | None, resend_in_doubt: bool, skip_invalid: bool, allow_changed_content: bool) -> None:
-    """Send ISSUE_DIR to a list exactly once (resumable; see `newsletter status`)."""
+         at: str | None, resend_in_doubt: bool, skip_invalid: bool, allow_changed_content: bool,
+         as_json: bool) -> None:
+    """Send ISSUE_DIR to a list exactly once; run it again to resume (see `newsletter status`)."""
+    from pipeline.cli_send import Progress, interrupted, log_to_stderr, show_plan, summary_json
     from pipeline.config import load_config
     from pipeline.errors import SendError
-    from pipeline.plan import SendOptions
+    from pipeline.plan import SendOptions, Summary
     from pipeline.send import SendJob
 
-    if not yes and not (sys.stdin.isatty() and sys.stdout.isatty()):
+    ask = not yes and outbox is None  # an outbox run only writes files: nothing to confirm
+    if ask and not (sys.stdin.isatty() and (sys.stderr if as_json else sys.stdout).isatty()):
         raise SendError("there is no terminal to confirm on — add --yes to send without asking")
-    _log_to_stderr()
+    log_to_stderr()
     config = load_config()
     options = SendOptions(list_name=list_name, outbox=outbox, test_address=test_address, at=at,
                           resend_in_doubt=resend_in_doubt, skip_invalid=skip_invalid,
                           allow_changed_content=allow_changed_content)
+    summary: Summary | None = None
+    stopped = ""
     with SendJob(issue_dir, config, options) as job:
         plan = job.prepare()
         _print_problems(list(plan.problems))
-        target = f"outbox {outbox}" if outbox else "SendGrid"
-        click.echo(f"issue:      {plan.issue}\nsubject:    {plan.subject}\nsender:     {plan.sender}")
-        if plan.test_address:
-            click.echo(f"test copy:  to {plan.test_address} via {target} (not logged as a delivery)")
-        else:
-            click.echo(f"list:       {plan.list_name} ({plan.listed} recipients)\nvia:        {target}")
-            if plan.resumed:
-                click.echo(f"resuming:   {plan.accepted} already accepted, {plan.in_doubt} in doubt")
-            click.echo(f"to send:    {plan.to_send}")
-        if plan.send_at:
-            import datetime as dt
-
-            click.echo(f"scheduled:  {dt.datetime.fromtimestamp(plan.send_at, dt.UTC).isoformat()}")
+        show_plan(plan, outbox, err=as_json)
         if plan.to_send == 0:
-            click.echo("nothing to send")
+            click.echo("nothing to send", err=as_json)
             in_doubt = plan.in_doubt
-        elif not yes and not click.confirm(f"Send to {plan.to_send} recipient(s)?", default=False):
+        elif ask and not click.confirm(f"Send to {plan.to_send} recipient(s)?", default=False, err=as_json):
             job.cancel()
-            click.echo("nothing sent")
+            click.echo("nothing sent", err=as_json)
             return
         else:
-            progress = _Progress()
+            progress = Progress()
             try:
                 summary = job.run(progress)
+            except KeyboardInterrupt:
+                stopped = "interrupted"
             finally:
                 progress.close()
-            verb = "written" if outbox else "accepted"
-            click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s")
-            in_doubt = summary.remaining.get("in_doubt", 0)
+            if summary is not None:
+                verb = "written" if outbox else "accepted"
+                click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s",
+                           err=as_json)
+                in_doubt = summary.remaining.get("in_doubt", 0)
+    if stopped:  # the lock is released and the send log closed: what is recorded is final
+        click.echo(interrupted(config, plan, issue_dir, outbox, progress.done), err=True)
+        sys.exit(130)
+    if as_json:
+        emit_json(summary_json(plan, summary))
     if in_doubt:
         raise SendError(f"{in_doubt} recipient(s) are in doubt (their request got no answer; they may have been "
                         f"sent) — list them with `newsletter status {issue_dir}`, then run this command again with "
                         "--resend-in-doubt to send them again, or leave them")
 
 
-@main.command()
+@main.command(examples=("newsletter status issues/027-2022-04-01",
+                        "newsletter status issues/027-2022-04-01 --json"))
 @issue_dir
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @_report_errors
 def status(issue_dir: Path, as_json: bool) -> None:
-    """Per list: accepted / pending / in doubt / failed, send times, build hash; in-doubt recipients."""
-    import json
-
+    """Per list: accepted, pending, in doubt and failed recipients, send times, build hash; the in-doubt ones."""
     from pipeline.config import load_config
     from pipeline.status import COUNTED, issue_status
 
     report = issue_status(load_config(), issue_dir)
     if as_json:
-        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        emit_json(report)
         return
     if not report["lists"] and not report["outbox"]:
         click.echo(f"issue {report['issue']}: not sent to any list yet")
@@ -281,17 +310,19 @@ def status(issue_dir: Path, as_json: bool) -> None:
 # --- subscribers (issue #3) -------------------------------------------------------------------------
 
 
-@main.group()
+@main.group(examples=("newsletter subscribers check sample",))
 def subscribers() -> None:
     """Check and import subscriber lists (subscribers/NAME.csv, personal data kept out of git)."""
 
 
-@subscribers.command("check")
+@subscribers.command("check", examples=("newsletter subscribers check sample",
+                                        "newsletter subscribers check sample --json"))
 @click.argument("name")
 @click.option("--skip-invalid", is_flag=True, help="Report invalid rows but do not fail on them.")
+@json_option
 @_report_errors
-def subscribers_check(name: str, skip_invalid: bool) -> None:
-    """Validate list NAME: addresses, duplicates, column names; exit non-zero on invalid rows."""
+def subscribers_check(name: str, skip_invalid: bool, as_json: bool) -> None:
+    """Validate list NAME: addresses, duplicates, column names; exit 4 on invalid rows."""
     from pipeline.config import load_config
     from pipeline.errors import SubscriberError
     from pipeline.subscribers import check_list, list_path
@@ -300,16 +331,22 @@ def subscribers_check(name: str, skip_invalid: bool) -> None:
     path = list_path(config, name)
     reader = check_list(path, base_url=config.base_url)
     _print_problems(reader.problems)
-    click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
-               f"{reader.invalid} invalid, {reader.duplicates} duplicate(s)")
+    if as_json:
+        emit_json({"list": name, "file": str(path), "rows": reader.total, "valid": reader.valid,
+                   "invalid": reader.invalid, "duplicates": reader.duplicates,
+                   "problems": [problem_json(p) for p in reader.problems]})
+    else:
+        click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
+                   f"{reader.invalid} invalid, {reader.duplicates} duplicate(s)")
     if reader.invalid and not skip_invalid:
         raise SubscriberError(f"{reader.invalid} invalid row(s) in {path} — correct or delete them, "
                               f"or pass --skip-invalid to send to the valid rows only")
 
 
-@subscribers.command("import")
+@subscribers.command("import", examples=("newsletter subscribers import mailchimp-subscribed.csv --list readers",))
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
-@click.option("--list", "list_name", required=True, help="List to add to: subscribers/NAME.csv (created if new).")
+@click.option("--list", "list_name", required=True, metavar="NAME",
+              help="List to add to: subscribers/NAME.csv (created if new).")
 @_report_errors
 def subscribers_import(file: Path, list_name: str) -> None:
     """Add the subscribed addresses of a Mailchimp or Substack export (or a CSV with an email column)."""
@@ -338,11 +375,13 @@ all_issues_option = click.option("--all-issues", is_flag=True,
                                   help="Publish every valid issue, not only those the send log has sent.")
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, help="Port to listen on.")
-@click.option("--root-path", default="", help="Path prefix the reverse proxy publishes us under (and strips).")
-@click.option("--forwarded-allow-ips", default="127.0.0.1", show_default=True,
+@main.command(examples=("NEWSLETTER_SECRET=... newsletter serve --no-webhook",
+                        "newsletter serve --host 127.0.0.1 --port 8080 --root-path /news"))
+@click.option("--host", metavar="HOST", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", metavar="PORT", default=8080, show_default=True, help="Port to listen on.")
+@click.option("--root-path", metavar="PREFIX", default="",
+              help="Path prefix the reverse proxy publishes us under (and strips).")
+@click.option("--forwarded-allow-ips", metavar="IPS", default="127.0.0.1", show_default=True,
               help="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated, or *).")
 @click.option("--no-webhook", is_flag=True, help="Run without SENDGRID_WEBHOOK_PUBLIC_KEY (the webhook answers 503).")
 @all_issues_option
@@ -372,12 +411,12 @@ def serve(host: str, port: int, root_path: str, forwarded_allow_ips: str, no_web
         echo=click.echo)
 
 
-@main.group()
+@main.group(examples=("newsletter suppressions list --reason bounced",))
 def suppressions() -> None:
     """Addresses never mailed again, on any list: sync from SendGrid, list, add, remove."""
 
 
-@suppressions.command("sync")
+@suppressions.command("sync", examples=("SENDGRID_API_KEY=... newsletter suppressions sync",))
 @_report_errors
 def suppressions_sync() -> None:
     """Pull bounces, blocks, spam reports, invalid emails and (group) unsubscribes from SendGrid."""
@@ -392,23 +431,30 @@ def suppressions_sync() -> None:
         click.echo(f"{kind:<20} {fetched:>7} at SendGrid, {result.added[kind]:>7} new here")
 
 
-@suppressions.command("list")
-@click.option("--reason", help="Only this reason (unsubscribed, bounced, blocked, complained, invalid, manual).")
+@suppressions.command("list", examples=("newsletter suppressions list", "newsletter suppressions list --json",
+                                        "newsletter suppressions list --reason bounced"))
+@click.option("--reason", metavar="REASON", type=click.Choice(SUPPRESSION_REASONS), help="Only this reason.")
+@json_option
 @_report_errors
-def suppressions_list(reason: str | None) -> None:
+def suppressions_list(reason: str | None, as_json: bool) -> None:
     """Print every suppression: address, reason, source, time (tab-separated)."""
     from pipeline.config import load_config
     from pipeline.store import open_store
 
     rows = [s for s in open_store(load_config()).list_suppressions() if reason in (None, s.reason)]
+    if as_json:
+        emit_json([{"email": s.email, "reason": s.reason, "source": s.source, "created_at": s.created_at}
+                   for s in rows])
+        return
     for s in rows:
         click.echo(f"{s.email}\t{s.reason}\t{s.source}\t{s.created_at}")
     click.echo(f"{len(rows)} suppressed address(es)", err=True)
 
 
-@suppressions.command("add")
+@suppressions.command("add", examples=("newsletter suppressions add someone@example.org",))
 @click.argument("address")
-@click.option("--reason", default="manual", show_default=True, help="Why the address is suppressed.")
+@click.option("--reason", metavar="REASON", type=click.Choice(SUPPRESSION_REASONS), default="manual",
+              show_default=True, help="Why the address is suppressed.")
 @_report_errors
 def suppressions_add(address: str, reason: str) -> None:
     """Never mail ADDRESS again, on any list."""
@@ -421,7 +467,7 @@ def suppressions_add(address: str, reason: str) -> None:
     click.echo(f"suppressed {email}" if added else f"{email} was already suppressed (its first reason is kept)")
 
 
-@suppressions.command("remove")
+@suppressions.command("remove", examples=("newsletter suppressions remove someone@example.org",))
 @click.argument("address")
 @_report_errors
 def suppressions_remove(address: str) -> None:
@@ -438,8 +484,8 @@ def suppressions_remove(address: str) -> None:
     click.echo(f"removed {email} (was {before.reason}, from {before.source})")
 
 
-@main.command()
-@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+@main.command(examples=("newsletter archive --out site/archive",))
+@click.option("--out", metavar="DIR", type=out_dir, required=True,
               help="Folder to write; publish it as <base_url>/archive/.")
 @all_issues_option
 @_report_errors
@@ -465,16 +511,18 @@ def archive(out: Path, all_issues: bool) -> None:
                     err=True)
 
 
-@main.command()
+@main.command(examples=("newsletter report issues/027-2022-04-01 --html report.html",
+                        "newsletter report issues/027-2022-04-01 --json"))
 @issue_dir
-@click.option("--html", "html_file", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write a one-page HTML report with a chart of opens and clicks.")
+@json_option
 @_report_errors
-def report(issue_dir: Path, html_file: Path | None) -> None:
-    """Delivered, bounced, dropped, spam reports, unsubscribes, opens and clicks per link, per list."""
+def report(issue_dir: Path, html_file: Path | None, as_json: bool) -> None:
+    """What happened to an issue, per list: delivered, bounced, opened, clicked (per link), unsubscribed."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.report import build_report, html_report, text_report
+    from pipeline.report import build_report, html_report, report_json, text_report
     from pipeline.store import database_url, open_store
 
     config = load_config()
@@ -483,10 +531,13 @@ def report(issue_dir: Path, html_file: Path | None) -> None:
         raise ConfigError(f"no send log at {path} — run the report where the issue was sent from, or set "
                           "NEWSLETTER_DATABASE_URL to the shared database")
     result = build_report(open_store(config), issue_dir.resolve().name)
-    click.echo(text_report(result), nl=False)
+    if as_json:
+        emit_json(report_json(result))
+    else:
+        click.echo(text_report(result), nl=False)
     if html_file is not None:
         html_file.write_text(html_report(result), "utf-8")
-        click.echo(f"wrote {html_file}")
+        click.echo(f"wrote {html_file}", err=as_json)
 
 
 # --- the database: migrations and moving to PostgreSQL ---------------------------------------------------

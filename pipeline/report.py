@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.store import Store
@@ -19,8 +20,9 @@ COUNTED = {"delivered": ("delivered",), "bounced": ("bounce",), "dropped": ("dro
            "spam_reports": ("spamreport",), "unsubscribes": ("unsubscribe", "group_unsubscribe"),
            "unique_opens": ("open",)}
 LABELS = {"recipients": "Recipients", "accepted": "Accepted by SendGrid", "delivered": "Delivered",
-          "bounced": "Bounced", "dropped": "Dropped", "spam_reports": "Spam reports", "unsubscribes": "Unsubscribes",
-          "unique_opens": "Unique opens", "opens": "Opens (all)", "unique_clicks": "Unique clickers"}
+          "bounced": "Bounced", "dropped": "Dropped", "spam_reports": "Spam complaints",
+          "unsubscribes": "Unsubscribes", "unique_opens": "Unique opens", "opens": "Opens (all)",
+          "unique_clicks": "Unique clickers"}
 
 
 @dataclass
@@ -69,83 +71,77 @@ def _timeline(store: Store, issue: str) -> list[tuple[int, int, int]]:
     return [(b[0], b[1], b[2]) for b in buckets]
 
 
+# Rate of a row -> the row it is a share of. Delivery outcomes are shares of what SendGrid accepted;
+# what readers did is a share of what was delivered.
+RATE_OF = {"delivered": "accepted", "bounced": "accepted", "dropped": "accepted", "unique_opens": "delivered",
+           "unique_clicks": "delivered", "unsubscribes": "delivered", "spam_reports": "delivered"}
+
+
+def rates(item: ListReport) -> dict[str, float | None]:
+    """Each rate as a fraction (0.25 = 25 %); None when nothing was accepted or delivered yet."""
+    return {name: (item.counts[name] / item.counts[base] if item.counts[base] else None)
+            for name, base in RATE_OF.items()}
+
+
+def _percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate * 100:.1f} %"
+
+
 def text_report(report: Report) -> str:
     lines = [f"{report.issue}: {report.subject}"]
     for item in report.lists:
         lines += ["", f"list {item.list_name}"]
-        lines += [f"  {LABELS[name]:<22}{item.counts[name]:>8}" for name in LABELS]
+        shares = rates(item)
+        for name in LABELS:
+            rate = f"  {_percent(shares[name]):>7} of {RATE_OF[name]}" if name in RATE_OF else ""
+            lines.append(f"  {LABELS[name]:<22}{item.counts[name]:>8}{rate}")
         if item.links:
             lines.append("  clicks per link (clicks / distinct clickers):")
             lines += [f"    {n:>6} {u:>6}  {url}" for url, n, u in item.links]
     return "\n".join(lines) + "\n"
 
 
-def _when(stamp: int) -> str:
-    return dt.datetime.fromtimestamp(stamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def report_json(report: Report) -> dict[str, Any]:
+    """The keys documented in the README (Machine-readable output)."""
+    return {"issue": report.issue, "subject": report.subject,
+            "lists": [{"list": item.list_name, "counts": item.counts,
+                       "rates": {k: None if v is None else round(v, 4) for k, v in rates(item).items()},
+                       "links": [{"url": url, "clicks": n, "clickers": u} for url, n, u in item.links]}
+                      for item in report.lists],
+            "timeline": [{"start": at, "opens": o, "clicks": c} for at, o, c in report.timeline]}
 
 
-def chart_svg(timeline: list[tuple[int, int, int]], *, width: int = 720, height: int = 260) -> str:
-    """Cumulative opens and clicks over time, as an inline SVG with axes, labels and a legend."""
-    if not timeline:
-        return "<p>No opens or clicks recorded yet.</p>"
-    left, right, top, bottom = 56, 16, 28, 44
-    # Points at bucket ends, from 0 at the first bucket's start: the curves start at the origin.
-    opens, clicks, total_o, total_c = [0], [0], 0, 0
-    for _, o, c in timeline:
-        total_o, total_c = total_o + o, total_c + c
-        opens.append(total_o)
-        clicks.append(total_c)
-    peak = max(total_o, total_c, 1)
-    span = len(timeline)
-    step = timeline[1][0] - timeline[0][0] if len(timeline) > 1 else 3600
-
-    def point(i: int, value: int) -> str:
-        x = left + (width - left - right) * i / span
-        y = top + (height - top - bottom) * (1 - value / peak)
-        return f"{x:.1f},{y:.1f}"
-
-    def line(values: list[int], colour: str, name: str) -> str:
-        points = " ".join(point(i, v) for i, v in enumerate(values))
-        return (f'<polyline class="{name}" fill="none" stroke="{colour}" stroke-width="2.5" points="{points}">'
-                f"<title>{name}: {values[-1]}</title></polyline>")
-
-    base_y, end_x = height - bottom, width - right
-    return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-        'role="img" aria-label="Cumulative opens and clicks over time" font-family="system-ui,sans-serif" '
-        'font-size="12">',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{base_y}" stroke="#888"/>',
-        f'<line x1="{left}" y1="{base_y}" x2="{end_x}" y2="{base_y}" stroke="#888"/>',
-        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak}</text>',
-        f'<text x="{left - 6}" y="{base_y}" text-anchor="end">0</text>',
-        f'<text x="{left}" y="{base_y + 18}">{_when(timeline[0][0])}</text>',
-        f'<text x="{end_x}" y="{base_y + 18}" text-anchor="end">{_when(timeline[-1][0] + step)}</text>',
-        line(opens, "#1f6feb", "opens"), line(clicks, "#d9480f", "clicks"),
-        f'<rect x="{left + 10}" y="6" width="12" height="12" fill="#1f6feb"/>'
-        f'<text x="{left + 28}" y="16">opens ({total_o})</text>',
-        f'<rect x="{left + 130}" y="6" width="12" height="12" fill="#d9480f"/>'
-        f'<text x="{left + 148}" y="16">clicks ({total_c})</text>',
-        "</svg>",
-    ])
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}"
+         "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
+         "text-align:right}td:first-child,th:first-child,td.url{text-align:left}td.rate{color:#555}"
+         "td.url{word-break:break-all}svg{max-width:100%;height:auto}")
 
 
-def html_report(report: Report) -> str:
-    names = list(LABELS)
-    head = "".join(f"<th>{html.escape(r.list_name)}</th>" for r in report.lists)
-    rows = "\n".join(f"<tr><th>{LABELS[n]}</th>" + "".join(f"<td>{r.counts[n]}</td>" for r in report.lists) + "</tr>"
-                     for n in names)
+def html_report(report: Report, tz: dt.tzinfo | None = None) -> str:
+    """One self-contained page: counts with rates per list, the chart (times in `tz`, default local), links."""
+    from pipeline.report_chart import chart_svg
+
+    head = "".join(f'<th colspan="2" scope="colgroup">{html.escape(r.list_name)}</th>' for r in report.lists)
+    sub = "<th>Count</th><th>Rate</th>" * len(report.lists)
+    shares = [rates(r) for r in report.lists]
+    rows = "\n".join(
+        f'<tr><th scope="row">{LABELS[n]}</th>' + "".join(
+            f'<td>{r.counts[n]}</td><td class="rate">{_percent(s[n]) if n in RATE_OF else ""}</td>'
+            for r, s in zip(report.lists, shares, strict=True)) + "</tr>" for n in LABELS)
     links = ""
     for item in report.lists:
         if item.links:
-            body = "\n".join(f"<tr><td>{html.escape(url)}</td><td>{n}</td><td>{u}</td></tr>"
+            body = "\n".join(f'<tr><td class="url">{html.escape(url)}</td><td>{n}</td><td>{u}</td></tr>'
                              for url, n, u in item.links)
-            links += (f"<h2>Clicks per link: {html.escape(item.list_name)}</h2>\n<table><tr><th>Link</th><th>Clicks"
-                      f"</th><th>Distinct clickers</th></tr>\n{body}\n</table>\n")
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>Report: {html.escape(report.issue)}'
-            "</title><style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}"
-            "table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;"
-            "text-align:right}td:first-child,th:first-child{text-align:left}</style></head>\n<body>\n"
+            links += (f"<h2>Clicks per link: {html.escape(item.list_name)}</h2>\n<table class=\"links\"><tr>"
+                      f"<th>Link</th><th>Clicks</th><th>Distinct clickers</th></tr>\n{body}\n</table>\n")
+    bases = "Delivery rates are shares of what SendGrid accepted; opens, clicks, unsubscribes and spam reports " \
+            "are shares of what was delivered. Opens are an upper bound (Apple Mail opens everything)."
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>Report: {html.escape(report.issue)}</title><style>{STYLE}</style></head>\n<body><main>\n"
             f"<h1>{html.escape(report.issue)}: {html.escape(report.subject)}</h1>\n"
-            f"<h2>Opens and clicks over time (cumulative)</h2>\n{chart_svg(report.timeline)}\n"
-            f"<h2>Per list</h2>\n<table id=\"counts\"><tr><th></th>{head}</tr>\n{rows}\n</table>\n{links}"
-            "</body>\n</html>\n")
+            f'<h2>Per list</h2>\n<table id="counts"><tr><th></th>{head}</tr><tr><th></th>{sub}</tr>\n{rows}\n'
+            f"</table>\n<p>{bases}</p>\n"
+            f"<h2>Opens and clicks over time (cumulative)</h2>\n{chart_svg(report.timeline, tz)}\n{links}"
+            "</main></body>\n</html>\n")

@@ -32,3 +32,19 @@ def test_warning_only_exits_zero(site: Path) -> None:
     result = run_cli(site, "check", "issues/001-hello")
     assert result.returncode == 0
     assert "warning: the encoded message is" in result.stderr and "ok (1 warning(s))" in result.stdout
+
+
+def test_json_lists_every_problem_with_its_place(site: Path) -> None:
+    import json
+
+    clean = run_cli(site / "issues", "check", "001-hello", "--json")
+    assert clean.returncode == 0 and json.loads(clean.stdout)["ok"] is True  # nothing but JSON on stdout
+    issue = site / "issues" / "001-hello"
+    (issue / "articles" / "hello.md").unlink()
+    result = run_cli(site, "check", "issues/001-hello", "--json")
+    assert result.returncode == 3
+    data = json.loads(result.stdout)
+    assert data["issue"] == "001-hello" and data["ok"] is False and data["errors"] >= 1
+    problem = data["problems"][0]
+    assert set(problem) == {"file", "line", "column", "severity", "message", "fix"}
+    assert problem["severity"] == "error" and "hello.md" in problem["message"] + (problem["file"] or "")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.sendkit import ISSUE, KEY, SECRET, cli, environ
+from tests.sendkit import ISSUE, KEY, SECRET, cli, environ, write_list
 from tests.standin import StandIn
 
 
@@ -61,8 +64,9 @@ def test_bad_key_never_printed(site: Path, standin: StandIn, debug: bool) -> Non
 
 def test_outbox_needs_no_account(site: Path, tmp_path: Path) -> None:
     env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="")
-    done = cli(site, "send", ISSUE, "--list", "sample", "--outbox", "outbox", "--yes", env=env)
+    done = cli(site, "send", ISSUE, "--list", "sample", "--outbox", "outbox", env=env)  # no terminal, no --yes
     assert done.returncode == 0, done.stderr
+    assert "Send to" not in done.stdout + done.stderr  # an outbox run asks nothing
     assert "3 written" in done.stdout and "throwaway secret" in done.stderr
     assert sorted(p.name for p in (site / "outbox").iterdir()) == [
         "ada@example.org.eml", "alan@example.org.eml", "grace@example.org.eml"]
@@ -132,3 +136,36 @@ def test_confirmation_on_a_terminal(site: Path, standin: StandIn) -> None:
     said_yes = _on_terminal(site, env, b"y\n")
     assert "3 accepted" in said_yes and "rcpt" in said_yes  # the tqdm bar
     assert sum(standin.recipients().values()) == 3
+
+
+def test_json_summary_on_stdout_everything_else_on_stderr(site: Path, standin: StandIn) -> None:
+    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", "--json", env=environ(standin.url))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["issue"] == "001-hello" and data["list"] == "sample" and data["transport"] == "sendgrid"
+    assert (data["listed"], data["to_send"], data["sent"], data["requests"]) == (3, 3, 3, 2)
+    assert data["finished"] is True and data["remaining"] == {"pending": 0, "failed": 0, "in_doubt": 0}
+    assert "subject:" in done.stderr
+    again = cli(site, "send", ISSUE, "--list", "sample", "--yes", "--json", env=environ(standin.url))
+    assert json.loads(again.stdout)["to_send"] == 0 and "nothing to send" in again.stderr
+
+
+def test_ctrl_c_says_what_was_sent_and_that_the_same_command_resumes(site: Path) -> None:
+    write_list(site, "big", 6)
+    with StandIn(api_key=KEY, retry_after=0, slow_seconds=120) as standin:
+        standin.script(["ok", "slow"])  # batch_size 2: the second request hangs until interrupted
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "send", ISSUE, "--list", "big", "--yes"],
+                                cwd=site, env=environ(standin.url), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while standin.request_count < 2:
+            assert time.monotonic() < deadline and proc.poll() is None, "the send never reached its 2nd request"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "interrupted (Ctrl-C): 2 recipient(s) accepted by SendGrid in this run, 2 of 6 in all" in err
+        assert "Run the same command again to resume" in err and "Traceback" not in err
+        again = cli(site, "send", ISSUE, "--list", "big", "--yes", env=environ(standin.url))
+    assert again.returncode == 5 and "2 recipient(s) are in doubt" in again.stderr  # the hung request
+    assert "2 accepted in 1 request(s)" in again.stdout

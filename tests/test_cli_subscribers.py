@@ -89,3 +89,17 @@ def test_module_entry_point_runs_check(site: Path) -> None:
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "3 recipient(s)" in done.stdout
+
+
+def test_check_json(site: Path) -> None:
+    import json
+
+    from conftest import run_cli
+
+    (site / "subscribers" / "mixed.csv").write_text("email,name\nada@example.org,Ada\nnot-an-address,X\n"
+                                                    "ADA@example.org,Ada again\n", "utf-8")
+    done = run_cli(site, "subscribers", "check", "mixed", "--json")
+    assert done.returncode == 4
+    data = json.loads(done.stdout)
+    assert (data["list"], data["rows"], data["valid"], data["invalid"], data["duplicates"]) == ("mixed", 3, 1, 1, 1)
+    assert data["problems"][0]["line"] == 3 and data["problems"][0]["severity"] == "error"

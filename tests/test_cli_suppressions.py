@@ -48,3 +48,17 @@ def test_add_and_remove(site: Path) -> None:
     assert missing.returncode == 1 and "is not suppressed" in missing.stderr
     bad = run_cli(site, "suppressions", "add", "not-an-address")
     assert bad.returncode == 2 and "not an email address" in bad.stderr
+
+
+def test_list_json(site: Path) -> None:
+    import json
+
+    assert run_cli(site, "suppressions", "add", "Someone@Example.org", "--reason", "complained").returncode == 0
+    done = run_cli(site, "suppressions", "list", "--json")
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert (row["email"], row["reason"], row["source"]) == ("Someone@example.org", "complained", "cli")
+    assert isinstance(row["created_at"], str | int | float)
+    assert json.loads(run_cli(site, "suppressions", "list", "--json", "--reason", "bounced").stdout) == []
+    bad = run_cli(site, "suppressions", "add", "x@example.org", "--reason", "because")
+    assert bad.returncode == 2 and "'manual'" in bad.stderr

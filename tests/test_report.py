@@ -9,7 +9,8 @@ from loop_support import event
 from storekit import seed_send
 
 from pipeline.errors import PipelineError
-from pipeline.report import build_report, chart_svg, html_report, text_report
+from pipeline.report import build_report, html_report, text_report
+from pipeline.report_chart import chart_svg
 from pipeline.store import Store
 from pipeline.webhook import process_events
 

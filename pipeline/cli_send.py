@@ -1,0 +1,101 @@
+"""What `newsletter send` shows: the plan, the progress, the summary (text or JSON), and what Ctrl-C left.
+
+Part of the command line (knows click); the send itself is pipeline.send. With `--json` everything but
+the summary goes to stderr, the question too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.config import Config
+from pipeline.plan import Plan, Summary
+
+
+class Progress:
+    """A tqdm bar with counts and ETA on a terminal; plain log lines (every 10 %) otherwise."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.total = self.done = self.step = 0
+
+    def start(self, total: int) -> None:
+        self.total, self.step = total, max(1, total // 10)
+        if sys.stderr.isatty() and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="rcpt", file=sys.stderr, dynamic_ncols=True)
+
+    def advance(self, sent: int) -> None:
+        before, self.done = self.done, self.done + sent
+        if self.bar is not None:
+            self.bar.update(sent)
+        elif self.done // self.step != before // self.step or self.done == self.total:
+            click.echo(f"sent {self.done}/{self.total}", err=True)
+
+    def note(self, message: str) -> None:
+        (self.bar.write if self.bar is not None else lambda m: click.echo(m, err=True))(f"warning: {message}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def log_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def show_plan(plan: Plan, outbox: Path | None, *, err: bool) -> None:
+    target = f"outbox {outbox}" if outbox else "SendGrid"
+    lines = [f"issue:      {plan.issue}", f"subject:    {plan.subject}", f"sender:     {plan.sender}"]
+    if plan.test_address:
+        lines.append(f"test copy:  to {plan.test_address} via {target} (not logged as a delivery)")
+    else:
+        lines += [f"list:       {plan.list_name} ({plan.listed} recipients)", f"via:        {target}"]
+        if plan.resumed:
+            lines.append(f"resuming:   {plan.accepted} already accepted, {plan.in_doubt} in doubt")
+        lines.append(f"to send:    {plan.to_send}")
+    if plan.send_at:
+        lines.append(f"scheduled:  {dt.datetime.fromtimestamp(plan.send_at, dt.UTC).isoformat()}")
+    click.echo("\n".join(lines), err=err)
+
+
+def summary_json(plan: Plan, summary: Summary | None) -> dict[str, Any]:
+    """The keys documented in the README (Machine-readable output)."""
+    done = summary or Summary(remaining={"pending": 0, "failed": 0, "in_doubt": plan.in_doubt})
+    return {"issue": plan.issue, "list": plan.list_name, "transport": plan.transport,
+            "test_address": plan.test_address, "subject": plan.subject, "listed": plan.listed,
+            "already_accepted": plan.accepted, "to_send": plan.to_send,
+            "send_at": plan.send_at, "sent": done.accepted, "requests": done.requests,
+            "seconds": round(done.seconds, 3), "remaining": done.remaining,
+            "finished": done.finished if summary else not plan.in_doubt and plan.to_send == 0}
+
+
+def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None, this_run: int) -> str:
+    """What Ctrl-C left behind, and that the same command resumes."""
+    if plan.test_address:
+        return "interrupted (Ctrl-C): the test copy may or may not have gone out; run the same command again"
+    if outbox is not None:
+        return (f"interrupted (Ctrl-C): {this_run} .eml file(s) written to {outbox}. An outbox run always writes "
+                "the whole list: run the same command again to write them all")
+    from pipeline.status import issue_status
+
+    entry = issue_status(config, issue_dir)["lists"].get(plan.list_name, {})
+    text = (f"interrupted (Ctrl-C): {this_run} recipient(s) accepted by SendGrid in this run, "
+            f"{entry.get('accepted', 0)} of {plan.listed} in all. Run the same command again to resume: it sends "
+            "only to recipients not accepted yet")
+    if entry.get("pending", 0) and this_run < plan.to_send:
+        text += (" (if a request was under way, its recipients are put in doubt then, never sent twice; "
+                 f"`newsletter status {issue_dir}` lists them)")
+    return text
