@@ -185,6 +185,25 @@ class StandIn:
         #: One entry per answered request, in answer order: the status, or "drop".
         self.statuses: list[int | str] = []
         self._count = 0
+        #: Requests being handled right now, and the most there ever were at once (what a sender overlaps).
+        self.in_flight = 0
+        self.max_in_flight = 0
+        #: time.monotonic() at each request's arrival, and at each 429 answer (the pause a sender owes us).
+        self.arrivals: list[float] = []
+        self.answered_429: list[float] = []
+        #: Answers wait until this many requests were in flight together once (or `gate_seconds` passed):
+        #: a sender that overlaps requests is seen to, however fast the machine. 0: no gate.
+        self.gate = 0
+        self.gate_seconds = 30.0
+        #: A 429 is answered before any other answer, and the others wait out its Retry-After too: a sender
+        #: then has no free slot to start a request in before the pause ends, unless it ignores the pause.
+        self.hold_after_429 = False
+        #: Cleared, every answer waits until it is set again (bounded by `gate_seconds`): a test acts while a
+        #: request is out, then lets it go.
+        self.answers_open = threading.Event()
+        self.answers_open.set()
+        self._gate_open = threading.Event()
+        self._held_until = 0.0
         self.suppressions: dict[str, list[dict[str, Any]]] = {k: [] for k in SUPPRESSION_PATHS.values()}
         self._recipients: Counter[str] = Counter()
         self._script: deque[str] = deque()
@@ -250,8 +269,43 @@ class StandIn:
             self._count = 0
             self._recipients.clear()
             self._script.clear()
+            self.arrivals.clear()
+            self.answered_429.clear()
+            self.max_in_flight = self.in_flight
 
     # --- used by the handler -----------------------------------------------------------------------
+
+    def _arrived(self) -> None:
+        with self._lock:
+            self.arrivals.append(time.monotonic())
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            if self.in_flight >= self.gate:
+                self._gate_open.set()
+
+    def _left(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def _hold(self, status: int | str) -> None:
+        """Before an answer: the gate; with `hold_after_429`, a 429 is answered first and every other answer
+        waits until its Retry-After has passed (both bounded by `gate_seconds`: a test fails, never hangs)."""
+        if self.gate and not self._gate_open.is_set():
+            self._gate_open.wait(self.gate_seconds)
+        if not self.answers_open.is_set():
+            self.answers_open.wait(self.gate_seconds)
+        if status == 429:
+            with self._lock:
+                self.answered_429.append(time.monotonic())
+                self._held_until = max(self._held_until, time.monotonic() + self.retry_after)
+            return
+        if not self.hold_after_429:
+            return
+        deadline = time.monotonic() + self.gate_seconds
+        while not self.answered_429 and time.monotonic() < deadline and not self._stopping.is_set():
+            self._stopping.wait(0.01)
+        while (left := self._held_until - time.monotonic()) > 0 and not self._stopping.is_set():
+            self._stopping.wait(left)
 
     def _next_fault(self) -> str:
         with self._lock:
@@ -325,6 +379,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, post: bool) -> None:
         sg = self.server.standin
+        sg._arrived()
+        try:
+            self._handle(sg, post=post)
+        finally:
+            sg._left()
+
+    def _handle(self, sg: StandIn, *, post: bool) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self._read(length)
         fault = sg._next_fault()
@@ -395,6 +456,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _start(self, status: int) -> None:
         sg = self.server.standin
+        sg._hold(status)
         if self._delay:
             sg._stopping.wait(self._delay)
         sg._note(status)
@@ -402,6 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         """Close the connection without a byte of answer: the client sees a dropped connection."""
+        self.server.standin._hold("drop")
         self.server.standin._note("drop")
         self.close_connection = True
 

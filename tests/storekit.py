@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_config
-from pipeline.store import Finish, Store, open_store
+from pipeline.store import Finish, Store, database_url, open_store
 
 RECIPIENTS = ("ada@example.org", "grace@example.org", "alan@example.org")
 
@@ -35,6 +35,16 @@ def site_store(site: Path, env: Mapping[str, str] | None = None) -> Store:
     return open_store(load_config(site), environ=env or {}, migrate=True)
 
 
+def migrate(env: Mapping[str, str]) -> None:
+    """A PostgreSQL database named in env gets its migrations (`newsletter db migrate`, which a command would
+    otherwise ask for); SQLite needs nothing (it migrates on open)."""
+    url = database_url(env)
+    if url:
+        from pipeline.store._postgres import PostgresStore
+
+        PostgresStore(url, migrate=True).close()
+
+
 def same_store(store: Store, database_url: str | None) -> Store:
     """Another store on the same database as the `store` fixture's (another process's view of it)."""
     if database_url is None:
@@ -43,7 +53,7 @@ def same_store(store: Store, database_url: str | None) -> Store:
         return SQLiteStore(store.path)  # type: ignore[attr-defined]
     from pipeline.store._postgres import PostgresStore
 
-    return PostgresStore(database_url)
+    return PostgresStore(database_url, migrate=False)
 
 
 def seed_send(store: Store, *, issue: str = "001-hello", list_name: str = "sample",
