@@ -15,7 +15,7 @@ from pipeline.send import SendJob
 from pipeline.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn
-from tests.storekit import count, select, site_store
+from tests.storekit import count, migrate, select, site_store
 
 
 @pytest.fixture
@@ -27,7 +27,9 @@ def standin() -> Iterator[StandIn]:
 @pytest.fixture
 def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
     """The stand-in's address and keys, and the test's engine: every test that takes it runs on both."""
-    return environ(standin.url, **store_env)
+    env = environ(standin.url, **store_env)
+    migrate(env)
+    return env
 
 
 def _counts(site: Path, env: dict[str, str], list_name: str = "sample") -> dict[str, int]:
@@ -287,6 +289,7 @@ def test_test_copy_is_not_a_delivery(site: Path, standin: StandIn, env: dict[str
 
 def test_outbox_is_kept_apart_from_real_sends(site: Path, tmp_path: Path, store_env: dict[str, str]) -> None:
     env = environ(None, SENDGRID_API_KEY="", NEWSLETTER_SECRET="", **store_env)
+    migrate(env)
     out = tmp_path / "outbox"
     summary = send(site, env, outbox=out)
     assert summary.finished and len(list(out.glob("*.eml"))) == 3
