@@ -19,6 +19,7 @@ import pytest
 
 from tests.sendkit import ISSUE, KEY, SECRET, cli, environ, write_list
 from tests.standin import StandIn
+from tests.storekit import migrate
 
 
 @pytest.fixture
@@ -27,8 +28,10 @@ def standin() -> Iterator[StandIn]:
         yield sg
 
 
-def test_sends_with_yes(site: Path, standin: StandIn) -> None:
-    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=environ(standin.url))
+def test_sends_with_yes(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
+    env = environ(standin.url, **store_env)
+    migrate(env)
+    done = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env)
     assert done.returncode == 0, done.stderr
     assert "subject:    Test Weekly No. 1: hello" in done.stdout and "(3 recipients)" in done.stdout
     assert "sender:     Test Weekly <editor@example.org>" in done.stdout
@@ -128,8 +131,9 @@ def _on_terminal(site: Path, env: dict[str, str], answer: bytes) -> str:
     return out.decode("utf-8", "replace")
 
 
-def test_confirmation_on_a_terminal(site: Path, standin: StandIn) -> None:
-    env = environ(standin.url)
+def test_confirmation_on_a_terminal(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
+    env = environ(standin.url, **store_env)
+    migrate(env)
     said_no = _on_terminal(site, env, b"n\n")
     assert "Send to 3 recipient(s)?" in said_no and "nothing sent" in said_no
     assert standin.request_count == 0
