@@ -30,7 +30,8 @@ from pipeline.issue import Article, Image, Issue, LiteratureEntry, Section
 
 #: What README's context table documents, per type; everything else on these objects is refused.
 DOCUMENTED: dict[type, frozenset[str]] = {
-    Config: frozenset({"name", "sender_email", "sender_name", "reply_to", "base_url", "contact"}),
+    Config: frozenset({"name", "sender_email", "sender_name", "reply_to", "base_url", "contact", "language",
+                         "image_column_px"}),
     Issue: frozenset({"number", "date", "subject", "preheader", "language", "masthead", "slug", "sections"}),
     Section: frozenset({"title", "kicker", "numbered", "articles", "literature"}),
     Article: frozenset({"title", "subtitle", "date", "source", "link", "image", "body"}),

@@ -15,7 +15,7 @@ from conftest import REPO, run_cli
 
 from pipeline import __version__
 from pipeline.cli import SUPPRESSION_REASONS, main
-from pipeline.sendlog import REASONS
+from pipeline.store import REASONS
 
 
 def test_version() -> None:

@@ -142,7 +142,10 @@ def test_serve_unsubscribe_pages_speak_the_newsletter_language(sample_root: Path
     config_file = sample_root / "newsletter.yaml"
     config_file.write_text(config_file.read_text("utf-8").replace("language: en", "language: ko"), "utf-8")
     config = load_config(sample_root)
-    settings = Settings(config=config, secret=SECRET, webhook_key=None, db_path=config.sendlog_path)
+    from pipeline.store._sqlite import SQLiteStore
+
+    settings = Settings(config=config, secret=SECRET, webhook_key=None,
+                        open_store=lambda: SQLiteStore(config.sendlog_path))
     token = tokens.sign(SECRET, email="a<b>@example.org", list_name="sample", issue="027-2022-04-01")
     with running(create_app(settings)) as url:
         status, _, body = request("GET", f"{url}/unsubscribe/{token}")

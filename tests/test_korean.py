@@ -187,7 +187,7 @@ def test_mime_lines_and_korean_size(korean_root: Path) -> None:
     email, config = render(korean_root)
     values = sample_values(email, config)
     message = mime_message(email, sender=Address("스마트시티 코리아", addr_spec=config.sender_email),
-                           to=Address("홍길동", addr_spec="hong@example.org"), values=values,
+                           to=("홍길동", "hong@example.org"), values=values,
                            headers={"List-Unsubscribe": f"<{values['unsubscribe_url']}>, <mailto:u@example.org>"})
     raw = message.as_bytes()
     long_lines = [line for line in raw.split(b"\r\n") if len(line) > 76]
