@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +17,13 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from loop_support import SECRET, Signer, dump, event, request, running, seed_send
+from loop_support import SECRET, Signer, event, request, running
+from storekit import dump, seed_send, select
 
 from pipeline import tokens
 from pipeline.config import load_config
+from pipeline.store import Store
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.web import Settings, create_app
 from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
@@ -48,9 +50,9 @@ EVENT_FIELDS = ["event", "email", "timestamp", "nl_send_id", "nl_issue", "nl_lis
 @contextmanager
 def serving(site: Path, signer: Signer) -> Iterator[tuple[str, Path, int]]:
     config = load_config(site)
-    send_id = seed_send(config.sendlog_path)
+    send_id = seed_send(SQLiteStore(config.sendlog_path))
     app = create_app(Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                              db_path=config.sendlog_path, max_webhook_bytes=64 * 1024))
+                              open_store=lambda: SQLiteStore(config.sendlog_path), max_webhook_bytes=64 * 1024))
     with running(app) as url:
         yield url, config.sendlog_path, send_id
 
@@ -60,9 +62,8 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     return status, answer
 
 
-def rows(db_path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute(sql, args).fetchall()
+def rows(store: Store, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    return select(store, sql, args)
 
 
 # --- tokens ---------------------------------------------------------------------------------------------
@@ -123,8 +124,8 @@ def test_arbitrary_text_is_never_a_token(text: str) -> None:
 
 def test_unsigned_or_badly_signed_posts_get_403_and_change_nothing(site: Path) -> None:
     signer = Signer()
-    with serving(site, signer) as (url, db_path, _):
-        before = dump(db_path)
+    with serving(site, signer) as (url, store, _):
+        before = dump(SQLiteStore(store))
 
         @FEW
         @given(signature=st.one_of(HEADER, st.just(signer.sign(b"[]", str(int(time.time()))))),
@@ -134,15 +135,15 @@ def test_unsigned_or_badly_signed_posts_get_403_and_change_nothing(site: Path) -
             headers = {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: stamp, "Content-Type": content_type}
             status, _ = post(f"{url}/webhooks/sendgrid", body, headers)
             assert status in (400, 403)  # 400: the HTTP server itself refused a header it cannot parse
-            assert dump(db_path) == before
+            assert dump(SQLiteStore(store)) == before
 
         check()
 
 
 def test_signed_bodies_of_any_bytes_get_a_4xx_or_200_and_bad_ones_are_kept(site: Path) -> None:
     signer = Signer()
-    with serving(site, signer) as (url, db_path, send_id):
-        events_before = rows(db_path, "SELECT count(*) FROM events")[0][0]
+    with serving(site, signer) as (url, store, send_id):
+        events_before = rows(store, "SELECT count(*) FROM events")[0][0]
 
         @FEW
         @given(body=st.one_of(st.binary(max_size=3000),
@@ -156,16 +157,16 @@ def test_signed_bodies_of_any_bytes_get_a_4xx_or_200_and_bad_ones_are_kept(site:
                                                                       "Content-Type": content_type})
             assert status in (200, 400, 413, 422)
             if status == 400 and not answer.startswith(b"{"):  # uvicorn refused a header before the app ran
-                assert rows(db_path, "SELECT count(*) FROM events")[0][0] == events_before
+                assert rows(store, "SELECT count(*) FROM events")[0][0] == events_before
             elif status == 400:  # not an event array: kept once per distinct body, as it came
-                assert rows(db_path, "SELECT count(*) FROM webhook_rejects WHERE body = ?", body) == [(1,)]
-                assert rows(db_path, "SELECT count(*) FROM events")[0][0] == events_before
+                assert rows(store, "SELECT count(*) FROM webhook_rejects WHERE body = ?", body) == [(1,)]
+                assert rows(store, "SELECT count(*) FROM events")[0][0] == events_before
             elif status in (200, 422):
                 counts = json.loads(answer)
                 sent = len(json.loads(body))
                 assert sum(counts[k] for k in ("applied", "duplicates", "unknown_type", "unmatched", "invalid")) == sent
                 new = sent - counts["duplicates"]
-                assert rows(db_path, "SELECT count(*) FROM events")[0][0] == events_before + new
+                assert rows(store, "SELECT count(*) FROM events")[0][0] == events_before + new
                 events_before += new
 
         check()
@@ -174,7 +175,7 @@ def test_signed_bodies_of_any_bytes_get_a_4xx_or_200_and_bad_ones_are_kept(site:
 def test_an_absurd_value_in_one_event_never_costs_the_others(site: Path) -> None:
     signer = Signer()
     serial = itertools.count()
-    with serving(site, signer) as (url, db_path, send_id):
+    with serving(site, signer) as (url, store, send_id):
 
         @FEW
         @given(field=st.sampled_from(EVENT_FIELDS), raw=RAW_JSON)
@@ -188,7 +189,7 @@ def test_an_absurd_value_in_one_event_never_costs_the_others(site: Path) -> None
             counts = json.loads(answer)
             assert status in (200, 422), answer
             assert sum(counts[k] for k in ("applied", "duplicates", "unknown_type", "unmatched", "invalid")) == 2
-            assert rows(db_path, "SELECT status FROM events WHERE url = ?", link) == [("applied",)]
+            assert rows(store, "SELECT status FROM events WHERE url = ?", link) == [("applied",)]
 
         check()
 
@@ -211,7 +212,7 @@ def test_unsubscribe_posts_never_fail_and_never_undo_without_the_browser(site: P
     was unsubscribed before (no post here holds the undo cookie of the browser that did it)."""
     signer = Signer()
     serial = itertools.count()
-    with serving(site, signer) as (url, db_path, _):
+    with serving(site, signer) as (url, store, _):
         left = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue="001-hello")
         status, _, _ = request("POST", f"{url}/unsubscribe/{left}", data=b"List-Unsubscribe=One-Click",
                                headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -231,24 +232,24 @@ def test_unsubscribe_posts_never_fail_and_never_undo_without_the_browser(site: P
                                                             ("Cookie", cookie)) if value is not None})
             fresh = f"reader-{next(serial)}@example.org"
             token = tokens.sign(SECRET, email=fresh, list_name="sample", issue="001-hello")
-            before = dump(db_path)
+            before = dump(SQLiteStore(store))
             status, _ = post(f"{url}/unsubscribe/{token}", body, headers)
             assert status in (200, 400, 403, 413, 415)
             if status == 200:
-                assert rows(db_path, "SELECT reason FROM suppressions WHERE email = ?", fresh) == [("unsubscribed",)]
+                assert rows(store, "SELECT reason FROM suppressions WHERE email = ?", fresh) == [("unsubscribed",)]
             else:
-                assert dump(db_path) == before
+                assert dump(SQLiteStore(store)) == before
             status, _ = post(f"{url}/unsubscribe/{left}", body, headers)
             assert status in (200, 400, 403, 413, 415)
-            assert rows(db_path, "SELECT reason FROM suppressions WHERE email = ?", "ada@example.org") == [
+            assert rows(store, "SELECT reason FROM suppressions WHERE email = ?", "ada@example.org") == [
                 ("unsubscribed",)]
 
         check()
 
 
 def test_bad_tokens_in_the_path_change_nothing(site: Path) -> None:
-    with serving(site, Signer()) as (url, db_path, _):
-        before = dump(db_path)
+    with serving(site, Signer()) as (url, store, _):
+        before = dump(SQLiteStore(store))
 
         @FEW
         @given(token=ANY_TEXT, method=st.sampled_from(["GET", "POST"]))
@@ -257,7 +258,7 @@ def test_bad_tokens_in_the_path_change_nothing(site: Path) -> None:
             status, _, _ = request(method, f"{url}/unsubscribe/{path}", data=b"List-Unsubscribe=One-Click"
                                    if method == "POST" else None)
             assert status in (400, 404)
-            assert dump(db_path) == before
+            assert dump(SQLiteStore(store)) == before
 
         check()
 

@@ -8,17 +8,19 @@ import http.client
 import json
 import shutil
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from loop_support import SECRET, Signer, body_of, dump, event, request, running, seed_send
+from loop_support import SECRET, Signer, body_of, event, request, running
+from storekit import dump, seed_send, select
 
 from pipeline import tokens, webguard
 from pipeline.config import Config, load_config
+from pipeline.store import Store
+from pipeline.store._sqlite import SQLiteStore
 from pipeline.web import Settings, create_app
 from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
@@ -39,21 +41,21 @@ def signer() -> Signer:
 
 
 @pytest.fixture
-def server(config: Config, signer: Signer) -> Iterator[tuple[str, Path, int]]:
-    send_id = seed_send(config.sendlog_path)
+def server(config: Config, signer: Signer) -> Iterator[tuple[str, Store, int]]:
+    store = SQLiteStore(config.sendlog_path)
+    send_id = seed_send(store)
     settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                        db_path=config.sendlog_path, max_webhook_bytes=64 * 1024)
+                        open_store=lambda: SQLiteStore(config.sendlog_path), max_webhook_bytes=64 * 1024)
     with running(create_app(settings)) as url:
-        yield url, config.sendlog_path, send_id
+        yield url, store, send_id
 
 
 def token(email: str = "ada@example.org") -> str:
     return tokens.sign(SECRET, email=email, list_name="sample", issue="001-hello")
 
 
-def suppressed(db_path: Path) -> set[str]:
-    with sqlite3.connect(db_path) as conn:
-        return {row[0] for row in conn.execute("SELECT email FROM suppressions")}
+def suppressed(store: Store) -> set[str]:
+    return {s.email for s in store.list_suppressions()}
 
 
 def undo_cookie_from(headers: dict[str, str]) -> dict[str, str]:
@@ -67,45 +69,45 @@ def undo_cookie_from(headers: dict[str, str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("marks", [{"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
                                    {"Origin": "https://evil.example"}, {"Origin": "http://127.0.0.1:1"}])
-def test_buttons_refuse_posts_a_browser_marks_as_from_elsewhere(server: tuple[str, Path, int],
+def test_buttons_refuse_posts_a_browser_marks_as_from_elsewhere(server: tuple[str, Store, int],
                                                                  marks: dict[str, str]) -> None:
-    url, db_path, _ = server
-    before = dump(db_path)
+    url, store, _ = server
+    before = dump(store)
     for action in (b"action=unsubscribe", b"action=resubscribe"):
         status, _, body = request("POST", f"{url}/unsubscribe/{token()}", data=action, headers={**FORM, **marks})
         assert status == 403 and b"only on its own page" in body
-    assert dump(db_path) == before
+    assert dump(store) == before
     # RFC 8058: a mail client's One-Click POST needs the token only, wherever it comes from.
     status, _, _ = request("POST", f"{url}/unsubscribe/{token()}", data=b"List-Unsubscribe=One-Click",
                            headers={**FORM, **marks})
-    assert status == 200 and suppressed(db_path) == {"ada@example.org"}
+    assert status == 200 and suppressed(store) == {"ada@example.org"}
 
 
 @pytest.mark.parametrize("origin", ["https://news.example.org", "self"])
-def test_buttons_accept_our_own_origin(server: tuple[str, Path, int], origin: str) -> None:
-    url, db_path, _ = server
+def test_buttons_accept_our_own_origin(server: tuple[str, Store, int], origin: str) -> None:
+    url, store, _ = server
     own = url if origin == "self" else origin  # base_url of the fixture site, or the address we were sent to
     status, _, _ = request("POST", f"{url}/unsubscribe/{token()}", data=b"action=unsubscribe",
                            headers={**FORM, "Origin": own})
-    assert status == 200 and suppressed(db_path) == {"ada@example.org"}
+    assert status == 200 and suppressed(store) == {"ada@example.org"}
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json", "", "application/x-www-form-urlencodedX",
                                           "x" * 600])
-def test_only_form_bodies_are_read(server: tuple[str, Path, int], content_type: str) -> None:
-    url, db_path, _ = server
-    before = dump(db_path)
+def test_only_form_bodies_are_read(server: tuple[str, Store, int], content_type: str) -> None:
+    url, store, _ = server
+    before = dump(store)
     headers = {"Content-Type": content_type}  # urllib would add a form type if none were given
     for body in (b"List-Unsubscribe=One-Click", b"action=unsubscribe"):
         assert request("POST", f"{url}/unsubscribe/{token()}", data=body, headers=headers)[0] == 415
-    assert dump(db_path) == before
+    assert dump(store) == before
     status, _, _ = request("POST", f"{url}/unsubscribe/{token()}", data=b"List-Unsubscribe=One-Click",
                            headers={"Content-Type": "Application/X-WWW-Form-Urlencoded; charset=utf-8"})
     assert status == 200
 
 
-def test_only_the_unsubscribing_browser_may_undo_and_only_for_a_while(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_only_the_unsubscribing_browser_may_undo_and_only_for_a_while(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     page, other = f"{url}/unsubscribe/{token()}", f"{url}/unsubscribe/{token('grace@example.org')}"
     status, headers, body = request("POST", page, data=b"action=unsubscribe", headers=SAME_ORIGIN)
     owner = undo_cookie_from(headers)
@@ -128,30 +130,30 @@ def test_only_the_unsubscribing_browser_may_undo_and_only_for_a_while(server: tu
     for cookie in refused:
         status, _, body = request("POST", page, data=b"action=resubscribe", headers={**SAME_ORIGIN, **cookie})
         assert status == 403 and b"in the browser that made it" in body, cookie
-        assert "ada@example.org" in suppressed(db_path)
+        assert "ada@example.org" in suppressed(store)
     # A stranger pressing Unsubscribe on a link already used gets no undo of their own either.
     status, headers, body = request("POST", page, data=b"action=unsubscribe", headers=SAME_ORIGIN)
     assert status == 200 and "set-cookie" not in headers and b"Re-subscribe" not in body
     status, headers, body = request("POST", page, data=b"action=resubscribe", headers={**SAME_ORIGIN, **owner})
     assert status == 200 and b"subscribed again" in body and "max-age=0" in headers["set-cookie"].lower()
-    assert suppressed(db_path) == {"grace@example.org"}
+    assert suppressed(store) == {"grace@example.org"}
 
 
 def test_undo_cookie_is_secure_behind_https(config: Config) -> None:
-    seed_send(config.sendlog_path)
-    settings = Settings(config=config, secret=SECRET, webhook_key=None, db_path=config.sendlog_path)
+    seed_send(SQLiteStore(config.sendlog_path))
+    settings = Settings(config=config, secret=SECRET, webhook_key=None, open_store=lambda: SQLiteStore(config.sendlog_path))
     with running(create_app(settings), proxy_headers=True, forwarded_allow_ips="127.0.0.1") as url:
         _, headers, _ = request("POST", f"{url}/unsubscribe/{token()}", data=b"action=unsubscribe",
                                 headers={**SAME_ORIGIN, "X-Forwarded-Proto": "https"})
     assert "; secure" in headers["set-cookie"].lower()
 
 
-def test_a_cross_site_page_cannot_resubscribe_in_chromium(server: tuple[str, Path, int]) -> None:
+def test_a_cross_site_page_cannot_resubscribe_in_chromium(server: tuple[str, Store, int]) -> None:
     """The owner unsubscribes, then opens another site whose form posts Re-subscribe to us: Chromium marks it
     cross-site and withholds the SameSite=Strict cookie; the address stays unsubscribed."""
     from test_web import chromium, local_only
 
-    url, db_path, _ = server
+    url, store, _ = server
     page_url = f"{url}/unsubscribe/{token('grace@example.org')}"
     attack = (f'<form method="post" action="{page_url}"><input name="action" value="resubscribe"></form>'
               "<script>document.forms[0].submit()</script>")
@@ -166,7 +168,7 @@ def test_a_cross_site_page_cannot_resubscribe_in_chromium(server: tuple[str, Pat
         with page.expect_navigation(url=page_url):
             page.goto("http://attacker.test/")
         assert "Request refused" in page.inner_text("h1")
-        assert suppressed(db_path) == {"grace@example.org"}
+        assert suppressed(store) == {"grace@example.org"}
         stranger = browser.new_context().new_page()  # another browser profile, with the forwarded link
         local_only(stranger)
         stranger.goto(page_url)
@@ -181,19 +183,19 @@ def test_a_cross_site_page_cannot_resubscribe_in_chromium(server: tuple[str, Pat
 # --- tokens ---------------------------------------------------------------------------------------------
 
 
-def test_only_the_canonical_spelling_of_a_token_is_accepted(server: tuple[str, Path, int]) -> None:
-    url, db_path, _ = server
+def test_only_the_canonical_spelling_of_a_token_is_accepted(server: tuple[str, Store, int]) -> None:
+    url, store, _ = server
     good = token()
     payload, mac = good.split(".")
     respelled = [f"{payload}.{mac}=", f"{payload}.{mac}==", f"{payload}=.{mac}", f"{payload}.{mac[:-1]}"
                  + chr(ord(mac[-1]) ^ 1), good + "%20", " " + good, good.replace("-", "+").replace("_", "/")]
     assert len(mac) % 4 != 0  # so that padding could be added
-    before = dump(db_path)
+    before = dump(store)
     for spelling in [s for s in respelled if s != good]:
         status, _, _ = request("POST", f"{url}/unsubscribe/{spelling.replace(' ', '%20').replace('/', '%2F')}",
                                data=b"List-Unsubscribe=One-Click", headers=FORM)
         assert status in (400, 404), spelling
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
 # --- webhook --------------------------------------------------------------------------------------------
@@ -201,15 +203,15 @@ def test_only_the_canonical_spelling_of_a_token_is_accepted(server: tuple[str, P
 
 @pytest.mark.parametrize("stamp", ["9" * 400, "9" * 5000, "-1", "+1700000000", " 1700000000", "1_700_000_000",
                                    "1700000000.0", "١٧٠٠٠٠٠٠٠٠", "1e9"])
-def test_absurd_timestamp_headers_are_refused_with_403(server: tuple[str, Path, int], signer: Signer,
+def test_absurd_timestamp_headers_are_refused_with_403(server: tuple[str, Store, int], signer: Signer,
                                                        stamp: str) -> None:
-    url, db_path, send_id = server
+    url, store, send_id = server
     body = body_of([event("delivered", send_id=str(send_id))])
     headers = {**signer.headers(body), TIMESTAMP_HEADER: stamp.encode("utf-8").decode("latin-1")}
-    before = dump(db_path)
+    before = dump(store)
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=body, headers=headers)
     assert status == 403 and "error" in json.loads(answer)
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
 def raw_post(url: str, head: str) -> int:
@@ -221,15 +223,15 @@ def raw_post(url: str, head: str) -> int:
     return int(answer[1])
 
 
-def test_an_unsigned_post_is_refused_before_its_body_is_read(server: tuple[str, Path, int]) -> None:
+def test_an_unsigned_post_is_refused_before_its_body_is_read(server: tuple[str, Store, int]) -> None:
     """It claims a terabyte and sends nothing: answered at once from the headers alone."""
-    url, db_path, _ = server
-    before = dump(db_path)
+    url, store, _ = server
+    before = dump(store)
     head = ("POST /webhooks/sendgrid HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             "Content-Length: 1000000000000\r\n\r\n")
     assert raw_post(url, head) == 403
     assert raw_post(url, head.replace("Content-Type", f"{SIGNATURE_HEADER}: MEUCIQ==\r\nContent-Type")) == 403
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
 ABSURD = [("timestamp", "1e999"), ("timestamp", "-1e999"), ("timestamp", "NaN"), ("timestamp", "1" * 5000),
@@ -242,9 +244,9 @@ ABSURD = [("timestamp", "1e999"), ("timestamp", "-1e999"), ("timestamp", "NaN"),
 
 
 @pytest.mark.parametrize(("field", "value"), ABSURD)
-def test_an_absurd_value_makes_one_event_invalid_not_the_batch(server: tuple[str, Path, int], signer: Signer,
+def test_an_absurd_value_makes_one_event_invalid_not_the_batch(server: tuple[str, Store, int], signer: Signer,
                                                                field: str, value: str) -> None:
-    url, db_path, send_id = server
+    url, store, send_id = server
     good = event("delivered", send_id=str(send_id))
     bad = json.dumps({**event("bounce", "grace@example.org", send_id=str(send_id), type="bounce"), field: 0})
     bad = bad.replace(f'"{field}": 0', f'"{field}": {value}')
@@ -252,20 +254,19 @@ def test_an_absurd_value_makes_one_event_invalid_not_the_batch(server: tuple[str
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=body, headers=signer.headers(body))
     counts = json.loads(answer)
     assert status == 422 and (counts["applied"], counts["invalid"]) == (1, 1), answer
-    with sqlite3.connect(db_path) as conn:
-        stored = dict(conn.execute("SELECT status, occurred_at FROM events"))
+    stored = dict(select(store, "SELECT status, occurred_at FROM events"))
     assert stored == {"applied": 1_768_500_000, "invalid": None if field == "timestamp" else 1_768_500_000}
-    assert suppressed(db_path) == set()  # the invalid bounce suppressed nobody
-    before = dump(db_path)
+    assert suppressed(store) == set()  # the invalid bounce suppressed nobody
+    before = dump(store)
     status, _, answer = request("POST", f"{url}/webhooks/sendgrid", data=body, headers=signer.headers(body))
     assert status == 200 and json.loads(answer)["duplicates"] == 2  # SendGrid's retry changes nothing
-    assert dump(db_path) == before
+    assert dump(store) == before
 
 
 # --- archive --------------------------------------------------------------------------------------------
 
 
-def test_an_issue_page_without_its_slash_redirects_to_it(server: tuple[str, Path, int]) -> None:
+def test_an_issue_page_without_its_slash_redirects_to_it(server: tuple[str, Store, int]) -> None:
     url, _, _ = server
     parts = urlsplit(url)
     for path, location in (("/archive/001-hello", "001-hello/"), ("/archive/unsubscribe", "unsubscribe/"),
@@ -282,7 +283,7 @@ def test_an_issue_page_without_its_slash_redirects_to_it(server: tuple[str, Path
     assert request("GET", f"{url}/archive/002-second")[0] == 404  # not published: no redirect either
 
 
-def test_without_the_slash_the_images_load_in_chromium(server: tuple[str, Path, int]) -> None:
+def test_without_the_slash_the_images_load_in_chromium(server: tuple[str, Store, int]) -> None:
     from test_web import chromium, local_only
 
     url, _, _ = server
