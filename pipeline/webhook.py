@@ -232,7 +232,7 @@ def event_record(item: Mapping[str, Any]) -> EventRecord:
         send_id=item.get(SEND_ID), issue=clean_text(item.get(ISSUE)), list_name=clean_text(item.get(LIST)),
         occurred_at=sane_timestamp(stamp), url=clean_text(item.get("url")),
         payload=json.dumps({k: v for k, v in item.items() if k not in UNSTORED_FIELDS}, sort_keys=True, default=str),
-        outcome=str(kind) if kind in OUTCOME_RANK else None,
+        outcome=kind if isinstance(kind, str) and kind in OUTCOME_RANK else None,  # `event` may be any JSON
         suppress=(SUPPRESSION_REASONS[reason], f"webhook {kind}") if reason else None,
         lifts_group_unsubscribe=kind == "group_resubscribe")
 

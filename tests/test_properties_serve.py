@@ -18,12 +18,11 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loop_support import SECRET, Signer, event, request, running
-from storekit import dump, seed_send, select
+from storekit import dump, seed_send, select, site_store
 
 from pipeline import tokens
 from pipeline.config import load_config
 from pipeline.store import Store
-from pipeline.store._sqlite import SQLiteStore
 from pipeline.web import Settings, create_app
 from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
@@ -48,13 +47,17 @@ EVENT_FIELDS = ["event", "email", "timestamp", "nl_send_id", "nl_issue", "nl_lis
 
 
 @contextmanager
-def serving(site: Path, signer: Signer) -> Iterator[tuple[str, Path, int]]:
+def serving(site: Path, signer: Signer) -> Iterator[tuple[str, Store, int]]:
     config = load_config(site)
-    send_id = seed_send(SQLiteStore(config.sendlog_path))
+    store = site_store(site)
+    send_id = seed_send(store)
     app = create_app(Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                              open_store=lambda: SQLiteStore(config.sendlog_path), max_webhook_bytes=64 * 1024))
-    with running(app) as url:
-        yield url, config.sendlog_path, send_id
+                              open_store=lambda: site_store(site), max_webhook_bytes=64 * 1024))
+    try:
+        with running(app) as url:
+            yield url, store, send_id
+    finally:
+        store.close()
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -125,7 +128,7 @@ def test_arbitrary_text_is_never_a_token(text: str) -> None:
 def test_unsigned_or_badly_signed_posts_get_403_and_change_nothing(site: Path) -> None:
     signer = Signer()
     with serving(site, signer) as (url, store, _):
-        before = dump(SQLiteStore(store))
+        before = dump(store)
 
         @FEW
         @given(signature=st.one_of(HEADER, st.just(signer.sign(b"[]", str(int(time.time()))))),
@@ -135,7 +138,7 @@ def test_unsigned_or_badly_signed_posts_get_403_and_change_nothing(site: Path) -
             headers = {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: stamp, "Content-Type": content_type}
             status, _ = post(f"{url}/webhooks/sendgrid", body, headers)
             assert status in (400, 403)  # 400: the HTTP server itself refused a header it cannot parse
-            assert dump(SQLiteStore(store)) == before
+            assert dump(store) == before
 
         check()
 
@@ -232,13 +235,13 @@ def test_unsubscribe_posts_never_fail_and_never_undo_without_the_browser(site: P
                                                             ("Cookie", cookie)) if value is not None})
             fresh = f"reader-{next(serial)}@example.org"
             token = tokens.sign(SECRET, email=fresh, list_name="sample", issue="001-hello")
-            before = dump(SQLiteStore(store))
+            before = dump(store)
             status, _ = post(f"{url}/unsubscribe/{token}", body, headers)
             assert status in (200, 400, 403, 413, 415)
             if status == 200:
                 assert rows(store, "SELECT reason FROM suppressions WHERE email = ?", fresh) == [("unsubscribed",)]
             else:
-                assert dump(SQLiteStore(store)) == before
+                assert dump(store) == before
             status, _ = post(f"{url}/unsubscribe/{left}", body, headers)
             assert status in (200, 400, 403, 413, 415)
             assert rows(store, "SELECT reason FROM suppressions WHERE email = ?", "ada@example.org") == [
@@ -249,7 +252,7 @@ def test_unsubscribe_posts_never_fail_and_never_undo_without_the_browser(site: P
 
 def test_bad_tokens_in_the_path_change_nothing(site: Path) -> None:
     with serving(site, Signer()) as (url, store, _):
-        before = dump(SQLiteStore(store))
+        before = dump(store)
 
         @FEW
         @given(token=ANY_TEXT, method=st.sampled_from(["GET", "POST"]))
@@ -258,7 +261,7 @@ def test_bad_tokens_in_the_path_change_nothing(site: Path) -> None:
             status, _, _ = request(method, f"{url}/unsubscribe/{path}", data=b"List-Unsubscribe=One-Click"
                                    if method == "POST" else None)
             assert status in (400, 404)
-            assert dump(SQLiteStore(store)) == before
+            assert dump(store) == before
 
         check()
 

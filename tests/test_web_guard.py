@@ -15,12 +15,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from loop_support import SECRET, Signer, body_of, event, request, running
-from storekit import dump, seed_send, select
+from storekit import dump, seed_send, select, site_store
 
 from pipeline import tokens, webguard
 from pipeline.config import Config, load_config
 from pipeline.store import Store
-from pipeline.store._sqlite import SQLiteStore
 from pipeline.web import Settings, create_app
 from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
@@ -41,13 +40,17 @@ def signer() -> Signer:
 
 
 @pytest.fixture
-def server(config: Config, signer: Signer) -> Iterator[tuple[str, Store, int]]:
-    store = SQLiteStore(config.sendlog_path)
+def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
+    """(base URL, the store, send id) on the test's engine; the app opens its own stores as `serve` does."""
+    store = site_store(config.root, store_env)
     send_id = seed_send(store)
     settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                        open_store=lambda: SQLiteStore(config.sendlog_path), max_webhook_bytes=64 * 1024)
-    with running(create_app(settings)) as url:
-        yield url, store, send_id
+                        open_store=lambda: site_store(config.root, store_env), max_webhook_bytes=64 * 1024)
+    try:
+        with running(create_app(settings)) as url:
+            yield url, store, send_id
+    finally:
+        store.close()
 
 
 def token(email: str = "ada@example.org") -> str:
@@ -140,8 +143,10 @@ def test_only_the_unsubscribing_browser_may_undo_and_only_for_a_while(server: tu
 
 
 def test_undo_cookie_is_secure_behind_https(config: Config) -> None:
-    seed_send(SQLiteStore(config.sendlog_path))
-    settings = Settings(config=config, secret=SECRET, webhook_key=None, open_store=lambda: SQLiteStore(config.sendlog_path))
+    store = site_store(config.root)
+    seed_send(store)
+    store.close()
+    settings = Settings(config=config, secret=SECRET, webhook_key=None, open_store=lambda: site_store(config.root))
     with running(create_app(settings), proxy_headers=True, forwarded_allow_ips="127.0.0.1") as url:
         _, headers, _ = request("POST", f"{url}/unsubscribe/{token()}", data=b"action=unsubscribe",
                                 headers={**SAME_ORIGIN, "X-Forwarded-Proto": "https"})
