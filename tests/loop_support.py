@@ -90,7 +90,11 @@ def request(method: str, url: str, *, data: bytes | None = None,
         with urllib.request.urlopen(req, timeout=30) as response:
             return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+        try:
+            body = exc.read()
+        except ConnectionResetError:  # the HTTP server refused a request it could not parse and hung up
+            body = b""
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, body
 
 
 SECRET = b"test-secret-for-unsubscribe-links"

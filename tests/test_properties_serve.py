@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from loop_support import SECRET, Signer, event, request, running
 from storekit import dump, seed_send, select, site_store
@@ -100,7 +100,7 @@ def edited(token: str, edit: tuple[str, int, str]) -> str:
     if kind == "delete":
         return token[:at] + token[at + 1:]
     if kind == "pad":
-        payload, mac = token.split(".")
+        payload, _, mac = token.partition(".")  # an earlier edit may have added a dot
         return f"{payload}.{mac}{text * at}" if at != 2 else f"{payload}{text}.{mac}"
     return token[:at] + token[at].swapcase() + token[at + 1:]
 
@@ -130,11 +130,15 @@ def test_unsigned_or_badly_signed_posts_get_403_and_change_nothing(site: Path) -
     with serving(site, signer) as (url, store, _):
         before = dump(store)
 
+        now = str(int(time.time()))
+        genuine = signer.sign(b"[]", now)
+
         @FEW
-        @given(signature=st.one_of(HEADER, st.just(signer.sign(b"[]", str(int(time.time()))))),
-               stamp=st.one_of(HEADER, st.integers(-10**30, 10**400).map(str), st.just(str(int(time.time())))),
+        @given(signature=st.one_of(HEADER, st.just(genuine)),
+               stamp=st.one_of(HEADER, st.integers(-10**30, 10**400).map(str), st.just(now)),
                body=st.binary(max_size=2000), content_type=CONTENT_TYPES)
         def check(signature: str, stamp: str, body: bytes, content_type: str) -> None:
+            assume((signature, stamp, body) != (genuine, now, b"[]"))  # that one is a genuine post
             headers = {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: stamp, "Content-Type": content_type}
             status, _ = post(f"{url}/webhooks/sendgrid", body, headers)
             assert status in (400, 403)  # 400: the HTTP server itself refused a header it cannot parse
@@ -260,7 +264,8 @@ def test_bad_tokens_in_the_path_change_nothing(site: Path) -> None:
             path = quote(token.encode("utf-8", "surrogatepass"), safe="")
             status, _, _ = request(method, f"{url}/unsubscribe/{path}", data=b"List-Unsubscribe=One-Click"
                                    if method == "POST" else None)
-            assert status in (400, 404)
+            # 307: a path ending in "/" is sent to the same path without it (Starlette's slash redirect)
+            assert status in (400, 404) or (status == 307 and token.endswith("/"))
             assert dump(store) == before
 
         check()
