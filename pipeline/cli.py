@@ -543,12 +543,14 @@ def report(issue_dir: Path, html_file: Path | None, as_json: bool) -> None:
 # --- the database: migrations and moving to PostgreSQL ---------------------------------------------------
 
 
-@main.group()
+@main.group(examples=(
+    "NEWSLETTER_DATABASE_URL=postgresql://newsletter@db.example.org/newsletter newsletter db migrate",))
 def db() -> None:
     """The store: SQLite in .newsletter/ (default) or PostgreSQL at NEWSLETTER_DATABASE_URL."""
 
 
-@db.command("migrate")
+@db.command("migrate", examples=(
+    "NEWSLETTER_DATABASE_URL=postgresql://newsletter@db.example.org/newsletter newsletter db migrate",))
 @_report_errors
 def db_migrate() -> None:
     """Apply the store's pending migrations (PostgreSQL needs this once per release; SQLite does it itself)."""
@@ -560,7 +562,7 @@ def db_migrate() -> None:
     click.echo(f"{store.where}: {len(applied)} migration(s) applied, none pending ({applied[-1]})")
 
 
-@db.command("copy")
+@db.command("copy", examples=("newsletter db copy --to postgresql://newsletter@db.example.org/newsletter",))
 @click.option("--to", "url", required=True, metavar="URL",
               help="PostgreSQL URL of the new, empty database, e.g. postgresql://newsletter@db.example.org/newsletter.")
 @_report_errors
