@@ -39,8 +39,8 @@ def wall(command: list[str]) -> float:
 def warm_rebuilds(runs: int) -> list[float]:
     """Time Preview.refresh() after an edit: what the preview loop pays per saved file."""
     sys.path.insert(0, str(ROOT))
+    from pipeline.build.preview import Preview
     from pipeline.config import load_config
-    from pipeline.preview import Preview
 
     with tempfile.TemporaryDirectory() as tmp:
         issue = Path(tmp) / ISSUE.name

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.subscribers import ListReader
+from pipeline.lists.subscribers import ListReader
 
 
 def generate(path: Path, rows: int) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from pipeline.batches import Batch
-from pipeline.transport import Outcome, Result
+from pipeline.send.batches import Batch
+from pipeline.send.transport import Outcome, Result
 
 
 class FakeTransport:

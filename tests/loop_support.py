@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 
 class Signer:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_config
-from pipeline.plan import SendOptions, Summary
-from pipeline.send import SendJob
+from pipeline.send.job import SendJob
+from pipeline.send.plan import SendOptions, Summary
 from pipeline.store import Send, Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from pipeline.archive import Archive, discover, issue_files, issue_page
 from pipeline.config import Config, load_config
+from pipeline.web.archive import Archive, discover, issue_files, issue_page
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -11,11 +11,11 @@ import jsonschema
 import pytest
 
 from pipeline import tokens
-from pipeline.batches import Batch, Mailing, Personalizer, display_name, parse_send_at
+from pipeline.build.render import Email
 from pipeline.config import load_config
 from pipeline.errors import SendError
-from pipeline.render import Email
-from pipeline.values import RowRule, substitution_bytes
+from pipeline.lists.values import RowRule, substitution_bytes
+from pipeline.send.batches import Batch, Mailing, Personalizer, display_name, parse_send_at
 from tests.standin import SCHEMA_PATH, limit_errors
 
 SECRET = b"batches-test-secret-0123456789"

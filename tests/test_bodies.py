@@ -12,8 +12,8 @@ import pytest
 from sendkit import recorded_send
 from storekit import same_store
 
-from pipeline.batches import Batch, Personalizer
-from pipeline.bodies import BodyBuilder, Lookahead
+from pipeline.send.batches import Batch, Personalizer
+from pipeline.send.bodies import BodyBuilder, Lookahead
 from pipeline.store import TO_SEND, DeliveryRow, Store
 from tests.test_batches import ROWS, _personalizer
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build_issue
+from pipeline.build.builder import build_issue
 from pipeline.config import load_config
 from pipeline.errors import IssueError
 

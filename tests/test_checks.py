@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.checks import check_issue
+from pipeline.build.checks import check_issue
 from pipeline.config import load_config
 
 
@@ -60,8 +60,8 @@ def test_symlinked_or_outside_images_are_warned_about_and_not_published(site: Pa
     """The archive copies only regular files inside the issue folder; check says so before the send."""
     from conftest import run_cli
 
-    from pipeline.archive import issue_files
-    from pipeline.issue import load_issue
+    from pipeline.build.issue import load_issue
+    from pipeline.web.archive import issue_files
 
     folder = site / "issues" / "001-hello"
     article = folder / "articles/hello.md"

@@ -54,7 +54,7 @@ def test_static_archive_of_sent_issues_in_chromium(site: Path, tmp_path: Path) -
 
     from playwright.sync_api import sync_playwright
 
-    from pipeline.preview import launch_chromium
+    from pipeline.build.preview import launch_chromium
 
     with static_host(out) as url, sync_playwright() as playwright:
         browser = launch_chromium(playwright)

@@ -47,7 +47,7 @@ def test_outside_a_newsletter_exit_code_2(tmp_path: Path) -> None:
 
 def test_help_and_build_do_not_import_the_sending_stack(site: Path) -> None:
     probe = (
-        "import sys\nfrom pipeline.cli import main\n"
+        "import sys\nfrom pipeline.cli.main import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "heavy = {'sendgrid', 'starlette', 'uvicorn', 'playwright', 'premailer', 'mjml'}\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"

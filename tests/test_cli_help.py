@@ -14,7 +14,7 @@ import click
 from conftest import REPO, run_cli
 
 from pipeline import __version__
-from pipeline.cli import SUPPRESSION_REASONS, main
+from pipeline.cli.main import SUPPRESSION_REASONS, main
 from pipeline.store import REASONS
 
 

@@ -35,7 +35,7 @@ def test_screenshot_without_playwright_says_how_to_add_it(site: Path, tmp_path: 
     from conftest import REPO
 
     code = ("import sys; sys.modules['playwright'] = None; sys.argv = ['newsletter', 'preview', 'issues/001-hello', "
-            f"'--screenshot', {str(tmp_path / 'shots')!r}]; from pipeline.cli import run; run()")
+            f"'--screenshot', {str(tmp_path / 'shots')!r}]; from pipeline.cli.main import run; run()")
     done = subprocess.run([sys.executable, "-c", code], cwd=site, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1 and "Traceback" not in done.stderr

@@ -9,7 +9,7 @@ from conftest import run_cli
 from loop_support import event
 from storekit import seed_send, site_store
 
-from pipeline.webhook import process_events
+from pipeline.web.webhook import process_events
 
 
 def _seed(site: Path) -> None:
@@ -39,7 +39,7 @@ def test_report_text_and_html(site: Path, tmp_path: Path) -> None:
 
     from playwright.sync_api import sync_playwright
 
-    from pipeline.preview import launch_chromium
+    from pipeline.build.preview import launch_chromium
 
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)

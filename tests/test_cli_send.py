@@ -97,7 +97,7 @@ def test_bad_list_is_reported_by_line(site: Path, standin: StandIn) -> None:
 
 
 def test_help_imports_no_sendgrid() -> None:
-    code = ("import sys; from click.testing import CliRunner; from pipeline.cli import main; "
+    code = ("import sys; from click.testing import CliRunner; from pipeline.cli.main import main; "
             "r = CliRunner().invoke(main, ['send', '--help']); assert r.exit_code == 0, r.output; "
             "assert '--resend-in-doubt' in r.output; "
             "print(sorted(m for m in sys.modules if m.startswith(('sendgrid', 'python_http_client', 'tqdm'))))")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 from storekit import site_store
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 LISTS = Path(__file__).parent / "fixtures" / "lists"
 REPO = Path(__file__).parent.parent

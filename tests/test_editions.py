@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from pipeline.archive import Archive
-from pipeline.build import build_issue
+from pipeline.build.builder import build_issue
+from pipeline.build.editions import load_editions, pick_language
+from pipeline.build.preview import PreviewServer, chromium_pages
 from pipeline.config import load_config
-from pipeline.editions import load_editions, pick_language
 from pipeline.errors import IssueError
-from pipeline.preview import PreviewServer, chromium_pages
+from pipeline.web.archive import Archive
 
 SAMPLE = "issues/027-2022-04-01"
 ATOM = "{http://www.w3.org/2005/Atom}"

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from pipeline.archive import Archive
+from pipeline.build.i18n import catalogue_path, format_day, format_number, missing_messages, translations
+from pipeline.build.issue import load_issue
+from pipeline.build.render import render_email
 from pipeline.config import load_config
-from pipeline.i18n import catalogue_path, format_day, format_number, missing_messages, translations
-from pipeline.issue import load_issue
-from pipeline.render import render_email
+from pipeline.web.archive import Archive
 
 SAMPLE = "issues/027-2022-04-01"
 ENGLISH_FIXED = ("View this issue in your browser", "Contact us", "This newsletter", "View in browser",
@@ -137,7 +137,7 @@ def test_serve_unsubscribe_pages_speak_the_newsletter_language(sample_root: Path
     from loop_support import SECRET, request, running
 
     from pipeline import tokens
-    from pipeline.web import Settings, create_app
+    from pipeline.web.app import Settings, create_app
 
     config_file = sample_root / "newsletter.yaml"
     config_file.write_text(config_file.read_text("utf-8").replace("language: en", "language: ko"), "utf-8")

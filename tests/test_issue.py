@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.build.issue import load_issue
 from pipeline.config import load_config
 from pipeline.errors import IssueError
-from pipeline.issue import load_issue
 
 
 def problems_of(site: Path) -> list[str]:

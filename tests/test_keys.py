@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import keys
 from pipeline.errors import ConfigError, SendError
-from pipeline.webhook import public_key_from_env
+from pipeline.web.webhook import public_key_from_env
 from tests.sendkit import ISSUE, KEY, SECRET, cli, environ
 from tests.standin import StandIn
 

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from pipeline.checks import check_issue, message_size, sample_values
+from pipeline.build.checks import check_issue, message_size, sample_values
+from pipeline.build.fonts import font_warning
+from pipeline.build.issue import load_issue
+from pipeline.build.message import mime_message
+from pipeline.build.preview import PreviewServer, chromium_pages, screenshots
+from pipeline.build.render import Email, markdown_to_html, render_email
+from pipeline.build.textpart import width
 from pipeline.config import Config, load_config
 from pipeline.errors import IssueError
-from pipeline.fonts import font_warning
-from pipeline.issue import load_issue
-from pipeline.message import mime_message
-from pipeline.preview import PreviewServer, chromium_pages, screenshots
-from pipeline.render import Email, markdown_to_html, render_email
-from pipeline.textpart import width
 
 REPO = Path(__file__).parents[1]
 HOSTILE = "issues/901-hostile"

@@ -17,7 +17,7 @@ from conftest import REPO, run_cli
 from loop_support import Signer, body_of, free_port, request
 from standin import StandIn
 
-pytest.importorskip("pipeline.subscribers", reason="the send stack's subscriber reader has not landed yet")
+pytest.importorskip("pipeline.lists.subscribers", reason="the send stack's subscriber reader has not landed yet")
 
 KEY = "SG.e2e-key"
 SECRET = "e2e-secret-of-enough-length"
@@ -99,8 +99,8 @@ def test_webhook_posts_while_a_send_runs_both_succeed(site: Path, store_env: dic
     from storekit import count, site_store
 
     from pipeline.config import load_config
-    from pipeline.web import Settings, create_app
-    from pipeline.webhook import public_key_from_base64
+    from pipeline.web.app import Settings, create_app
+    from pipeline.web.webhook import public_key_from_base64
 
     addresses = write_list(site, "big", 400)  # batch_size 2 in the fixture: 200 requests
     signer = Signer()

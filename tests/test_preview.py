@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from pipeline.build.preview import PreviewServer, chromium_pages
 from pipeline.config import load_config
-from pipeline.preview import PreviewServer, chromium_pages
 
 SAMPLE = "issues/027-2022-04-01"
 

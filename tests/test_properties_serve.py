@@ -23,8 +23,8 @@ from storekit import dump, seed_send, select, site_store
 from pipeline import tokens
 from pipeline.config import load_config
 from pipeline.store import Store
-from pipeline.web import Settings, create_app
-from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
+from pipeline.web.app import Settings, create_app
+from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SOME = settings(max_examples=80, deadline=None)

@@ -29,7 +29,7 @@ def _venv(root: Path) -> None:
     """.venv/bin/activate and .venv/bin/newsletter, as `make sample` leaves them (the names are checked)."""
     assert "VENV := .venv" in (REPO / "Makefile").read_text("utf-8")
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
-    assert scripts == {"newsletter": "pipeline.cli:run"}
+    assert scripts == {"newsletter": "pipeline.cli.main:run"}
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     (bin_dir / "activate").write_text(f'PATH="{bin_dir}:$PATH"; export PATH\n', "utf-8")

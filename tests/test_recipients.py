@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from storekit import select
 
-from pipeline import recipients
-from pipeline.batches import Mailing, Personalizer
+from pipeline.build.render import Email
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
-from pipeline.render import Email
+from pipeline.send import recipients
+from pipeline.send.batches import Mailing, Personalizer
 from pipeline.store import Store
 
 LIST = ("email,name,city\n"

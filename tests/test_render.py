@@ -11,11 +11,11 @@ from pathlib import Path
 import mjml
 import pytest
 
+from pipeline.build.issue import load_issue
+from pipeline.build.message import encoded_size
+from pipeline.build.render import UNSUBSCRIBE, Email, render_email
 from pipeline.config import Config, load_config
 from pipeline.errors import IssueError
-from pipeline.issue import load_issue
-from pipeline.message import encoded_size
-from pipeline.render import UNSUBSCRIBE, Email, render_email
 
 SAMPLE = "issues/027-2022-04-01"
 SECTION_TITLES = [
@@ -344,7 +344,7 @@ def test_inline_css_that_would_fetch_is_refused(sample_root: Path, css: str) -> 
 
 def test_premailer_cannot_fetch_anything() -> None:
     """Even a <link> stylesheet in the HTML cannot make premailer reach the network: its requests is a refusal."""
-    from pipeline.render import _premailer
+    from pipeline.build.render import _premailer
 
     page = '<html><head><link rel="stylesheet" href="https://cdn.example.org/x.css"></head><body></body></html>'
     with pytest.raises(IssueError, match="premailer tried to fetch"):

@@ -9,10 +9,10 @@ from loop_support import event
 from storekit import seed_send
 
 from pipeline.errors import PipelineError
-from pipeline.report import build_report, html_report, text_report
-from pipeline.report_chart import chart_svg
+from pipeline.report.chart import chart_svg
+from pipeline.report.stats import build_report, html_report, text_report
 from pipeline.store import Store
-from pipeline.webhook import process_events
+from pipeline.web.webhook import process_events
 
 T0 = 1_768_500_000
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.build.issue import load_issue
+from pipeline.build.render import render_email
 from pipeline.config import load_config
 from pipeline.errors import IssueError
-from pipeline.issue import load_issue
-from pipeline.render import render_email
 from tests.conftest import run_cli
 
 ATTACKS = [

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import IssueError, SendError, SubscriberError
-from pipeline.plan import SendOptions
-from pipeline.send import SendJob
-from pipeline.transport import Outcome, Result
+from pipeline.send.job import SendJob
+from pipeline.send.plan import SendOptions
+from pipeline.send.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn
 from tests.storekit import count, migrate, select, site_store
@@ -148,7 +148,7 @@ def test_suppressed_never_mailed_even_when_added_mid_send(site: Path, standin: S
             other.close()
             return self.inner.send(batch)  # type: ignore[attr-defined,no-any-return]
 
-    from pipeline.transport import SendGridTransport
+    from pipeline.send.transport import SendGridTransport
 
     def make(p: object) -> SuppressLater:
         return SuppressLater(SendGridTransport(p, api_key=KEY, host=standin.url, timeout=5))  # type: ignore[arg-type]
@@ -355,7 +355,7 @@ def test_requests_per_second_ceiling(site: Path, env: dict[str, str]) -> None:
 def test_duplicates_are_listed_and_mailed_once(site: Path, standin: StandIn, env: dict[str, str],
                                                caplog: pytest.LogCaptureFixture) -> None:
     addresses = write_list(site, "big", 5, extra="PERSON00001@example.org,Again,X\nperson00003@example.org,,\n")
-    with caplog.at_level("INFO", logger="pipeline.send"), \
+    with caplog.at_level("INFO", logger="pipeline.send.job"), \
             SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env,
                     sleep=Sleeps()) as job:
         assert job.prepare().listed == 5

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.plan import SendOptions, Summary
-from pipeline.send import SendJob
+from pipeline.send.job import SendJob
+from pipeline.send.plan import SendOptions, Summary
 from tests.sendkit import ISSUE, KEY, Quiet, cli, environ, write_list
 from tests.standin import StandIn
 from tests.storekit import migrate, select, site_store

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from pipeline import subscribers
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
-from pipeline.subscribers import (
+from pipeline.lists import subscribers
+from pipeline.lists.subscribers import (
     _PLAIN,
     MAX_DETAILED_PROBLEMS,
     ListReader,
@@ -318,7 +318,7 @@ def test_failed_write_leaves_the_old_list_and_no_temporary_file(site: Path, monk
     def crash(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("pipeline.subscribers_import.os.replace", crash)
+    monkeypatch.setattr("pipeline.lists.importing.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         import_export(LISTS / "substack.csv", dest)
     assert dest.read_bytes() == before

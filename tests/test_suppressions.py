@@ -8,8 +8,8 @@ import pytest
 from standin import StandIn
 
 from pipeline.errors import ConfigError
+from pipeline.lists.suppressions import KINDS, SyncError, client_fetch, fetch_all, normalise_address, sync
 from pipeline.store import Store
-from pipeline.suppressions import KINDS, SyncError, client_fetch, fetch_all, normalise_address, sync
 
 KEY = "SG.test-suppressions"
 
@@ -85,7 +85,7 @@ def test_missing_key() -> None:
 
 
 def test_a_server_ignoring_offset_cannot_loop_forever(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.suppressions as module
+    import pipeline.lists.suppressions as module
 
     monkeypatch.setattr(module, "MAX_PAGES", 3)
 

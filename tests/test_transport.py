@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.batches import Batch, Mailing, Personalizer
+from pipeline.build.render import Email
 from pipeline.config import load_config
-from pipeline.render import Email
-from pipeline.transport import OutboxTransport, Outcome, SendGridTransport, wait_hint
+from pipeline.send.batches import Batch, Mailing, Personalizer
+from pipeline.send.transport import OutboxTransport, Outcome, SendGridTransport, wait_hint
 from tests.sendkit import KEY
 from tests.standin import StandIn
 

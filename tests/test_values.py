@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.build.message import address_header, header_text
 from pipeline.errors import SendError
-from pipeline.message import address_header, header_text
+from pipeline.lists.subscribers import check_list
+from pipeline.lists.values import MAX_SUBSTITUTION_BYTES
 from pipeline.store._sqlite import SQLiteStore
-from pipeline.subscribers import check_list
-from pipeline.values import MAX_SUBSTITUTION_BYTES
 from tests.sendkit import ISSUE, KEY, cli, environ
 from tests.standin import StandIn
 

@@ -19,15 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import recipients
-from pipeline.batches import Batch, Mailing, Personalizer, display_name
+from pipeline.build.message import mime_message, substitute
+from pipeline.build.render import Email, html_tags
 from pipeline.config import load_config
 from pipeline.errors import SubscriberError
-from pipeline.message import mime_message, substitute
-from pipeline.render import Email, html_tags
+from pipeline.lists.subscribers import ListReader, clean_name
+from pipeline.lists.values import UNSAFE
+from pipeline.send import recipients
+from pipeline.send.batches import Batch, Mailing, Personalizer, display_name
 from pipeline.store._sqlite import SQLiteStore
-from pipeline.subscribers import ListReader, clean_name
-from pipeline.values import UNSAFE
 
 FEW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 # Any text, with control characters, markup, quotes, tag look-alikes and encoded-word look-alikes well represented.

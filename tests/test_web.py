@@ -18,8 +18,8 @@ from storekit import dump, seed_send, select, site_store, suppressions
 from pipeline import tokens
 from pipeline.config import Config, load_config
 from pipeline.store import Store
-from pipeline.web import Settings, create_app, redact
-from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
+from pipeline.web.app import Settings, create_app, redact
+from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -39,7 +39,7 @@ def signer() -> Signer:
 def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
     """(base URL, the store, send id): issue 001-hello sent to list `sample`; 002-second not sent yet.
     Runs on each engine: the app opens its own stores as `serve` does."""
-    from pipeline.webhook import public_key_from_base64
+    from pipeline.web.webhook import public_key_from_base64
 
     store = site_store(config.root, store_env)
     send_id = seed_send(store)
@@ -143,7 +143,7 @@ def test_resubscribe_does_not_lift_a_bounce(server: tuple[str, Store, int]) -> N
 def chromium() -> Any:
     from playwright.sync_api import sync_playwright
 
-    from pipeline.preview import launch_chromium
+    from pipeline.build.preview import launch_chromium
 
     manager = sync_playwright().start()
     return manager, launch_chromium(manager)
@@ -179,7 +179,7 @@ def test_confirm_and_resubscribe_buttons_in_chromium(server: tuple[str, Store, i
 def test_logs_never_show_the_token_or_the_address(server: tuple[str, Store, int],
                                                   caplog: pytest.LogCaptureFixture) -> None:
     url, _, _ = server
-    caplog.set_level(logging.INFO, logger="pipeline.web")
+    caplog.set_level(logging.INFO, logger="pipeline.web.app")
     request("GET", f"{url}/unsubscribe/{token()}")
     request("POST", f"{url}/unsubscribe/{token()}", data=b"List-Unsubscribe=One-Click", headers=ONE_CLICK)
     text = caplog.text

@@ -17,11 +17,12 @@ import pytest
 from loop_support import SECRET, Signer, body_of, event, request, running
 from storekit import dump, seed_send, select, site_store
 
-from pipeline import tokens, webguard
+from pipeline import tokens
 from pipeline.config import Config, load_config
 from pipeline.store import Store
-from pipeline.web import Settings, create_app
-from pipeline.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
+from pipeline.web import guard as webguard
+from pipeline.web.app import Settings, create_app
+from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -12,7 +12,7 @@ from loop_support import Signer, body_of, event
 from sendgrid.helpers.eventwebhook import EventWebhook
 
 from pipeline.errors import ConfigError
-from pipeline.webhook import (
+from pipeline.web.webhook import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     WebhookError,

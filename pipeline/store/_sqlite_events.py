@@ -1,6 +1,6 @@
 """What happened after a send, in the SQLite store: SendGrid's events, unsubscribe clicks, the report's counts.
 
-What an event means (which suppression, which outcome) is decided outside (pipeline.events); here it is
+What an event means (which suppression, which outcome) is decided outside (pipeline.web.events); here it is
 matched to its delivery and written, every event once.
 """
 

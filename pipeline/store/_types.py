@@ -94,7 +94,7 @@ class Match:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EventRecord:
-    """One event to store, with what applying it means already decided by the caller (pipeline.web)."""
+    """One event to store, with what applying it means already decided by the caller (pipeline.web.app)."""
 
     key: str  # content-based: the same event posted twice is stored once
     event: str

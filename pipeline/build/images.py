@@ -11,9 +11,9 @@ from pathlib import Path
 
 import imagesize
 
+from pipeline.build.issue import Image, Issue
 from pipeline.config import Config
 from pipeline.errors import Problem
-from pipeline.issue import Image, Issue
 
 DENSITY = 2  # device pixels per CSS pixel the image must still cover when shown
 

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _enc
 
 from pipeline import tokens
+from pipeline.build.render import Email, placeholder
 from pipeline.config import Config
 from pipeline.errors import SendError
-from pipeline.render import Email, placeholder
+from pipeline.lists.values import HTML_SUFFIX, html_value
 from pipeline.store import DeliveryRow
-from pipeline.values import HTML_SUFFIX, html_value
 
 MAX_PERSONALIZATIONS = 1000
 MAX_SEND_AHEAD = dt.timedelta(hours=72)
@@ -122,7 +122,7 @@ class Personalizer:
 
     def values(self, email: str, name: str, fields: Mapping[str, str]) -> dict[str, str]:
         """Tag name (without %%) -> value, for every tag the email uses; what the outbox substitutes.
-        `name:html` and the other HTML tags get the value HTML-escaped (see pipeline.values)."""
+        `name:html` and the other HTML tags get the value HTML-escaped (see pipeline.lists.values)."""
         plain = {**fields, "name": name, "unsubscribe_url": self.unsubscribe_url(email)}
         found = {}
         for tag in self.tags:

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pipeline import keys
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.events import (
+from pipeline.store import EventRecord, Store
+from pipeline.web.events import (
     OUTCOME_RANK,
     SUPPRESSION_REASONS,
     UNSTORED_FIELDS,
@@ -32,7 +33,6 @@ from pipeline.events import (
     sane_timestamp,
     suppression_reason,
 )
-from pipeline.store import EventRecord, Store
 
 SIGNATURE_HEADER = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"

@@ -22,15 +22,15 @@ import jinja2.runtime
 from jinja2.exceptions import SecurityError
 from markupsafe import Markup
 
-from pipeline import i18n
+from pipeline.build import i18n
+from pipeline.build.images import shown_width
+from pipeline.build.issue import MARKDOWN, Image, Issue, parse_markdown
+from pipeline.build.mjml_blame import blame
+from pipeline.build.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader
+from pipeline.build.textpart import markdown_text, width
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
-from pipeline.images import shown_width
-from pipeline.issue import MARKDOWN, Image, Issue, parse_markdown
-from pipeline.mjml_blame import blame
-from pipeline.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader
-from pipeline.textpart import markdown_text, width
-from pipeline.values import HTML_SUFFIX
+from pipeline.lists.values import HTML_SUFFIX
 
 
 def placeholder(field: str) -> str:
@@ -94,7 +94,7 @@ def markdown_to_html(text: str) -> Markup:
 
 
 def markdown_to_text(text: str) -> str:
-    """Markdown for the text part (pipeline.textpart): wrapped at 72 display columns, lists, quotes, tables."""
+    """Markdown for the text part (pipeline.build.textpart): wrapped at 72 display columns, lists, quotes, tables."""
     return markdown_text(parse_markdown(text))
 
 
@@ -119,7 +119,7 @@ def localnumber(context: jinja2.runtime.Context, value: int | float) -> str:
 def environment(theme_dir: Path, cache_dir: Path | None = None,
                 language: str = i18n.SOURCE_LANGUAGE) -> jinja2.Environment:
     """One environment per theme and language: Jinja keeps compiled templates and recompiles a file when it
-    changes. It is a sandbox confined to the theme folder (pipeline.sandbox): a theme is data, not code;
+    changes. It is a sandbox confined to the theme folder (pipeline.build.sandbox): a theme is data, not code;
     `_()` and `{% trans %}` look the theme's catalogue up on each call, so an edited .po shows at once.
 
     cache_dir keeps compiled templates between processes: compiling them is a fifth of a cold build.

@@ -24,20 +24,21 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pipeline import keys, recipients, tokens
-from pipeline.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
-from pipeline.bodies import BodyBuilder, Lookahead
+from pipeline import keys, tokens
+from pipeline.build.render import Email
 from pipeline.config import Config
 from pipeline.errors import Problem, SendError
-from pipeline.gcpause import gc_paused
-from pipeline.plan import Plan, Progress, SendOptions, Summary
-from pipeline.render import Email
-from pipeline.send_loop import Policy, SendLoop, backoff
+from pipeline.lists.subscribers import list_path
+from pipeline.send import recipients
+from pipeline.send.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
+from pipeline.send.bodies import BodyBuilder, Lookahead
+from pipeline.send.gcpause import gc_paused
+from pipeline.send.loop import Policy, SendLoop, backoff
+from pipeline.send.plan import Plan, Progress, SendOptions, Summary
+from pipeline.send.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
 from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, Store, open_store
-from pipeline.subscribers import list_path
-from pipeline.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
 
-log = logging.getLogger("pipeline.send")
+log = logging.getLogger("pipeline.send.job")
 
 
 class SendJob:
@@ -137,7 +138,7 @@ class SendJob:
         return tokens.secret_from_env(dict(self.environ)), False
 
     def _build(self) -> tuple[Email, str, tuple[Problem, ...]]:
-        from pipeline.build import build_issue
+        from pipeline.build.builder import build_issue
 
         result = build_issue(self.issue_dir, self.config)  # raises IssueError on blocking problems
         return result.email, str(result.manifest["content_hash"]), tuple(result.problems)
@@ -177,10 +178,10 @@ class SendJob:
         if self._make_transport is not None:
             return self._make_transport(self._personalizer)
         if self.options.outbox:
-            from pipeline.transport import OutboxTransport
+            from pipeline.send.transport import OutboxTransport
 
             return OutboxTransport(self._personalizer, self.options.outbox)
-        from pipeline.transport import SendGridTransport
+        from pipeline.send.transport import SendGridTransport
 
         assert api_key is not None
         return SendGridTransport(self._personalizer, api_key=api_key, host=self.environ.get(API_HOST_ENV) or None,
@@ -202,7 +203,7 @@ class SendJob:
         sending = self.config.sending
         concurrency = sending.concurrency if self._transport.kind == "sendgrid" else 1
         # While requests are in flight, the next batches' rows are read and their bodies built (by a helper
-        # process: see pipeline.bodies).
+        # process: see pipeline.send.bodies).
         builder = BodyBuilder(self._personalizer) if self._transport.kind == "sendgrid" else None
         ahead = Lookahead(self.store, self.send.id, size=sending.batch_size, states=states, build=self._body,
                           builder=builder, depth=concurrency + 1)

@@ -11,7 +11,7 @@ from typing import Any
 
 from markdown_it.token import Token
 
-from pipeline.cjkmarkdown import make_markdown
+from pipeline.build.cjkmarkdown import make_markdown
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
 from pipeline.schema import parse_yaml, read_yaml
@@ -238,8 +238,8 @@ def read_main(folder: Path) -> tuple[dict[str, Any], dt.date | None, list[Proble
 
 
 def load_issue(folder: Path, config: Config) -> Issue:
-    """The issue's default edition (see pipeline.editions): the one in the newsletter's language, else
+    """The issue's default edition (see pipeline.build.editions): the one in the newsletter's language, else
     the one in issue.yaml. Everything is read and validated first; one error lists every problem."""
-    from pipeline.editions import load_editions  # editions builds on this module
+    from pipeline.build.editions import load_editions  # editions builds on this module
 
     return load_editions(folder, config).default

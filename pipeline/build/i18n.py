@@ -24,9 +24,9 @@ from pipeline.errors import Problem
 
 SOURCE_LANGUAGE = "en"
 DOMAIN = "messages"
-PIPELINE_DIR = Path(__file__).parent
+PIPELINE_DIR = Path(__file__).parent.parent
 # The Python modules whose pages use the theme's catalogue (until those pages are theme templates).
-PAGE_MODULES = ("archive.py", "web.py")
+PAGE_MODULES = ("web/archive.py", "web/app.py")
 _lock = threading.Lock()
 _compiled: dict[Path, tuple[int, Translations]] = {}
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from pipeline import keys
-from pipeline.batches import Batch, Personalizer, display_name
-from pipeline.message import mime_message
+from pipeline.build.message import mime_message
+from pipeline.send.batches import Batch, Personalizer, display_name
 
 API_KEY_ENV = keys.API_KEY_ENV
 # A long List-Unsubscribe URL folded at 78 columns would turn into an RFC 2047 encoded word that no mail

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.checks import check_email, message_size
+from pipeline.build.checks import check_email, message_size
+from pipeline.build.issue import Issue
+from pipeline.build.render import Email, render_email
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
-from pipeline.issue import Issue
-from pipeline.render import Email, render_email
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,7 +120,7 @@ def build_issue(folder: Path, config: Config, *, out: Path | None = None) -> Bui
     """Build every edition. One edition: build/<slug>/ holds its four files, as always. Several:
     build/<slug>/<lang>/ holds each edition's, and build/<slug>/manifest.json lists them with one
     content hash over all of them (what a send of the issue delivers)."""
-    from pipeline.editions import load_editions
+    from pipeline.build.editions import load_editions
 
     folder = folder.resolve()
     out = (out or config.build_dir / folder.name).resolve()

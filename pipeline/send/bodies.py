@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from pipeline.batches import Batch, Personalizer
+from pipeline.send.batches import Batch, Personalizer
 from pipeline.store import Claim, DeliveryRow, Peeked, Store
 
 

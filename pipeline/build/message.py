@@ -16,9 +16,9 @@ from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import formataddr
 
+from pipeline.build.render import PLACEHOLDER_RE, Email
 from pipeline.errors import SendError
-from pipeline.render import PLACEHOLDER_RE, Email
-from pipeline.values import unsafe_char
+from pipeline.lists.values import unsafe_char
 
 MAX_ENCODED_WORD = 75  # RFC 2047, section 2
 

@@ -7,13 +7,13 @@ from email.headerregistry import Address
 from html.parser import HTMLParser
 from pathlib import Path
 
+from pipeline.build.images import image_problems
+from pipeline.build.issue import ALLOWED_LINK, Issue, local_files, unpublishable
+from pipeline.build.message import encoded_size
+from pipeline.build.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
-from pipeline.images import image_problems
-from pipeline.issue import ALLOWED_LINK, Issue, local_files, unpublishable
-from pipeline.message import encoded_size
-from pipeline.render import PLACEHOLDER_RE, UNSUBSCRIBE, Email, render_email
-from pipeline.values import HTML_SUFFIX, html_value
+from pipeline.lists.values import HTML_SUFFIX, html_value
 
 
 class _Scan(HTMLParser):
@@ -102,8 +102,8 @@ def image_warnings(issue: Issue) -> list[Problem]:
 def check_issue(folder: Path, config: Config) -> list[Problem]:
     """Every problem of the folder, its templates and every edition's rendered email, and every theme string
     that would stay in English in an edition's language; raises nothing for bad input."""
-    from pipeline.editions import load_editions
-    from pipeline.i18n import missing_messages
+    from pipeline.build.editions import load_editions
+    from pipeline.build.i18n import missing_messages
 
     problems: list[Problem] = []
     try:

@@ -18,14 +18,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from pipeline.batches import Batch
-from pipeline.bodies import Lookahead
 from pipeline.errors import SendError
-from pipeline.plan import Progress, Summary
+from pipeline.send.batches import Batch
+from pipeline.send.bodies import Lookahead
+from pipeline.send.plan import Progress, Summary
+from pipeline.send.transport import Outcome, Result, Transport, refusal_fix
 from pipeline.store import Claim, Finish, Store
-from pipeline.transport import Outcome, Result, Transport, refusal_fix
 
-log = logging.getLogger("pipeline.send")
+log = logging.getLogger("pipeline.send.job")
 IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
 
 

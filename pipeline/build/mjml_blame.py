@@ -3,7 +3,7 @@
 mjml-python reports byte offsets into the whole rendered MJML, often none at all, and the rendered MJML is
 mostly theme: an editor needs the line of their own article instead. Only on failure, each top-level block
 of each article body is compiled on its own; the first that fails is the culprit. Raw HTML is already
-text (pipeline.cjkmarkdown), so what remains is characters MJML's parser refuses, such as control
+text (pipeline.build.cjkmarkdown), so what remains is characters MJML's parser refuses, such as control
 characters pasted from a word processor.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Iterator, Sequence
 
 from markdown_it.token import Token
 
+from pipeline.build.issue import MARKDOWN, Article, Issue, parse_markdown
 from pipeline.errors import Problem
-from pipeline.issue import MARKDOWN, Article, Issue, parse_markdown
 
 _WRAP = "<mjml><mj-body><mj-section><mj-column><mj-text>{}</mj-text></mj-column></mj-section></mj-body></mjml>"
 

@@ -1,6 +1,6 @@
 """What `newsletter send` shows: the plan, the progress, the summary (text or JSON), and what Ctrl-C left.
 
-Part of the command line (knows click); the send itself is pipeline.send. With `--json` everything but
+Part of the command line (knows click); the send itself is pipeline.send.job. With `--json` everything but
 the summary goes to stderr, the question too.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from pipeline.config import Config
-from pipeline.plan import Plan, Summary
+from pipeline.send.plan import Plan, Summary
 
 
 class Progress:
@@ -89,7 +89,7 @@ def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None
     if outbox is not None:
         return (f"interrupted (Ctrl-C): {this_run} .eml file(s) written to {outbox}. An outbox run always writes "
                 "the whole list: run the same command again to write them all")
-    from pipeline.status import issue_status
+    from pipeline.send.status import issue_status
 
     entry = issue_status(config, issue_dir)["lists"].get(plan.list_name, {})
     text = (f"interrupted (Ctrl-C): {this_run} recipient(s) accepted by SendGrid in this run, "

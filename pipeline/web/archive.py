@@ -5,7 +5,7 @@ publish byte-identical archives. Inside the archive all links are relative (an i
 images as `images/x.png` and the index as `../`), so it works under any path prefix or static host;
 only the feeds and the hreflang links use absolute URLs built from base_url, as their readers need them.
 An issue's main edition is at `<slug>/`, each other edition at `<slug>/<lang>/`; images are shared.
-Fixed strings come from the theme's catalogue (pipeline.i18n), in the newsletter's language or the edition's.
+Fixed strings come from the theme's catalogue (pipeline.build.i18n), in the newsletter's language or the edition's.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.build.editions import EDITION_FILE, Editions, load_editions
+from pipeline.build.i18n import language_name, translations
+from pipeline.build.issue import Issue, local_files, unpublishable
+from pipeline.build.message import substitute
+from pipeline.build.render import UNSUBSCRIBE, render_email
 from pipeline.config import Config
-from pipeline.editions import EDITION_FILE, Editions, load_editions
 from pipeline.errors import PipelineError, Problem
-from pipeline.i18n import language_name, translations
-from pipeline.issue import Issue, local_files, unpublishable
-from pipeline.message import substitute
-from pipeline.render import UNSUBSCRIBE, render_email
 
 # Rendered with this instead of base_url, then replaced by relative links (never a real host: .invalid).
 _SENTINEL = "https://archive-base.invalid"

@@ -12,7 +12,7 @@ nothing else:
   symbolic link that leads out of it.
 
 A template that tries gets `jinja2.exceptions.SecurityError`, which the renderer reports with the
-template's file and line (pipeline.render).
+template's file and line (pipeline.build.render).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from pipeline.build.issue import Article, Image, Issue, LiteratureEntry, Section
 from pipeline.config import Config
-from pipeline.issue import Article, Image, Issue, LiteratureEntry, Section
 
 #: What README's context table documents, per type; everything else on these objects is refused.
 DOCUMENTED: dict[type, frozenset[str]] = {

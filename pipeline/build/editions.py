@@ -14,9 +14,9 @@ from typing import Any
 
 from babel import Locale, UnknownLocaleError, negotiate_locale
 
+from pipeline.build.issue import ISSUE_FILE, Issue, read_main, read_sections
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem, raise_if_blocking
-from pipeline.issue import ISSUE_FILE, Issue, read_main, read_sections
 from pipeline.schema import read_yaml
 
 EDITION_FILE = re.compile(r"^issue(?:\.(.+))?\.yaml$")  # issue.yaml, issue.ko.yaml

@@ -119,7 +119,7 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto
 
 def html_report(report: Report, tz: dt.tzinfo | None = None) -> str:
     """One self-contained page: counts with rates per list, the chart (times in `tz`, default local), links."""
-    from pipeline.report_chart import chart_svg
+    from pipeline.report.chart import chart_svg
 
     head = "".join(f'<th colspan="2" scope="colgroup">{html.escape(r.list_name)}</th>' for r in report.lists)
     sub = "<th>Count</th><th>Rate</th>" * len(report.lists)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import Problem, SubscriberError
-from pipeline.subscribers import (
+from pipeline.lists.subscribers import (
     EMAIL_COLUMN,
     NAME_COLUMN,
     RESERVED_FIELDS,

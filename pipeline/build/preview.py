@@ -17,12 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pipeline.build import render_checked
-from pipeline.checks import sample_values
+from pipeline.build.builder import render_checked
+from pipeline.build.checks import sample_values
+from pipeline.build.editions import load_editions
+from pipeline.build.message import substitute
 from pipeline.config import Config, load_config
-from pipeline.editions import load_editions
 from pipeline.errors import IssueError, PipelineError
-from pipeline.message import substitute
 
 CHROMIUM = os.environ.get("NEWSLETTER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -224,7 +224,7 @@ def chromium_pages(url: str, widths: tuple[int, ...] = WIDTHS) -> Iterator[tuple
 def screenshots(folder: Path, config: Config, out: Path,
                 warn: Callable[[str], None] | None = None) -> list[Path]:
     """PNGs at each width; `warn` hears about characters no installed font covers (empty boxes)."""
-    from pipeline.fonts import font_warning
+    from pipeline.build.fonts import font_warning
 
     out.mkdir(parents=True, exist_ok=True)
     written = []

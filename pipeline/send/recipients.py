@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.batches import Personalizer
 from pipeline.errors import Problem, SubscriberError
-from pipeline.gcpause import gc_paused
+from pipeline.lists.subscribers import ListReader
+from pipeline.send.batches import Personalizer
+from pipeline.send.gcpause import gc_paused
 from pipeline.store import DeliveryRow, Store
-from pipeline.subscribers import ListReader
 
-log = logging.getLogger("pipeline.send")  # its line is part of what `newsletter send` reports
+log = logging.getLogger("pipeline.send.job")  # its line is part of what `newsletter send` reports
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -55,7 +55,7 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
 
     def rows() -> Iterator[tuple[str, str, str | None]]:
         nonlocal listed
-        for email, name, fields, _ in source.rows(dedupe=not new_send):  # bad rows: see pipeline.values
+        for email, name, fields, _ in source.rows(dedupe=not new_send):  # bad rows: see pipeline.lists.values
             listed += 1
             yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
         blocking = [p for p in source.problems if p.blocking]

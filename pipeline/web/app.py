@@ -29,14 +29,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import tokens
-from pipeline.archive import Archive
+from pipeline.build.i18n import translations
 from pipeline.config import Config
 from pipeline.errors import PipelineError, StoreError
-from pipeline.events import reason_of
-from pipeline.i18n import translations
 from pipeline.store import Store
-from pipeline.webguard import UNDO_SECONDS, cross_site, form_type, may_undo, origin_of, undo_cookie, undo_cookie_name
-from pipeline.webhook import (
+from pipeline.web.archive import Archive
+from pipeline.web.events import reason_of
+from pipeline.web.guard import UNDO_SECONDS, cross_site, form_type, may_undo, origin_of, undo_cookie, undo_cookie_name
+from pipeline.web.webhook import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -48,7 +48,7 @@ from pipeline.webhook import (
     verify_signature,
 )
 
-log = logging.getLogger("pipeline.web")
+log = logging.getLogger("pipeline.web.app")
 MAX_FORM_BYTES = 64 * 1024
 T = TypeVar("T")
 _SECRET_PATH = re.compile(r"^(.*/unsubscribe/)[^/]+")
@@ -177,7 +177,7 @@ def create_app(settings: Settings) -> Starlette:
     public_origin = origin_of(config.base_url)
 
     def _(message: str) -> str:
-        """The theme's catalogue in the newsletter's language (pipeline.i18n); looked up per call, so an
+        """The theme's catalogue in the newsletter's language (pipeline.build.i18n); looked up per call, so an
         edited catalogue shows without a restart."""
         return translations(config.theme_dir, config.language).gettext(message)
 

@@ -22,10 +22,10 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 
 from pipeline.config import Config
 from pipeline.errors import Problem, SubscriberError
-from pipeline.values import RowRule, unsafe_char
+from pipeline.lists.values import RowRule, unsafe_char
 
 if TYPE_CHECKING:
-    from pipeline.subscribers_import import ImportResult
+    from pipeline.lists.importing import ImportResult
 
 EMAIL_COLUMN = "email"
 NAME_COLUMN = "name"
@@ -270,7 +270,7 @@ class ListReader:
                 self.problems.append(Problem(
                     message=f"column {column!r} cannot be used as a merge field %%{column}%%", file=path, line=1,
                     fix="rename it with letters, digits and underscores only (e.g. 'first_name')", blocking=False))
-        # The one bad-row rule (pipeline.values): `subscribers check` and `send` both come through here.
+        # The one bad-row rule (pipeline.lists.values): `subscribers check` and `send` both come through here.
         self._rule = RowRule(base_url=base_url, list_name=path.stem, columns=[c for _, c in self._fields])
 
     @property
@@ -340,16 +340,16 @@ def check_list(path: Path, *, suppressed: Callable[[str], bool] | None = None, b
 
 
 def __getattr__(name: str) -> Any:
-    """`from pipeline.subscribers import ImportResult` works, without loading the import code up front."""
+    """`from pipeline.lists.subscribers import ImportResult` works, without loading the import code up front."""
     if name == "ImportResult":
-        from pipeline.subscribers_import import ImportResult
+        from pipeline.lists.importing import ImportResult
 
         return ImportResult
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def import_export(src: Path, dest: Path) -> ImportResult:
-    """Append a Mailchimp or Substack export (or a plain CSV) to a list; see pipeline.subscribers_import."""
-    from pipeline.subscribers_import import import_export as run
+    """Append a Mailchimp or Substack export (or a plain CSV) to a list; see pipeline.lists.importing."""
+    from pipeline.lists.importing import import_export as run
 
     return run(src, dest)

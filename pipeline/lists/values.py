@@ -11,7 +11,7 @@ are bad, and both `subscribers check` and `send` apply it (through `ListReader`)
   on the issue, and a row that passes `check` is never refused by `send`.
 
 The HTML part gets its own tags (`%%name:html%%`) whose values are HTML-escaped; the text part and the
-subject get the plain value (`%%name%%`). See `pipeline.render.html_tags`.
+subject get the plain value (`%%name%%`). See `pipeline.build.render.html_tags`.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import click
 
 from pipeline import __version__
-from pipeline.cli_help import Group, no_color
-from pipeline.cli_output import emit_json, json_option, print_problems, problem_json
+from pipeline.cli.help import Group, no_color
+from pipeline.cli.output import emit_json, json_option, print_problems, problem_json
 from pipeline.errors import IssueError, PipelineError, Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -137,7 +137,7 @@ def new() -> None:
 @_report_errors
 def build(issue_dir: Path, out: Path | None) -> None:
     """Compile ISSUE_DIR into email.html, email.txt, email.mjml and manifest.json."""
-    from pipeline.build import build_issue
+    from pipeline.build.builder import build_issue
     from pipeline.config import load_config
 
     result = build_issue(issue_dir, load_config(), out=out)
@@ -158,7 +158,7 @@ def build(issue_dir: Path, out: Path | None) -> None:
 @_report_errors
 def check(issue_dir: Path, as_json: bool) -> None:
     """Report every problem of ISSUE_DIR at once; exit 3 on blocking ones."""
-    from pipeline.checks import check_issue
+    from pipeline.build.checks import check_issue
     from pipeline.config import load_config
 
     problems = check_issue(issue_dir, load_config())
@@ -184,8 +184,8 @@ def check(issue_dir: Path, as_json: bool) -> None:
 @_report_errors
 def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
     """Serve the built email on 127.0.0.1 and rebuild when the issue or templates change."""
+    from pipeline.build.preview import screenshots, serve
     from pipeline.config import load_config
-    from pipeline.preview import screenshots, serve
 
     config = load_config()
     if screenshot is not None:
@@ -225,11 +225,11 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
          at: str | None, resend_in_doubt: bool, skip_invalid: bool, allow_changed_content: bool,
          as_json: bool) -> None:
     """Send ISSUE_DIR to a list exactly once; run it again to resume (see `newsletter status`)."""
-    from pipeline.cli_send import Progress, interrupted, log_to_stderr, show_plan, summary_json
+    from pipeline.cli.send_output import Progress, interrupted, log_to_stderr, show_plan, summary_json
     from pipeline.config import load_config
     from pipeline.errors import SendError
-    from pipeline.plan import SendOptions, Summary
-    from pipeline.send import SendJob
+    from pipeline.send.job import SendJob
+    from pipeline.send.plan import SendOptions, Summary
 
     ask = not yes and outbox is None  # an outbox run only writes files: nothing to confirm
     if ask and not (sys.stdin.isatty() and (sys.stderr if as_json else sys.stdout).isatty()):
@@ -284,7 +284,7 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
 def status(issue_dir: Path, as_json: bool) -> None:
     """Per list: accepted, pending, in doubt and failed recipients, send times, build hash; the in-doubt ones."""
     from pipeline.config import load_config
-    from pipeline.status import COUNTED, issue_status
+    from pipeline.send.status import COUNTED, issue_status
 
     report = issue_status(load_config(), issue_dir)
     if as_json:
@@ -325,7 +325,7 @@ def subscribers_check(name: str, skip_invalid: bool, as_json: bool) -> None:
     """Validate list NAME: addresses, duplicates, column names; exit 4 on invalid rows."""
     from pipeline.config import load_config
     from pipeline.errors import SubscriberError
-    from pipeline.subscribers import check_list, list_path
+    from pipeline.lists.subscribers import check_list, list_path
 
     config = load_config()
     path = list_path(config, name)
@@ -351,7 +351,7 @@ def subscribers_check(name: str, skip_invalid: bool, as_json: bool) -> None:
 def subscribers_import(file: Path, list_name: str) -> None:
     """Add the subscribed addresses of a Mailchimp or Substack export (or a CSV with an email column)."""
     from pipeline.config import load_config
-    from pipeline.subscribers import import_export, list_path
+    from pipeline.lists.subscribers import import_export, list_path
 
     config = load_config()
     dest = list_path(config, list_name, must_exist=False)
@@ -393,9 +393,9 @@ def serve(host: str, port: int, root_path: str, forwarded_allow_ips: str, no_web
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
     from pipeline.tokens import SECRET_ENV, secret_from_env
-    from pipeline.web import Settings
-    from pipeline.web import serve as run
-    from pipeline.webhook import public_key_from_env
+    from pipeline.web.app import Settings
+    from pipeline.web.app import serve as run
+    from pipeline.web.webhook import public_key_from_env
 
     config = load_config()
     if not os.environ.get(SECRET_ENV):
@@ -421,8 +421,8 @@ def suppressions() -> None:
 def suppressions_sync() -> None:
     """Pull bounces, blocks, spam reports, invalid emails and (group) unsubscribes from SendGrid."""
     from pipeline.config import load_config
+    from pipeline.lists.suppressions import client_fetch, sync
     from pipeline.store import open_store
-    from pipeline.suppressions import client_fetch, sync
 
     config = load_config()
     fetch = client_fetch(timeout=config.sending.timeout_seconds)
@@ -459,8 +459,8 @@ def suppressions_list(reason: str | None, as_json: bool) -> None:
 def suppressions_add(address: str, reason: str) -> None:
     """Never mail ADDRESS again, on any list."""
     from pipeline.config import load_config
+    from pipeline.lists.suppressions import normalise_address
     from pipeline.store import open_store
-    from pipeline.suppressions import normalise_address
 
     email = normalise_address(address)
     added = open_store(load_config()).add_suppression(email, reason=reason, source="cli")
@@ -473,8 +473,8 @@ def suppressions_add(address: str, reason: str) -> None:
 def suppressions_remove(address: str) -> None:
     """Allow mail to ADDRESS again (a later sync re-adds it while SendGrid still suppresses it)."""
     from pipeline.config import load_config
+    from pipeline.lists.suppressions import normalise_address
     from pipeline.store import open_store
-    from pipeline.suppressions import normalise_address
 
     email = normalise_address(address)
     store = open_store(load_config())
@@ -491,9 +491,9 @@ def suppressions_remove(address: str) -> None:
 @_report_errors
 def archive(out: Path, all_issues: bool) -> None:
     """Write the web archive as static files: index, one page per issue, images, feed.xml."""
-    from pipeline.archive import Archive
     from pipeline.config import load_config
     from pipeline.store import database_url, open_store
+    from pipeline.web.archive import Archive
 
     config = load_config()
 
@@ -522,7 +522,7 @@ def report(issue_dir: Path, html_file: Path | None, as_json: bool) -> None:
     """What happened to an issue, per list: delivered, bounced, opened, clicked (per link), unsubscribed."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.report import build_report, html_report, report_json, text_report
+    from pipeline.report.stats import build_report, html_report, report_json, text_report
     from pipeline.store import database_url, open_store
 
     config = load_config()
