@@ -114,8 +114,11 @@ def issue_page(issue: Issue, config: Config) -> str:
     alternates = [{"language": lang, "url": base + path} for lang, path in issue.editions]
     if issue.editions:
         alternates.append({"language": "x-default", "url": base + dict(issue.editions).get(config.language, "")})
+    editions = [{"language": lang, "name": language_name(lang), "url": _relative(f"{issue.slug}/{path}", here)}
+                for lang, path in issue.editions if lang != issue.language]
     return render_page(config, "issue.html.j2", language=issue.language, archive_url=_relative("", here),
-                       issue=issue, alternates=alternates, body_style=style.group(1) if style else "",
+                       issue=issue, alternates=alternates, editions=editions,
+                       body_style=style.group(1) if style else "",
                        email_head=Markup(head.group(1) if head else ""),
                        email_body=Markup(body.group(2) if body else text))
 

@@ -46,7 +46,7 @@ def render_page(config: Config, name: str, *, language: str | None = None, archi
               "archive_url": archive_url, **context}
     problem: Problem | None = None
     for theme in themes:
-        env = environment(theme, config.state_dir / "cache" / "jinja", language)
+        env = environment(theme, None, language)  # no bytecode cache: a page never creates .newsletter/
         try:
             return env.get_template(f"pages/{name}").render(values)
         except jinja2.TemplateNotFound as exc:
