@@ -123,7 +123,7 @@ def test_archive_index_feed_and_unsubscribe_page_speak_the_newsletter_language(s
     text = index.body.decode()
     assert '<html lang="ko">' in text and "Smart City Korea Newsletter: 지난 호" in text and "Atom 피드" in text
     assert 'href="027-2022-04-01/en/"' not in text  # the main (English) edition stays at the URL
-    assert '<a href="027-2022-04-01/ko/">스마트시티 코리아 제27호' in text  # the default edition is Korean now
+    assert 'href="027-2022-04-01/ko/">스마트시티 코리아 제27호' in text  # the default edition is Korean now
     unsubscribe = archive.get("unsubscribe/")
     assert unsubscribe is not None and "수신 거부" in unsubscribe.body.decode()
     feed = archive.get("feed.xml")

@@ -25,8 +25,8 @@ from pipeline.errors import Problem
 SOURCE_LANGUAGE = "en"
 DOMAIN = "messages"
 PIPELINE_DIR = Path(__file__).parent.parent
-# The Python modules whose pages use the theme's catalogue (until those pages are theme templates).
-PAGE_MODULES = ("web/archive.py", "web/app.py")
+# The Python modules with messages of the theme's catalogue: serve's plain-text answers (the pages are templates).
+PAGE_MODULES = ("web/app.py",)
 _lock = threading.Lock()
 _compiled: dict[Path, tuple[int, Translations]] = {}
 

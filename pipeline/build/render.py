@@ -270,8 +270,9 @@ def inline_css(html: str, css: str) -> str:
 
 
 def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
-                 failed_mjml: Path | None = None) -> Email:
+                 failed_mjml: Path | None = None, web: bool = False) -> Email:
     """Render the issue with the configured theme. asset_base replaces base_url (the preview uses it).
+    `web` renders the archive's web version: the templates leave out what only makes sense in a mailbox.
 
     When the MJML does not compile it is written to failed_mjml, so the line:column in the error is real.
     """
@@ -295,7 +296,7 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
     context: dict[str, Any] = {
         "issue": issue, "config": config, "web_url": web_url, "archive_url": f"{base}/archive/",
         "unsubscribe_url": UNSUBSCRIBE, "recipient": _Recipient(), "asset_url": asset_url,
-        "language": issue.language, "editions": editions, "image_width": image_width,
+        "language": issue.language, "editions": editions, "image_width": image_width, "web": web,
     }
     try:
         source = env.get_template("email.mjml.j2").render(context)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import html
 import logging
 import re
 import threading
@@ -18,7 +17,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from starlette.applications import Starlette
@@ -33,9 +32,10 @@ from pipeline.build.i18n import translations
 from pipeline.config import Config
 from pipeline.errors import PipelineError, StoreError
 from pipeline.store import Store
-from pipeline.web.archive import Archive
+from pipeline.web.archive import Archive, not_found_page
 from pipeline.web.events import reason_of
 from pipeline.web.guard import UNDO_SECONDS, cross_site, form_type, may_undo, origin_of, undo_cookie, undo_cookie_name
+from pipeline.web.pages import render_page
 from pipeline.web.webhook import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -128,29 +128,6 @@ def form_fields(content_type: str, body: bytes) -> dict[str, str]:
     return {key.strip(): value.strip() for key, value in pairs}
 
 
-def _page(config: Config, title: str, body: str, status: int = 200) -> HTMLResponse:
-    text = (f'<!DOCTYPE html>\n<html lang="{html.escape(config.language)}">\n<head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,sans-serif;max-width:34rem;"
-            "margin:3rem auto;padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.6rem 1.2rem}"
-            f"</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body>\n</html>\n")
-    return HTMLResponse(text, status_code=status, headers=PRIVATE)
-
-
-def _refused(config: Config, title: str, text: str, status: int) -> HTMLResponse:
-    return _page(config, title, f"<p>{text}</p>", status)
-
-
-def _fill(message: str, **values: str) -> str:
-    """A translated message as HTML: the message escaped, then the (already escaped) HTML values put in."""
-    return html.escape(message, quote=False) % values
-
-
-def _button(action: str, label: str) -> str:
-    return (f'<form method="post"><input type="hidden" name="action" value="{action}">'
-            f'<button type="submit" id="{action}">{html.escape(label)}</button></form>')
-
-
 def create_app(settings: Settings) -> Starlette:
     """The app; opens the store once so that a bad database fails at start, not on a click."""
     config = settings.config
@@ -170,20 +147,23 @@ def create_app(settings: Settings) -> Starlette:
         return settings.published() if settings.published else db().sent_issues()
 
     archive = Archive(config, published=published)
-    contact = config.contact.get("email") or config.reply_to or config.sender_email
-    mail = f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
-    write_to = f"write to {mail}"
-    name = html.escape(config.name)
     public_origin = origin_of(config.base_url)
 
     def _(message: str) -> str:
-        """The theme's catalogue in the newsletter's language (pipeline.build.i18n); looked up per call, so an
-        edited catalogue shows without a restart."""
+        """The theme's catalogue in the newsletter's language (pipeline.build.i18n), for the plain-text answers;
+        looked up per call, so an edited catalogue shows without a restart."""
         return translations(config.theme_dir, config.language).gettext(message)
 
-    def invalid_link() -> str:
-        return "<p>" + _fill(_("This unsubscribe link is not valid. Use the link in the newsletter exactly as it "
-                               "came, or write to %(address)s."), address=mail) + "</p>"
+    def page(name: str, status: int = 200, **context: Any) -> Response:
+        """A page of the theme (pipeline.web.pages) for the unsubscribe link, never cached or indexed. A broken
+        page of the theme falls back to the default theme's: unsubscribing must always work."""
+        try:
+            text = render_page(config, name, archive_url="../archive/", fallback=True, **context)
+        except PipelineError as exc:
+            log.error("page %s: %s", name, exc)
+            return PlainTextResponse(_("This page cannot be shown right now.") + "\n", status_code=500,
+                                     headers=PRIVATE)
+        return HTMLResponse(text, status_code=status, headers=PRIVATE)
 
     def own_origins(request: Request) -> tuple[str, ...]:
         """base_url's origin and the one this request was addressed to (scheme as the proxy reported it)."""
@@ -194,12 +174,10 @@ def create_app(settings: Settings) -> Starlette:
         raw = request.path_params["token"]
         token = tokens.verify(settings.secret, raw)
         if token is None:  # same answer for every bad token: nothing about any address is looked up
-            return _page(config, _("Link not valid"), invalid_link(), 400)
-        address = f"<strong>{html.escape(token.email)}</strong>"
+            return page("message.html.j2", 400, kind="invalid_link")
+        minutes = UNDO_SECONDS // 60
         if request.method != "POST":  # GET and HEAD: scanners follow links; this only asks
-            return _page(config, _("Unsubscribe from %(name)s?") % {"name": config.name},
-                         "<p>" + _fill(_("Stop sending %(name)s to %(address)s?"), name=name, address=address)
-                         + "</p>" + _button("unsubscribe", _("Unsubscribe")))
+            return page("unsubscribe.html.j2", state="ask", address=token.email)
         content_type = request.headers.get("content-type", "")
         if form_type(content_type) is None:
             return PlainTextResponse("Send a form: application/x-www-form-urlencoded or multipart/form-data.\n",
@@ -213,37 +191,26 @@ def create_app(settings: Settings) -> Starlette:
             return PlainTextResponse(_("Unsubscribed.") + "\n", headers=PRIVATE)
         action = fields.get("action")
         if action in ("unsubscribe", "resubscribe") and cross_site(request.headers, own=own_origins(request)):
-            return _refused(config, "Request refused", "This button works only on its own page. Open the "
-                            "unsubscribe link from the newsletter and press the button there.", 403)
+            return page("message.html.j2", 403, kind="refused")
         if action == "unsubscribe":
             added = await in_db(lambda s: s.link_unsubscribe(email=token.email, list_name=token.list_name,
                                                                  issue=token.issue))
-            done = "<p>" + _fill(_("%(address)s will get no more %(name)s."), address=html.escape(token.email),
-                                 name=name) + "</p>"
-            if not added:  # unsubscribed before, maybe by someone else: this browser gets no undo
-                return _page(config, _("You are unsubscribed"), done + f"<p>To receive it again, {write_to}.</p>")
-            response = _page(config, _("You are unsubscribed"), done + "<p>" + html.escape(_("Clicked by mistake?"))
-                             + f" You can undo it here for {UNDO_SECONDS // 60} minutes.</p>"
-                             + _button("resubscribe", _("Re-subscribe")))
-            response.set_cookie(undo_cookie_name(raw), undo_cookie(settings.secret, raw, now=time.time()),
-                                max_age=UNDO_SECONDS, path=None, secure=request.scope.get("scheme") == "https",
-                                httponly=True, samesite="strict")
+            # unsubscribed before (maybe by someone else): this browser gets no undo
+            response = page("unsubscribe.html.j2", state="unsubscribed", address=token.email, undo=added,
+                            undo_minutes=minutes)
+            if added:
+                response.set_cookie(undo_cookie_name(raw), undo_cookie(settings.secret, raw, now=time.time()),
+                                    max_age=UNDO_SECONDS, path=None, secure=request.scope.get("scheme") == "https",
+                                    httponly=True, samesite="strict")
             return response
         if action == "resubscribe":
             if not may_undo(settings.secret, raw, request.cookies.get(undo_cookie_name(raw)), now=time.time()):
-                return _refused(config, _("Not re-subscribed"), "An unsubscribe can be undone here only in the "
-                                f"browser that made it, within {UNDO_SECONDS // 60} minutes. To receive "
-                                f"{name} again, {write_to}.", 403)
+                return page("unsubscribe.html.j2", 403, state="undo_refused", address=token.email,
+                            undo_minutes=minutes)
             _done, remaining = await in_db(lambda s: s.link_resubscribe(email=token.email, reason_of=reason_of))
             if remaining:
-                return _page(config, _("Not re-subscribed"), "<p>" + _fill(_(
-                    "Mail to %(address)s stays stopped for another reason (%(reason)s). To receive %(name)s again, "
-                    "write to %(contact)s."), address=html.escape(token.email), reason=html.escape(remaining),
-                    name=name, contact=mail) + "</p>")
-            response = _page(config, _("You are subscribed again"),
-                             "<p>" + _fill(_("%(address)s will receive %(name)s again."),
-                                           address=html.escape(token.email), name=name)
-                             + "</p>" + _button("unsubscribe", _("Unsubscribe")))
+                return page("unsubscribe.html.j2", state="still_stopped", address=token.email, reason=remaining)
+            response = page("unsubscribe.html.j2", state="resubscribed", address=token.email)
             response.set_cookie(undo_cookie_name(raw), "", max_age=0, path=None, httponly=True, samesite="strict")
             return response
         return PlainTextResponse("Unknown request: POST List-Unsubscribe=One-Click, or use the button on this page.\n",
@@ -289,7 +256,12 @@ def create_app(settings: Settings) -> Starlette:
                 and await run_in_threadpool(archive.get, path + "/") is not None):
             return RedirectResponse(path.rsplit("/", 1)[-1] + "/", 308)  # relative: works under any prefix
         if page is None:
-            return PlainTextResponse(_("Not found in the archive.") + "\n", status_code=404)
+            try:
+                text = await run_in_threadpool(not_found_page, config, path)
+            except PipelineError as exc:
+                log.error("archive: %s", exc)
+                return PlainTextResponse(_("Not found in the archive.") + "\n", status_code=404)
+            return HTMLResponse(text, status_code=404)
         return Response(page.body, media_type=page.media_type, headers={"Cache-Control": "max-age=300"})
 
     async def healthz(request: Request) -> Response:

@@ -5,13 +5,12 @@ publish byte-identical archives. Inside the archive all links are relative (an i
 images as `images/x.png` and the index as `../`), so it works under any path prefix or static host;
 only the feeds and the hreflang links use absolute URLs built from base_url, as their readers need them.
 An issue's main edition is at `<slug>/`, each other edition at `<slug>/<lang>/`; images are shared.
-Fixed strings come from the theme's catalogue (pipeline.build.i18n), in the newsletter's language or the edition's.
+The pages are the theme's templates (pipeline.web.pages), in the newsletter's language or the edition's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import mimetypes
 import posixpath
 import re
@@ -21,13 +20,16 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from markupsafe import Markup
+
 from pipeline.build.editions import EDITION_FILE, Editions, load_editions
-from pipeline.build.i18n import language_name, translations
+from pipeline.build.i18n import language_name
 from pipeline.build.issue import Issue, local_files, unpublishable
 from pipeline.build.message import substitute
 from pipeline.build.render import UNSUBSCRIBE, render_email
 from pipeline.config import Config
 from pipeline.errors import PipelineError, Problem
+from pipeline.web.pages import render_page
 
 # Rendered with this instead of base_url, then replaced by relative links (never a real host: .invalid).
 _SENTINEL = "https://archive-base.invalid"
@@ -35,6 +37,9 @@ _SENTINEL_URL = re.compile(re.escape(_SENTINEL) + r"/archive/([^\"'\s<>]*)")
 WRITTEN_LIST = ".archive-files"  # in the --out folder: what the last write put there
 ATOM = "http://www.w3.org/2005/Atom"
 XML = "http://www.w3.org/XML/1998/namespace"
+_HEAD = re.compile(r"<head>(.*)</head>", re.S)
+_BODY = re.compile(r"<body([^>]*)>(.*)</body>", re.S)
+_STYLE = re.compile(r'\sstyle="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -94,22 +99,28 @@ def page_path(issue: Issue) -> str:
 
 
 def issue_page(issue: Issue, config: Config) -> str:
-    """The email's HTML as a web page: per-recipient tags emptied, the unsubscribe link made neutral,
-    archive links relative to the page, and hreflang links to the issue's other editions."""
-    email = render_email(issue, config, asset_base=_SENTINEL)
+    """The issue's web version: the e-mail rendered with `web` (the templates leave out what only makes sense in
+    a mailbox), per-recipient tags emptied, archive links relative to the page, put into the theme's
+    pages/issue.html.j2 with hreflang links to the issue's other editions."""
+    email = render_email(issue, config, asset_base=_SENTINEL, web=True)
     here = page_path(issue)
-    text = email.html.replace(UNSUBSCRIBE, f"{_SENTINEL}/archive/unsubscribe/")
+    text = email.html.replace(UNSUBSCRIBE, f"{_SENTINEL}/archive/unsubscribe/")  # a theme that ignores `web`
     text = substitute(text, {})
     text = _SENTINEL_URL.sub(lambda m: _relative(m.group(1), here), text)
     text = text.replace(_SENTINEL, config.base_url.rstrip("/"))
+    head, body = _HEAD.search(text), _BODY.search(text)
+    style = _STYLE.search(body.group(1)) if body else None
+    base = config.base_url.rstrip("/") + f"/archive/{issue.slug}/"
+    alternates = [{"language": lang, "url": base + path} for lang, path in issue.editions]
     if issue.editions:
-        base = config.base_url.rstrip("/") + f"/archive/{issue.slug}/"
-        default = dict(issue.editions).get(config.language, "")
-        links = "".join(f'<link rel="alternate" hreflang="{html.escape(lang)}" href="{html.escape(base + path)}">\n'
-                        for lang, path in issue.editions)
-        links += f'<link rel="alternate" hreflang="x-default" href="{html.escape(base + default)}">\n'
-        text = text.replace("</head>", links + "</head>", 1)
-    return text
+        alternates.append({"language": "x-default", "url": base + dict(issue.editions).get(config.language, "")})
+    editions = [{"language": lang, "name": language_name(lang), "url": _relative(f"{issue.slug}/{path}", here)}
+                for lang, path in issue.editions if lang != issue.language]
+    return render_page(config, "issue.html.j2", language=issue.language, archive_url=_relative("", here),
+                       issue=issue, alternates=alternates, editions=editions,
+                       body_style=style.group(1) if style else "",
+                       email_head=Markup(head.group(1) if head else ""),
+                       email_body=Markup(body.group(2) if body else text))
 
 
 def _relative(target: str, here: str) -> str:
@@ -121,15 +132,6 @@ def _relative(target: str, here: str) -> str:
     if folder.endswith("/") or not folder:
         link += "/"
     return link + (f"?{rest}" if rest else "")
-
-
-def _html_page(title: str, body: str, *, lang: str, head: str = "") -> str:
-    return (f'<!DOCTYPE html>\n<html lang="{html.escape(lang)}">\n<head>\n<meta charset="utf-8">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(title)}</title>\n{head}"
-            "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;"
-            "line-height:1.5}li{margin:.5rem 0}time{color:#555;margin-right:.5rem}</style>\n"
-            f"</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def feed_name(language: str, config: Config) -> str:
@@ -145,49 +147,27 @@ def feed_languages(found: Iterable[Editions], config: Config) -> list[str]:
     return list(languages)
 
 
-def _edition_links(editions: Editions, shown: Issue) -> str:
-    return "".join(f' <a href="{html.escape(page_path(e))}" hreflang="{html.escape(e.language)}" '
-                   f'lang="{html.escape(e.language)}">{html.escape(language_name(e.language))}</a>'
-                   for e in editions.all if e is not shown)
-
-
 def index_page(found: Iterable[Editions], config: Config) -> str:
-    """Each issue once, in its default edition, with links to its other editions."""
+    """Each issue once, in its default edition, with links to its other editions (pages/index.html.j2)."""
     found = list(found)
-    _ = translations(config.theme_dir, config.language).gettext
-    items = []
-    for editions in found:
-        issue = editions.default
-        lang = f' lang="{html.escape(issue.language)}"' if issue.language != config.language else ""
-        items.append(f'<li><time datetime="{issue.date.isoformat()}">{issue.date.isoformat()}</time>'
-                     f'<a href="{html.escape(page_path(issue))}"{lang}>{html.escape(issue.subject)}</a>'
-                     f"{_edition_links(editions, issue)}</li>")
-    title = _("%(name)s: archive") % {"name": config.name}
-    feeds = [(lang, feed_name(lang, config)) for lang in feed_languages(found, config)]
-    head = "".join(f'<link rel="alternate" type="application/atom+xml" hreflang="{html.escape(lang)}" '
-                   f'title="{html.escape(config.name)} ({html.escape(language_name(lang))})" '
-                   f'href="{html.escape(name)}">\n' for lang, name in feeds)
-    label = html.escape(_("Atom feed"))
-    feed_links = " · ".join(f'<a href="{html.escape(name)}" hreflang="{html.escape(lang)}">{label} '
-                            f"({html.escape(language_name(lang))})</a>" if len(feeds) > 1
-                            else f'<a href="{html.escape(name)}">{label}</a>' for lang, name in feeds)
-    body = (f"<h1>{html.escape(title)}</h1>\n<p>{feed_links}</p>\n"
-            '<ol class="issues" reversed>\n' + "\n".join(items) + "\n</ol>")
-    return _html_page(title, body, lang=config.language, head=head)
+    entries = [{"issue": editions.default, "url": page_path(editions.default),
+                "editions": [{"language": e.language, "name": language_name(e.language), "url": page_path(e)}
+                             for e in editions.all if e is not editions.default]} for editions in found]
+    feeds = [{"language": lang, "name": language_name(lang), "url": feed_name(lang, config)}
+             for lang in feed_languages(found, config)]
+    return render_page(config, "index.html.j2", archive_url="./", entries=entries, feeds=feeds)
 
 
 def unsubscribe_page(config: Config) -> str:
-    """Where the web version's unsubscribe link leads: the archive never knows who is reading."""
-    _ = translations(config.theme_dir, config.language).gettext
-    contact = config.contact.get("email") or config.reply_to or config.sender_email
-    mail = f'<a href="mailto:{html.escape(contact)}">{html.escape(contact)}</a>'
-    title = _("Unsubscribe from %(name)s") % {"name": config.name}
-    body = (f"<h1>{html.escape(title)}</h1>\n<p>"
-            + html.escape(_("This is the public web version, so it cannot know who you are. To unsubscribe, use "
-                            "the Unsubscribe link at the bottom of the email you received, or write to %(address)s."))
-            .replace("%(address)s", mail)
-            + '</p>\n<p><a href="../">' + html.escape(_("Back to the archive")) + "</a></p>")
-    return _html_page(title, body, lang=config.language)
+    """Where the web version's unsubscribe link leads in a theme that keeps it: the archive never knows who
+    is reading."""
+    return render_page(config, "message.html.j2", archive_url="../", kind="public_unsubscribe")
+
+
+def not_found_page(config: Config, path: str) -> str:
+    """The archive's 404 page; its link to the index is relative to the folder of the path asked for."""
+    folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
+    return render_page(config, "message.html.j2", archive_url=_relative("", folder), kind="not_found")
 
 
 def _stamp(day: dt.date) -> str:
