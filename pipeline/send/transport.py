@@ -178,7 +178,9 @@ class OutboxTransport:
         self.folder = folder
         m = personalizer.mailing
         self._sender = Address(m.sender_name, addr_spec=m.sender_email)
-        self._extra = {"X-Newsletter-Issue": m.issue, "X-Newsletter-List": m.list_name}
+        # Content-Language: the edition (RFC 3282), as <html lang> says in the HTML part
+        self._extra = {"Content-Language": m.email.language, "X-Newsletter-Issue": m.issue,
+                       "X-Newsletter-List": m.list_name}
         if m.throwaway_secret:
             self._extra["X-Newsletter-Outbox"] = "unsubscribe links signed with a throwaway secret, not valid"
 
