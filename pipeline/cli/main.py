@@ -290,8 +290,8 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
 @_report_errors
 def status(issue_dir: Path, as_json: bool) -> None:
     """Per list: accepted, pending, in doubt and failed recipients, send times, build hash; the in-doubt ones."""
-    from pipeline.config import load_config
     from pipeline.cli.send_output import editions_line
+    from pipeline.config import load_config
     from pipeline.send.status import COUNTED, issue_status
 
     report = issue_status(load_config(), issue_dir)

@@ -178,9 +178,7 @@ class OutboxTransport:
         self.folder = folder
         m = personalizer.mailing
         self._sender = Address(m.sender_name, addr_spec=m.sender_email)
-        # Content-Language: the edition (RFC 3282), as <html lang> says in the HTML part
-        self._extra = {"Content-Language": m.email.language, "X-Newsletter-Issue": m.issue,
-                       "X-Newsletter-List": m.list_name}
+        self._extra = {"X-Newsletter-Issue": m.issue, "X-Newsletter-List": m.list_name}
         if m.throwaway_secret:
             self._extra["X-Newsletter-Outbox"] = "unsubscribe links signed with a throwaway secret, not valid"
 
@@ -193,6 +191,8 @@ class OutboxTransport:
                        "Message-ID": email.utils.make_msgid(domain=self._sender.domain)}  # what a mail client expects
             msg = mime_message(p.mailing.email, sender=self._sender, to=(display_name(name), address),
                                values=values, headers=headers, reply_to=p.mailing.reply_to)
+            # the edition (RFC 3282), as <html lang> says; after the parts, which take Content-* headers along
+            msg["Content-Language"] = p.mailing.email.language
             data = msg.as_bytes(policy=_ONE_LINE_HEADERS if str(msg["To"]).isascii() else _SMTPUTF8)
             target = self.folder / f"{safe_file_name(address)}.eml"
             tmp = target.with_suffix(".eml.tmp")
