@@ -245,3 +245,13 @@ def test_rows_recorded_without_an_edition_go_with_the_default(store: Store) -> N
     claim = store.claim_batch(send_.id, size=10, request_id="a", editions=("en", ""))
     assert claim is not None and [r[1] for r in claim.rows] == ["old@example.org"]
     assert set(store.edition_counts(send_.id)) == {"", "ko"}
+
+
+@pytest.mark.parametrize("tag", ["ko", "KO", "ko-kr", "ko-KR", "en_US", "en-GB", "zh-Hant-TW", "pt-BR", "ja",
+                                 "garbage", "xx", "ko-XX", "!!", "en-", "1", "k" * 40, " ko "])
+def test_a_tag_check_warns_about_is_one_the_edition_pick_does_not_take(tag: str) -> None:
+    from pipeline.build.editions import pick_language
+    from pipeline.lists.values import language_tag_ok
+
+    own = tag.strip().replace("_", "-").split("-")[0].lower()
+    assert language_tag_ok(tag) == (pick_language(tag, (own, "en")) is not None)
