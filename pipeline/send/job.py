@@ -107,7 +107,7 @@ class SendJob:
         if recovered:
             log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
                         recovered)
-        mailing = self._mailing(email.language, self.send.id)
+        mailing = self._mailing(self._default, self.send.id)
         self._personalizer = Personalizer(mailing)
         try:
             recorded = recipients.record_list(self.store, self.send.id, path, self._personalizer,
@@ -124,7 +124,7 @@ class SendJob:
             if self._orphans:
                 warnings = (*warnings, Problem(
                     message=f"recipients recorded for edition(s) {', '.join(self._orphans)} that the issue no longer "
-                    f"has get the default edition ({email.language})", blocking=False,
+                    f"has get the default edition ({self._default})", blocking=False,
                     fix="restore the edition's issue.<language>.yaml to send it to them instead"))
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
