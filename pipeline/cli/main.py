@@ -214,6 +214,8 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
               help="Write one personalised .eml per recipient to DIR instead of sending (no key, no question).")
 @click.option("--test", "test_address", metavar="ADDRESS",
               help="Send one copy marked [TEST] to ADDRESS; not logged as a delivery.")
+@click.option("--language", metavar="TAG",
+              help="With --test: the edition to send (e.g. ko); default: the list's first recipient's.")
 @click.option("--at", metavar="TIME", help="Schedule: ISO 8601 with offset, at most 72 h ahead.")
 @click.option("--resend-in-doubt", is_flag=True, help="Also send to recipients whose request got no answer.")
 @click.option("--skip-invalid", is_flag=True, help="Leave out bad rows of the list instead of stopping.")
@@ -222,15 +224,18 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
 @json_option
 @_report_errors
 def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_address: str | None,
-         at: str | None, resend_in_doubt: bool, skip_invalid: bool, allow_changed_content: bool,
-         as_json: bool) -> None:
+         language: str | None, at: str | None, resend_in_doubt: bool, skip_invalid: bool,
+         allow_changed_content: bool, as_json: bool) -> None:
     """Send ISSUE_DIR to a list exactly once; run it again to resume (see `newsletter status`)."""
-    from pipeline.cli.send_output import Progress, interrupted, log_to_stderr, show_plan, summary_json
+    from pipeline.cli.send_output import Progress, editions_line, interrupted, log_to_stderr, show_plan, summary_json
     from pipeline.config import load_config
     from pipeline.errors import SendError
     from pipeline.send.job import SendJob
     from pipeline.send.plan import SendOptions, Summary
 
+    if language is not None and test_address is None:
+        raise SendError("--language picks a test copy's edition and needs --test ADDRESS; a send to a list gives "
+                        "each recipient the edition of their `language` column — drop --language, or add --test")
     ask = not yes and outbox is None  # an outbox run only writes files: nothing to confirm
     if ask and not (sys.stdin.isatty() and (sys.stderr if as_json else sys.stdout).isatty()):
         raise SendError("there is no terminal to confirm on — add --yes to send without asking")
@@ -238,7 +243,7 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
     config = load_config()
     options = SendOptions(list_name=list_name, outbox=outbox, test_address=test_address, at=at,
                           resend_in_doubt=resend_in_doubt, skip_invalid=skip_invalid,
-                          allow_changed_content=allow_changed_content)
+                          allow_changed_content=allow_changed_content, language=language)
     summary: Summary | None = None
     stopped = ""
     with SendJob(issue_dir, config, options) as job:
@@ -264,6 +269,8 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
                 verb = "written" if outbox else "accepted"
                 click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s",
                            err=as_json)
+                if len(summary.editions) > 1:
+                    click.echo(editions_line(summary.editions), err=as_json)
                 in_doubt = summary.remaining.get("in_doubt", 0)
     if stopped:  # the lock is released and the send log closed: what is recorded is final
         click.echo(interrupted(config, plan, issue_dir, outbox, progress.done), err=True)
@@ -283,6 +290,7 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
 @_report_errors
 def status(issue_dir: Path, as_json: bool) -> None:
     """Per list: accepted, pending, in doubt and failed recipients, send times, build hash; the in-doubt ones."""
+    from pipeline.cli.send_output import editions_line
     from pipeline.config import load_config
     from pipeline.send.status import COUNTED, issue_status
 
@@ -296,6 +304,8 @@ def status(issue_dir: Path, as_json: bool) -> None:
         for name, entry in lists.items():
             counts = ", ".join(f"{entry[k]} {k.replace('_', ' ')}" for k in COUNTED)
             click.echo(f"{kind} {name}: {counts}")
+            if len(entry["editions"]) > 1:
+                click.echo("  " + editions_line(entry["editions"]))
             click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
                        f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
             if entry["in_doubt_recipients"]:
@@ -333,11 +343,12 @@ def subscribers_check(name: str, skip_invalid: bool, as_json: bool) -> None:
     _print_problems(reader.problems)
     if as_json:
         emit_json({"list": name, "file": str(path), "rows": reader.total, "valid": reader.valid,
-                   "invalid": reader.invalid, "duplicates": reader.duplicates,
+                   "invalid": reader.invalid, "duplicates": reader.duplicates, "bad_languages": reader.bad_languages,
                    "problems": [problem_json(p) for p in reader.problems]})
     else:
+        bad_languages = f", {reader.bad_languages} with a language that is not a tag" if reader.bad_languages else ""
         click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
-                   f"{reader.invalid} invalid, {reader.duplicates} duplicate(s)")
+                   f"{reader.invalid} invalid, {reader.duplicates} duplicate(s){bad_languages}")
     if reader.invalid and not skip_invalid:
         raise SubscriberError(f"{reader.invalid} invalid row(s) in {path} — correct or delete them, "
                               f"or pass --skip-invalid to send to the valid rows only")

@@ -66,6 +66,10 @@ def show_plan(plan: Plan, outbox: Path | None, *, err: bool) -> None:
         if plan.resumed:
             lines.append(f"resuming:   {plan.accepted} already accepted, {plan.in_doubt} in doubt")
         lines.append(f"to send:    {plan.to_send}")
+    if len(plan.editions) > 1:
+        lines.append(f"editions:   {', '.join(plan.editions)} (each recipient's `language`; else {plan.editions[0]})")
+    elif plan.test_address and plan.editions:
+        lines.append(f"edition:    {plan.editions[0]}")
     if plan.send_at:
         lines.append(f"scheduled:  {dt.datetime.fromtimestamp(plan.send_at, dt.UTC).isoformat()}")
     click.echo("\n".join(lines), err=err)
@@ -79,7 +83,17 @@ def summary_json(plan: Plan, summary: Summary | None) -> dict[str, Any]:
             "already_accepted": plan.accepted, "to_send": plan.to_send,
             "send_at": plan.send_at, "sent": done.accepted, "requests": done.requests,
             "seconds": round(done.seconds, 3), "remaining": done.remaining,
-            "finished": done.finished if summary else not plan.in_doubt and plan.to_send == 0}
+            "finished": done.finished if summary else not plan.in_doubt and plan.to_send == 0,
+            "editions": done.editions}
+
+
+def editions_line(editions: dict[str, dict[str, int]]) -> str:
+    """Per edition: `ko: 3 accepted, 0 pending, ...; en: ...` (status and the send summary)."""
+    from pipeline.send.status import COUNTED
+
+    return "by edition: " + "; ".join(
+        f"{language}: " + ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in COUNTED)
+        for language, counts in editions.items())
 
 
 def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None, this_run: int) -> str:

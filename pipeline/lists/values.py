@@ -27,6 +27,7 @@ MAX_FOLDER_BYTES = 255  # an issue is a folder: no file system takes a longer na
 #: Characters no value may hold: C0 and C1 controls, DEL, U+2028/2029 (line breaks to some parsers) and
 #: the bidi embeddings, overrides and isolates (they reorder what a subject or a name shows).
 UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_TAG = 35  # a language tag's length; RFC 5646 suggests 35 characters suffice
 _TAG_OVERHEAD = 4 + 6  # the two %% of a tag, the JSON quotes, colon and comma around key and value
 
 
@@ -93,3 +94,20 @@ class RowRule:
         values = (name, *fields.values())
         return (self._overhead + url_bytes_max(email, base_url=self.base_url, list_name=self.list_name)
                 + sum(len(v.encode("utf-8")) + len(html_value(v).encode("utf-8")) for v in values))
+
+
+def language_tag_ok(tag: str) -> bool:
+    """Whether a list's `language` cell is a language tag Babel knows (`ko`, `en`, `ko-KR`, `en_US`): the
+    rule by which pipeline.build.editions.pick_language takes a tag, so a warned-about tag is one that
+    gets the default edition. '' is fine (no preference)."""
+    if not tag:
+        return True
+    if len(tag) > MAX_TAG:
+        return False
+    from babel import Locale, UnknownLocaleError
+
+    try:
+        Locale.parse(tag.strip().replace("_", "-"), sep="-")
+    except (ValueError, UnknownLocaleError):
+        return False
+    return True

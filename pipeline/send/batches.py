@@ -151,6 +151,7 @@ class Personalizer:
             "subject": m.email.subject,
             "content": [{"type": "text/plain", "value": m.email.text}, {"type": "text/html", "value": m.email.html}],
             "custom_args": m.custom_args,
+            "headers": {"Content-Language": m.email.language},  # the edition's, as <html lang> says
         }
         if m.reply_to:
             shared["reply_to"] = {"email": m.reply_to}

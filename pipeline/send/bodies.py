@@ -140,8 +140,9 @@ class Lookahead:
 
     def __init__(self, store: Store, send_id: int, *, size: int, states: Sequence[str],
                  build: Callable[[list[DeliveryRow]], str | None], builder: BodyBuilder | None,
-                 depth: int = 2) -> None:
+                 depth: int = 2, editions: Sequence[str] | None = None) -> None:
         self.store, self.send_id, self.size, self.states = store, send_id, size, states
+        self.editions = editions  # the send loop's claim filter: one edition's deliveries
         self._build, self._builder, self._depth = build, builder, depth
         self._queue: deque[_Ahead] = deque()
 
@@ -157,7 +158,8 @@ class Lookahead:
                 if not self._queue[-1].peeked.rows:
                     return  # the end, or a stretch of suppressed rows that only a claim can step over
                 after = self._queue[-1].peeked.rows[-1][0]
-            ahead = _Ahead(self.store.peek_batch(self.send_id, size=self.size, after=after, states=self.states))
+            ahead = _Ahead(self.store.peek_batch(self.send_id, size=self.size, after=after, states=self.states,
+                                                 editions=self.editions))
             if ahead.peeked.rows and self._builder is not None:
                 self._builder.submit(ahead.peeked.rows)
                 ahead.building = True

@@ -11,6 +11,10 @@ so does a process that dies mid-request (the next run finds them `in_flight` and
 recipients are sent again only with `resend_in_doubt`. 429/5xx are retried with backoff inside
 `retry_budget_seconds`; 400/401/403/413 stop the send at once. Nothing is ever counted as sent unless
 SendGrid answered 202.
+
+Editions: each recipient's `language` picks an edition when the list is recorded, and the send log keeps
+it. A request has one content, so the loop runs once per edition, claiming only that edition's
+deliveries, with that edition's subject and body; the guarantees above hold for each run of it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pipeline.send.bodies import BodyBuilder, Lookahead
 from pipeline.send.gcpause import gc_paused
 from pipeline.send.loop import Policy, SendLoop, backoff
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
+from pipeline.send.status import by_edition
 from pipeline.send.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
 from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, Store, open_store
 
@@ -59,7 +64,11 @@ class SendJob:
         self.plan: Plan | None = None
         self._created = False
         self._test_row: DeliveryRow | None = None
-        self._personalizer: Personalizer | None = None
+        self._personalizer: Personalizer | None = None  # the default edition's (a test copy: its edition's)
+        self._api_key: str | None = None
+        self._secrets: tuple[bytes, bool, int | None] = (b"", False, None)  # secret, throwaway, send_at
+        self._emails: dict[str, Email] = {}  # every edition's, the default first
+        self._orphans: tuple[str, ...] = ()  # editions recorded earlier that the issue no longer has
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -68,10 +77,11 @@ class SendJob:
         if config.sending.batch_size > MAX_PERSONALIZATIONS or config.sending.batch_size < 1:
             raise SendError(f"{config.config_file}: sending.batch_size is {config.sending.batch_size}; SendGrid "
                             f"takes 1 to {MAX_PERSONALIZATIONS} personalizations per request — fix it in the config")
-        api_key = self._credentials()
+        api_key = self._api_key = self._credentials()
         secret, throwaway = self._secret()
         send_at = parse_send_at(options.at) if options.at else None
         email, content_hash, warnings = self._build()
+        self._secrets = (secret, throwaway, send_at)
         if throwaway:
             warnings = (*warnings, Problem(
                 message=f"{tokens.SECRET_ENV} is not set: the outbox's unsubscribe links are signed with a "
@@ -82,12 +92,12 @@ class SendJob:
         kind = "outbox" if options.outbox else "sendgrid"
         slug = self.issue_dir.resolve().name
         if options.test_address:
-            mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name, send_id=0,
-                                          secret=secret, throwaway_secret=throwaway, send_at=send_at).as_test()
+            self._test_row, first = recipients.copy_row(self.store, path, options.test_address,
+                                                        base_url=config.base_url)
+            language = self._test_language(first)
+            mailing = self._mailing(language, 0).as_test()
             self._personalizer = Personalizer(mailing)
-            self._test_row = recipients.row_for_test_copy(self.store, path, options.test_address,
-                                                          base_url=config.base_url)
-            self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1)
+            self.plan = self._plan(mailing, kind, content_hash, warnings, listed=1, to_send=1, editions=(language,))
             self._transport = self._transport_for(api_key)
             return self.plan
         self.lock = self.store.lock(issue=slug, list_name=options.list_name)
@@ -97,14 +107,12 @@ class SendJob:
         if recovered:
             log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
                         recovered)
-        mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name,
-                                      send_id=self.send.id, secret=secret, throwaway_secret=throwaway,
-                                      send_at=send_at)
+        mailing = self._mailing(self._default, self.send.id)
         self._personalizer = Personalizer(mailing)
         try:
             recorded = recipients.record_list(self.store, self.send.id, path, self._personalizer,
                                               list_name=options.list_name, new_send=self._created,
-                                              skip_invalid=options.skip_invalid)
+                                              skip_invalid=options.skip_invalid, edition_of=self._edition_of)
         except BaseException:
             self.cancel()
             raise
@@ -112,9 +120,16 @@ class SendJob:
             counts = {**dict.fromkeys(STATES, 0), "pending": recorded.added}
         else:
             counts = self.store.counts(self.send.id)
+            self._orphans = tuple(e for e in self.store.edition_counts(self.send.id) if e and e not in self._emails)
+            if self._orphans:
+                warnings = (*warnings, Problem(
+                    message=f"recipients recorded for edition(s) {', '.join(self._orphans)} that the issue no longer "
+                    f"has get the default edition ({self._default})", blocking=False,
+                    fix="restore the edition's issue.<language>.yaml to send it to them instead"))
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
-                               to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"])
+                               to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"],
+                               editions=tuple(self._emails))
         self._transport = self._transport_for(api_key)
         return self.plan
 
@@ -138,10 +153,58 @@ class SendJob:
         return tokens.secret_from_env(dict(self.environ)), False
 
     def _build(self) -> tuple[Email, str, tuple[Problem, ...]]:
+        """The default edition's email, the hash over every edition, the warnings; every edition's email
+        is kept in `_emails`, the default first."""
         from pipeline.build.builder import build_issue
 
         result = build_issue(self.issue_dir, self.config)  # raises IssueError on blocking problems
+        default = next(lang for lang, (email, _) in result.editions.items() if email is result.email)
+        self._emails = {default: result.email} | {lang: email for lang, (email, _) in result.editions.items()}
         return result.email, str(result.manifest["content_hash"]), tuple(result.problems)
+
+    # --- editions ---------------------------------------------------------------------------------------
+
+    @property
+    def _default(self) -> str:
+        return next(iter(self._emails))
+
+    def _edition_of(self, language: str) -> str:
+        """The edition a recipient with this `language` cell gets (BCP 47 negotiation, else the default)."""
+        from pipeline.build.editions import pick_language
+
+        return pick_language(language, tuple(self._emails)) or self._default
+
+    def _test_language(self, first: str) -> str:
+        """A test copy's edition: --language (which must name an edition), else the list's first row's."""
+        wanted = self.options.language
+        if wanted is None:
+            return self._edition_of(first)
+        from pipeline.build.editions import pick_language
+
+        found = pick_language(wanted, tuple(self._emails))
+        if found is None:
+            raise SendError(f"--language {wanted!r}: issue {self.issue_dir.resolve().name} has no such edition — "
+                            f"give one of {', '.join(self._emails)}, or leave --language out for the list's "
+                            "first recipient's edition")
+        return found
+
+    def _mailing(self, language: str, send_id: int) -> Mailing:
+        secret, throwaway, send_at = self._secrets
+        return Mailing.from_config(self.config, email=self._emails[language], issue=self.issue_dir.resolve().name,
+                                   list_name=self.options.list_name, send_id=send_id, secret=secret,
+                                   throwaway_secret=throwaway, send_at=send_at)
+
+    def _editions_to_send(self) -> list[tuple[str, Personalizer, tuple[str, ...] | None]]:
+        """(edition, its personalizer, the claim filter) for each edition; one edition: no filter. Rows
+        recorded before editions ('') and those of an edition the issue no longer has go with the default."""
+        assert self._personalizer is not None and self.send is not None
+        if len(self._emails) == 1:
+            return [(self._default, self._personalizer, None)]
+        found: list[tuple[str, Personalizer, tuple[str, ...] | None]] = [
+            (self._default, self._personalizer, (self._default, "", *self._orphans))]
+        for language in list(self._emails)[1:]:
+            found.append((language, Personalizer(self._mailing(language, self.send.id)), (language,)))
+        return found
 
     def _open_send(self, slug: str, kind: str, email: Email, content_hash: str, send_at: int | None) -> Send:
         assert self.store is not None
@@ -166,25 +229,26 @@ class SendJob:
         return found
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
-              listed: int, to_send: int, accepted: int = 0, in_doubt: int = 0) -> Plan:
+              listed: int, to_send: int, accepted: int = 0, in_doubt: int = 0, editions: tuple[str, ...] = ()) -> Plan:
         sender = f"{mailing.sender_name} <{mailing.sender_email}>" if mailing.sender_name else mailing.sender_email
         return Plan(issue=mailing.issue, subject=mailing.email.subject, list_name=mailing.list_name, sender=sender,
                     transport=kind, test_address=self.options.test_address, listed=listed, to_send=to_send,
                     accepted=accepted, in_doubt=in_doubt, resumed=not self._created, send_at=mailing.send_at,
-                    content_hash=content_hash, problems=problems)
+                    content_hash=content_hash, problems=problems, editions=editions)
 
-    def _transport_for(self, api_key: str | None) -> Transport:
-        assert self._personalizer is not None
+    def _transport_for(self, api_key: str | None, personalizer: Personalizer | None = None) -> Transport:
+        personalizer = personalizer or self._personalizer
+        assert personalizer is not None
         if self._make_transport is not None:
-            return self._make_transport(self._personalizer)
+            return self._make_transport(personalizer)
         if self.options.outbox:
             from pipeline.send.transport import OutboxTransport
 
-            return OutboxTransport(self._personalizer, self.options.outbox)
+            return OutboxTransport(personalizer, self.options.outbox)
         from pipeline.send.transport import SendGridTransport
 
         assert api_key is not None
-        return SendGridTransport(self._personalizer, api_key=api_key, host=self.environ.get(API_HOST_ENV) or None,
+        return SendGridTransport(personalizer, api_key=api_key, host=self.environ.get(API_HOST_ENV) or None,
                                  timeout=self.config.sending.timeout_seconds)
 
     # --- running ----------------------------------------------------------------------------------------
@@ -199,35 +263,53 @@ class SendJob:
             progress.advance(1)
             return summary
         assert self.store is not None and self.send is not None and self._personalizer is not None
-        states = (*TO_SEND, "in_doubt") if self.options.resend_in_doubt else TO_SEND
-        sending = self.config.sending
-        concurrency = sending.concurrency if self._transport.kind == "sendgrid" else 1
-        # While requests are in flight, the next batches' rows are read and their bodies built (by a helper
-        # process: see pipeline.send.bodies).
-        builder = BodyBuilder(self._personalizer) if self._transport.kind == "sendgrid" else None
-        ahead = Lookahead(self.store, self.send.id, size=sending.batch_size, states=states, build=self._body,
-                          builder=builder, depth=concurrency + 1)
-        policy = Policy(batch_size=sending.batch_size, concurrency=concurrency,
-                        requests_per_second=sending.requests_per_second,
-                        retry_budget_seconds=sending.retry_budget_seconds, send_at=self.plan.send_at)
-        loop = SendLoop(self.store, self.send.id, self._transport, policy, states=states, ahead=ahead,
-                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep)
-        with self.store.sending(), gc_paused():  # the loop's writes are the store's fixed ones
-            try:
-                loop.run()
-            finally:
-                if builder is not None:
-                    builder.close()
-        if self._created:  # every row was pending and the loop, ending without an error, took them all
+        for i, (_, personalizer, only) in enumerate(self._editions_to_send()):
+            if i:  # the requests-per-second ceiling holds across editions too
+                self.sleep(1.0 / self.config.sending.requests_per_second)
+            transport = self._transport if personalizer is self._personalizer else \
+                self._transport_for(self._api_key, personalizer)
+            self._run_edition(transport, personalizer, only, progress, summary)
+        if self._created and len(self._emails) == 1:  # every row was pending and the loop took them all
             counts = {"pending": 0, "failed": 0, "in_doubt": summary.in_doubt}  # counting 1M rows took 0.2 s
+            summary.editions = {self._default: {"accepted": summary.accepted, "pending": 0,
+                                                "in_doubt": summary.in_doubt, "failed": 0}}
         else:
             counts = self.store.counts(self.send.id)
+            summary.editions = by_edition(self.store.edition_counts(self.send.id), self._default)
         summary.remaining = {k: counts[k] for k in ("pending", "failed", "in_doubt")}
         summary.finished = not any(summary.remaining.values())
         if summary.finished:
             self.store.finish_send(self.send.id)
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _run_edition(self, transport: Transport, personalizer: Personalizer, only: tuple[str, ...] | None,
+                     progress: Progress, summary: Summary) -> None:
+        """The send loop over one edition's deliveries (`only`: the claim filter; None: every delivery)."""
+        assert self.store is not None and self.send is not None and self.plan is not None
+        states = (*TO_SEND, "in_doubt") if self.options.resend_in_doubt else TO_SEND
+        sending = self.config.sending
+        concurrency = sending.concurrency if transport.kind == "sendgrid" else 1
+        # While requests are in flight, the next batches' rows are read and their bodies built (by a helper
+        # process: see pipeline.send.bodies).
+        builder = BodyBuilder(personalizer) if transport.kind == "sendgrid" else None
+
+        def body(rows: list[DeliveryRow]) -> str | None:
+            return self._body(rows, transport, personalizer)
+
+        ahead = Lookahead(self.store, self.send.id, size=sending.batch_size, states=states, build=body,
+                          builder=builder, depth=concurrency + 1, editions=only)
+        policy = Policy(batch_size=sending.batch_size, concurrency=concurrency,
+                        requests_per_second=sending.requests_per_second,
+                        retry_budget_seconds=sending.retry_budget_seconds, send_at=self.plan.send_at)
+        loop = SendLoop(self.store, self.send.id, transport, policy, states=states, ahead=ahead,
+                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep, editions=only)
+        with self.store.sending(), gc_paused():  # the loop's writes are the store's fixed ones
+            try:
+                loop.run()
+            finally:
+                if builder is not None:
+                    builder.close()
 
     def _send_test_copy(self, summary: Summary) -> None:
         """One request, retried on 429/5xx within the budget; not recorded (the send log does not know it)."""
@@ -255,11 +337,12 @@ class SendJob:
                             f"— {refusal_fix(result.status)}")
         summary.accepted, summary.finished = 1, True
 
-    def _body(self, rows: list[DeliveryRow]) -> str | None:
+    @staticmethod
+    def _body(rows: list[DeliveryRow], transport: Transport, personalizer: Personalizer) -> str | None:
         """The request body, built ahead for transports that send one (SendGrid)."""
-        if self._transport.kind != "sendgrid" or self._personalizer is None:
+        if transport.kind != "sendgrid":
             return None
-        return self._personalizer.body(Batch(id=0, request_id="", rows=rows))
+        return personalizer.body(Batch(id=0, request_id="", rows=rows))
 
     # --- ending -----------------------------------------------------------------------------------------
 

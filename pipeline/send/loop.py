@@ -58,8 +58,10 @@ def backoff(attempt: int, hint: float | None) -> float:
 class SendLoop:
     def __init__(self, store: Store, send_id: int, transport: Transport, policy: Policy, *, states: Sequence[str],
                  ahead: Lookahead, progress: Progress, summary: Summary,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 editions: Sequence[str] | None = None) -> None:
         self.store, self.send_id, self.transport, self.policy = store, send_id, transport, policy
+        self.editions = editions  # claim only these editions' deliveries (one content per request); None: all
         self.states, self.ahead, self.progress, self.summary = states, ahead, progress, summary
         self.clock, self.sleep = clock, sleep
         self._flying: dict[Future[Result], _Request] = {}
@@ -149,11 +151,12 @@ class SendLoop:
         head = self.ahead.head
         if head is not None:  # the last answers and the next intent in one commit
             claim = self.store.claim_peeked(self.send_id, head, states=self.states, request_id=request_id,
-                                            finished=finished)
+                                            finished=finished, editions=self.editions)
             finished = []
         if claim is None:
             claim = self.store.claim_batch(self.send_id, size=self.policy.batch_size, after=self._after,
-                                           states=self.states, request_id=request_id, finished=finished)
+                                           states=self.states, request_id=request_id, finished=finished,
+                                           editions=self.editions)
         if claim is not None:
             self._after = claim.last
         return claim

@@ -18,6 +18,7 @@ class SendOptions:
     resend_in_doubt: bool = False
     skip_invalid: bool = False
     allow_changed_content: bool = False
+    language: str | None = None  # a test copy's edition (else the list's first row's)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,7 @@ class Plan:
     send_at: int | None
     content_hash: str
     problems: tuple[Problem, ...] = ()  # warnings: build warnings, skipped rows
+    editions: tuple[str, ...] = ()  # the editions (languages), the default first; a test copy: its one
 
 
 @dataclass(kw_only=True)
@@ -49,6 +51,8 @@ class Summary:
     finished: bool = False
     seconds: float = 0.0
     remaining: dict[str, int] = field(default_factory=dict)
+    #: Per edition (language), the send log's deliveries after the run: accepted, pending, in_doubt, failed.
+    editions: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class Progress(Protocol):

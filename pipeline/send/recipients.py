@@ -3,6 +3,7 @@
 Reading and recording are one pass, so that a million rows are never held in memory: the rows go into the
 send log inside one transaction, and a bad row found anywhere (without --skip-invalid) rolls it all back
 before anything is sent. A test copy takes only the list's first row, for its name and merge fields.
+Each row's `language` column picks the edition it gets, recorded with it (`edition_of`: see SendJob).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,25 +40,36 @@ def reader(store: Store, path: Path, base_url: str) -> ListReader:
 
 def row_for_test_copy(store: Store, path: Path, address: str, *, base_url: str) -> DeliveryRow:
     """A test copy goes to `address` with the name and merge fields of the list's first (valid) recipient."""
+    return copy_row(store, path, address, base_url=base_url)[0]
+
+
+def copy_row(store: Store, path: Path, address: str, *, base_url: str) -> tuple[DeliveryRow, str]:
+    """`row_for_test_copy`, and the first recipient's `language` (what picks the copy's edition)."""
     for recipient in reader(store, path, base_url):
         fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
-        return (0, address, recipient.name, fields)
-    return (0, address, "", None)
+        return (0, address, recipient.name, fields), recipient.language
+    return (0, address, "", None), ""
 
 
 def record_list(store: Store, send_id: int, path: Path, personalizer: Personalizer, *, list_name: str,
-                new_send: bool, skip_invalid: bool) -> Recorded:
+                new_send: bool, skip_invalid: bool, edition_of: Callable[[str], str] | None = None) -> Recorded:
     """Read the list into the deliveries of `send_id`: all rows for a new send, the ones it lacks for a
-    resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`."""
+    resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`.
+    `edition_of` gives a row's edition from its `language` cell (called once per distinct cell)."""
     started = time.perf_counter()
     source = reader(store, path, personalizer.mailing.base_url)
     listed = 0
 
-    def rows() -> Iterator[tuple[str, str, str | None]]:
+    editions: dict[str, str] = {}
+
+    def rows() -> Iterator[tuple[str, str, str | None, str]]:
         nonlocal listed
-        for email, name, fields, _ in source.rows(dedupe=not new_send):  # bad rows: see pipeline.lists.values
+        for email, name, fields, _, language in source.rows(dedupe=not new_send):  # bad rows: pipeline.lists.values
             listed += 1
-            yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None)
+            edition = editions.get(language)
+            if edition is None:
+                edition = editions[language] = edition_of(language) if edition_of is not None else ""
+            yield email, name, (json.dumps(dict(fields), ensure_ascii=False) if fields else None), edition
         blocking = [p for p in source.problems if p.blocking]
         if blocking and not skip_invalid:
             raise SubscriberError(

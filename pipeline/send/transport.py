@@ -191,6 +191,8 @@ class OutboxTransport:
                        "Message-ID": email.utils.make_msgid(domain=self._sender.domain)}  # what a mail client expects
             msg = mime_message(p.mailing.email, sender=self._sender, to=(display_name(name), address),
                                values=values, headers=headers, reply_to=p.mailing.reply_to)
+            # the edition (RFC 3282), as <html lang> says; after the parts, which take Content-* headers along
+            msg["Content-Language"] = p.mailing.email.language
             data = msg.as_bytes(policy=_ONE_LINE_HEADERS if str(msg["To"]).isascii() else _SMTPUTF8)
             target = self.folder / f"{safe_file_name(address)}.eml"
             tmp = target.with_suffix(".eml.tmp")

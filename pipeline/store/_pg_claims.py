@@ -15,9 +15,14 @@ from typing import Any
 import psycopg
 
 from pipeline.store._pg_schema import key
-from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Finish, Peeked, now
+from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Editions, Finish, Peeked, now
 
 _SUPPRESSED = f"EXISTS (SELECT 1 FROM suppressions s WHERE {key('s.email')} = {key('d.email')})"
+
+
+def _only(editions: Editions) -> tuple[str, tuple[list[str], ...]]:
+    """The batch filter of an edition-by-edition send: a condition to append, and its parameter."""
+    return ("", ()) if editions is None else (" AND edition = ANY(%s)", (list(editions),))
 
 
 class PgClaimsMixin:
@@ -34,36 +39,41 @@ class PgClaimsMixin:
         assert row is not None
         return int(row[0])
 
-    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND) -> Peeked:
+    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
+                   editions: Editions = None) -> Peeked:
         """Read only: the rows `claim_batch` would take now (to build the next request ahead of time)."""
+        only, langs = _only(editions)
         with self._tx() as conn:
             rows: list[DeliveryRow] = conn.execute(
                 f"SELECT id, email, name, fields FROM (SELECT id, email, name, fields FROM deliveries "
-                f"WHERE send_id = %s AND id > %s AND state = ANY(%s) ORDER BY id LIMIT %s) d "
-                f"WHERE NOT {_SUPPRESSED} ORDER BY id", (send_id, after, list(states), size)).fetchall()
+                f"WHERE send_id = %s AND id > %s AND state = ANY(%s){only} ORDER BY id LIMIT %s) d "
+                f"WHERE NOT {_SUPPRESSED} ORDER BY id", (send_id, after, list(states), *langs, size)).fetchall()
         return Peeked(rows, after, 0)
 
     def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
-                    request_id: str, finished: Sequence[Finish] = ()) -> Claim | None:
+                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
         """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
-        mark them in flight under a new batch row, commit, and return them; None when nothing is left."""
+        mark them in flight under a new batch row, commit, and return them; None when nothing is left.
+        `editions`: only deliveries of these editions (a request has one content)."""
         wanted = list(states)
+        only, langs = _only(editions)
         with self._tx() as conn:
             self._finish_all(conn, finished)
             while True:
                 span_row = conn.execute(
-                    "SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE send_id = %s AND id > %s "
-                    "AND state = ANY(%s) ORDER BY id LIMIT %s) t", (send_id, after, wanted, size)).fetchone()
+                    f"SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE send_id = %s AND id > %s "
+                    f"AND state = ANY(%s){only} ORDER BY id LIMIT %s) t", (send_id, after, wanted, *langs, size)
+                ).fetchone()
                 if span_row is None or span_row[0] is None:
                     return None
                 lo, hi = int(span_row[0]), int(span_row[1])
-                span = (send_id, lo, hi, wanted)
+                span = (send_id, lo, hi, wanted, *langs)
                 conn.execute(f"UPDATE deliveries d SET state = 'suppressed', updated_at = %s WHERE send_id = %s "
-                             f"AND id BETWEEN %s AND %s AND state = ANY(%s) AND {_SUPPRESSED}", (now(), *span))
+                             f"AND id BETWEEN %s AND %s AND state = ANY(%s){only} AND {_SUPPRESSED}", (now(), *span))
                 batch_id = self._new_batch(conn, send_id, request_id, size=0, first=lo, last=hi)
                 rows: list[DeliveryRow] = conn.execute(
-                    "UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s AND id "
-                    "BETWEEN %s AND %s AND state = ANY(%s) RETURNING id, email, name, fields",
+                    f"UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s AND id "
+                    f"BETWEEN %s AND %s AND state = ANY(%s){only} RETURNING id, email, name, fields",
                     (batch_id, *span)).fetchall()
                 if rows:
                     break
@@ -74,7 +84,7 @@ class PgClaimsMixin:
         return Claim(id=batch_id, request_id=request_id, rows=rows)
 
     def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
-                     finished: Sequence[Finish] = ()) -> Claim | None:
+                     finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
         """`claim_batch` of rows that `peek_batch` read, without reading them again: one UPDATE of the ids
         after `peeked.after` up to their last, kept only if it took exactly the peeked ids (none suppressed
         before or between them: `claim_batch` marks those) and none of them is suppressed now. Otherwise it
@@ -83,6 +93,7 @@ class PgClaimsMixin:
         `finished`, the outcomes of earlier requests, are recorded in the same transaction, claimed or not.
         """
         rows = peeked.rows
+        only, langs = _only(editions)
         with self._tx() as conn:
             self._finish_all(conn, finished)
             if not rows:
@@ -92,9 +103,9 @@ class PgClaimsMixin:
                                            last=rows[-1][0])
                 taken, suppressed = conn.execute(
                     f"WITH d AS (UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s "
-                    f"AND id > %s AND id <= %s AND state = ANY(%s) RETURNING id, email) "
+                    f"AND id > %s AND id <= %s AND state = ANY(%s){only} RETURNING id, email) "
                     f"SELECT array_agg(id ORDER BY id), bool_or({_SUPPRESSED}) FROM d",
-                    (batch_id, send_id, peeked.after, rows[-1][0], list(states))).fetchone() or (None, None)
+                    (batch_id, send_id, peeked.after, rows[-1][0], list(states), *langs)).fetchone() or (None, None)
                 if taken != [r[0] for r in rows] or suppressed:
                     raise psycopg.Rollback(savepoint)  # the outcomes recorded above stay
                 return Claim(id=batch_id, request_id=request_id, rows=rows)

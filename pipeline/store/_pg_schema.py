@@ -120,6 +120,14 @@ MIGRATIONS: list[Migration] = [
     """),
 ]
 
+# Editions: each delivery records the language of the edition its recipient gets (see pipeline.send.job).
+# Rows recorded before editions existed hold '' and are the default edition's.
+MIGRATIONS += [
+    ("pg_editions_001_delivery_edition", """
+        ALTER TABLE deliveries ADD COLUMN edition text COLLATE "C" NOT NULL DEFAULT '';
+    """),
+]
+
 # Tables `newsletter db copy` moves, in an order that keeps references valid, with the column that orders them.
 TABLES = {"sends": "id", "batches": "id", "deliveries": "id", "suppressions": "email", "events": "id",
           "delivery_status": "delivery_id", "webhook_rejects": "body_sha256"}

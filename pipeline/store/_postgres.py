@@ -37,7 +37,7 @@ WORK_MEM = "64MB"  # for the hash joins of a million-row list (the default 4 MB 
 _SEND_COLUMNS = "id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at"
 _COUNTS = "SELECT " + ", ".join(f"count(*) FILTER (WHERE state = '{s}')" for s in STATES) + " FROM deliveries"
 _LISTED = ('CREATE TEMP TABLE listed (ord bigint GENERATED ALWAYS AS IDENTITY, email text COLLATE "C", '
-           "name text, fields text) ON COMMIT DROP")
+           "name text, fields text, edition text COLLATE \"C\" NOT NULL DEFAULT '') ON COMMIT DROP")
 
 
 def where(url: str) -> str:
@@ -250,9 +250,9 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin):
         """The list into the temporary table `listed` (dropped at commit), numbered in list order."""
         conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         conn.execute(_LISTED)
-        with conn.cursor().copy("COPY listed (email, name, fields) FROM STDIN") as copy:
+        with conn.cursor().copy("COPY listed (email, name, fields, edition) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row(row)
+                copy.write_row(row if len(row) == 4 else (*row, ""))  # noqa: PLR2004 - a ListRow with its edition
         conn.execute("ANALYZE listed")
 
     def add_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int:
@@ -265,8 +265,8 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin):
             if conn.execute("SELECT 1 FROM sends WHERE id = %s", (send_id,)).fetchone() is None:
                 raise SendError(f"send {send_id} is not in the send log")
             self._copy_listed(conn, rows)
-            insert = "INSERT INTO deliveries (send_id, email, name, fields) SELECT %s, email, name, fields " \
-                     "FROM listed ORDER BY ord"
+            insert = "INSERT INTO deliveries (send_id, email, name, fields, edition) SELECT %s, email, name, " \
+                     "fields, edition FROM listed ORDER BY ord"
             try:
                 with conn.transaction():
                     added = conn.execute(insert, (send_id,)).rowcount
@@ -283,7 +283,8 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin):
         with self._tx() as conn:
             self._copy_listed(conn, rows)
             added = conn.execute(
-                f"INSERT INTO deliveries (send_id, email, name, fields) SELECT %s, email, name, fields FROM listed d "
+                f"INSERT INTO deliveries (send_id, email, name, fields, edition) SELECT %s, email, name, fields, "
+                f"edition FROM listed d "
                 f"WHERE NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.send_id = %s AND {key('e.email')} = "
                 f"{key('d.email')}) ORDER BY ord ON CONFLICT DO NOTHING", (send_id, send_id)).rowcount
             stamp = now()
@@ -357,6 +358,15 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin):
                 conn.execute(sql.SQL("SELECT setval(pg_get_serial_sequence(%s, 'id'), "
                                      "(SELECT coalesce(max(id), 0) + 1 FROM {}), false)").format(sql.Identifier(table)),
                              (table,))
+
+    # --- editions ---------------------------------------------------------------------------------------
+
+    def edition_counts(self, send_id: int) -> dict[str, dict[str, int]]:
+        """Deliveries per edition and state ('' is the default edition of rows recorded before editions)."""
+        with self._tx() as conn:
+            rows = conn.execute(f"{_COUNTS.replace('SELECT ', 'SELECT edition, ', 1)} WHERE send_id = %s "
+                                "GROUP BY edition ORDER BY edition", (send_id,)).fetchall()
+        return {str(edition): dict(zip(STATES, (int(n) for n in row), strict=True)) for edition, *row in rows}
 
 
 def _analyze(conn: psycopg.Connection[Any]) -> None:

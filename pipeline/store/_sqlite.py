@@ -43,6 +43,7 @@ def _statements(script: str) -> list[str]:
 
 _SEND_COLUMNS = "id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at"
 _COUNTS = "SELECT " + ", ".join(f"count(*) FILTER (WHERE state = '{s}')" for s in STATES) + " FROM deliveries"
+_EDITION = "coalesce(json_extract(value, '$[3]'), '')"  # a ListRow's edition, '' when it has none
 
 
 def _send(row: tuple[object, ...]) -> Send:
@@ -220,8 +221,8 @@ class SQLiteStore(ClaimsMixin, EventsMixin):
             if conn.execute("SELECT 1 FROM sends WHERE id = ?", (send_id,)).fetchone() is None:
                 raise SendError(f"send {send_id} is not in the send log")
             before = conn.total_changes
-            insert_chunks(conn, f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
-                          f"SELECT {int(send_id)}, {json_columns(3)} FROM json_each(?)", rows)
+            insert_chunks(conn, f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields, edition) "
+                          f"SELECT {int(send_id)}, {json_columns(3)}, {_EDITION} FROM json_each(?)", rows)
             return conn.total_changes - before
 
     def sync_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int:
@@ -233,13 +234,13 @@ class SQLiteStore(ClaimsMixin, EventsMixin):
         """
         with transaction(self.conn) as conn:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS listed (email TEXT PRIMARY KEY COLLATE NOCASE, "
-                         "name TEXT, fields TEXT)")
+                         "name TEXT, fields TEXT, edition TEXT)")
             conn.execute("DELETE FROM temp.listed")
-            insert_chunks(conn, f"INSERT OR IGNORE INTO temp.listed (email, name, fields) "
-                          f"SELECT {json_columns(3)} FROM json_each(?)", rows)
+            insert_chunks(conn, f"INSERT OR IGNORE INTO temp.listed (email, name, fields, edition) "
+                          f"SELECT {json_columns(3)}, {_EDITION} FROM json_each(?)", rows)
             before = conn.total_changes
-            conn.execute("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields) "
-                         "SELECT ?, email, name, fields FROM temp.listed ORDER BY rowid", (send_id,))
+            conn.execute("INSERT OR IGNORE INTO deliveries (send_id, email, name, fields, edition) "
+                         "SELECT ?, email, name, fields, edition FROM temp.listed ORDER BY rowid", (send_id,))
             added = conn.total_changes - before
             stamp = now()
             for new, condition in (("suppressed", "IN (SELECT email FROM suppressions)"),
@@ -299,3 +300,13 @@ class SQLiteStore(ClaimsMixin, EventsMixin):
         with transaction(self.conn) as conn:
             conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
                              rows)
+
+    # --- editions ---------------------------------------------------------------------------------------
+
+    def edition_counts(self, send_id: int) -> dict[str, dict[str, int]]:
+        """Deliveries per edition and state ('' is the default edition of rows recorded before editions)."""
+        found: dict[str, dict[str, int]] = {}
+        for edition, *row in self.conn.execute(f"{_COUNTS.replace('SELECT ', 'SELECT edition, ', 1)} WHERE "
+                                               "send_id = ? GROUP BY edition ORDER BY edition", (send_id,)):
+            found[str(edition)] = dict(zip(STATES, row, strict=True))
+        return found

@@ -12,7 +12,14 @@ import sqlite3
 from collections.abc import Sequence
 
 from pipeline.store._sqlite_tx import transaction
-from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Finish, Peeked, now
+from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Editions, Finish, Peeked, now
+
+
+def _only(editions: Editions) -> tuple[str, tuple[str, ...]]:
+    """The batch filter of an edition-by-edition send: a condition to append, and its parameters."""
+    if editions is None:
+        return "", ()
+    return f" AND edition IN ({','.join('?' * len(editions))})", tuple(editions)
 
 
 class ClaimsMixin:
@@ -30,26 +37,30 @@ class ClaimsMixin:
         """Changes whenever another connection (`newsletter serve` adding a suppression) commits."""
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND) -> Peeked:
+    def peek_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
+                   editions: Editions = None) -> Peeked:
         """Read only: the rows `claim_batch` would take now (to build the next request ahead of time)."""
         version = self.data_version()
         marks = ",".join("?" * len(states))
+        only, langs = _only(editions)
         rows = self.conn.execute(
             f"SELECT id, email, name, fields FROM (SELECT id, email, name, fields FROM deliveries WHERE +send_id = ? "
-            f"AND id > ? AND state IN ({marks}) ORDER BY id LIMIT ?) WHERE email NOT IN (SELECT email FROM "
-            f"suppressions) ORDER BY id", (send_id, after, *states, size)).fetchall()
+            f"AND id > ? AND state IN ({marks}){only} ORDER BY id LIMIT ?) WHERE email NOT IN (SELECT email FROM "
+            f"suppressions) ORDER BY id", (send_id, after, *states, *langs, size)).fetchall()
         return Peeked(rows, after, version)
 
     def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
-                    request_id: str, finished: Sequence[Finish] = ()) -> Claim | None:
+                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
         """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
         mark them in flight under a new batch row, commit, and return them; None when nothing is left.
+        `editions`: only deliveries of these editions (a request has one content).
 
         Deliveries are taken in id order (the list's order) by rowid ranges: `+send_id` keeps SQLite from
         using the (send_id, email) index, which would sort the whole send for every batch.
         """
         conn = self.conn
         marks = ",".join("?" * len(states))
+        only, langs = _only(editions)
         with transaction(conn):
             self._finish_all(finished)
             stamp = now()
@@ -57,18 +68,19 @@ class ClaimsMixin:
             while True:
                 lo, hi = conn.execute(
                     f"SELECT min(id), max(id) FROM (SELECT id FROM deliveries WHERE +send_id = ? AND id > ? "
-                    f"AND state IN ({marks}) ORDER BY id LIMIT ?)", (send_id, after, *states, size)).fetchone()
+                    f"AND state IN ({marks}){only} ORDER BY id LIMIT ?)", (send_id, after, *states, *langs, size)
+                ).fetchone()
                 if lo is None:
                     return None
-                span = (send_id, lo, hi, *states)
+                span = (send_id, lo, hi, *states, *langs)
                 if any_suppressed:
                     conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE +send_id = ? AND "
-                                 f"id BETWEEN ? AND ? AND state IN ({marks}) AND email IN (SELECT email FROM "
-                                 f"suppressions)", (stamp, *span))
+                                 f"id BETWEEN ? AND ? AND state IN ({marks}){only} AND email IN (SELECT email "
+                                 f"FROM suppressions)", (stamp, *span))
                 batch_id = self._new_batch(send_id, request_id, size=0, first=lo, last=hi, stamp=stamp)
                 rows: list[DeliveryRow] = conn.execute(
                     f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND id "
-                    f"BETWEEN ? AND ? AND state IN ({marks}) RETURNING id, email, name, fields",
+                    f"BETWEEN ? AND ? AND state IN ({marks}){only} RETURNING id, email, name, fields",
                     (batch_id, *span)).fetchall()
                 if rows:
                     break
@@ -79,7 +91,7 @@ class ClaimsMixin:
         return Claim(id=batch_id, request_id=request_id, rows=rows)
 
     def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
-                     finished: Sequence[Finish] = ()) -> Claim | None:
+                     finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
         """`claim_batch` of rows that `peek_batch` read, without reading them again: one UPDATE of the ids
         after `peeked.after` up to their last. Only if nothing can have changed: no other connection
         committed since (so no suppression arrived) and that range holds exactly these rows to send (none
@@ -92,6 +104,7 @@ class ClaimsMixin:
         """
         conn, rows = self.conn, peeked.rows
         marks = ",".join("?" * len(states))
+        only, langs = _only(editions)
         with transaction(conn):
             self._finish_all(finished)
             if not rows or self.data_version() != peeked.version:
@@ -100,8 +113,8 @@ class ClaimsMixin:
             batch_id = self._new_batch(send_id, request_id, size=len(rows), first=rows[0][0], last=rows[-1][0],
                                        stamp=now())
             taken = conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND "
-                                 f"id > ? AND id <= ? AND state IN ({marks})",
-                                 (batch_id, send_id, peeked.after, rows[-1][0], *states)).rowcount
+                                 f"id > ? AND id <= ? AND state IN ({marks}){only}",
+                                 (batch_id, send_id, peeked.after, rows[-1][0], *states, *langs)).rowcount
             claimed = taken == len(rows)
             if not claimed:
                 conn.execute("ROLLBACK TO claim")  # the outcomes recorded above stay

@@ -114,3 +114,11 @@ MIGRATIONS += [
         );
     """),
 ]
+
+# Editions: each delivery records the language of the edition its recipient gets (see pipeline.send.job).
+# Rows recorded before editions existed hold '' and are the default edition's.
+MIGRATIONS += [
+    ("editions_001_delivery_edition", """
+        ALTER TABLE deliveries ADD COLUMN edition TEXT NOT NULL DEFAULT '';
+    """),
+]
