@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline import keys, tokens
@@ -32,6 +33,7 @@ from pipeline.lists.subscribers import list_path
 from pipeline.send import recipients
 from pipeline.send.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.send.bodies import BodyBuilder, Lookahead
+from pipeline.send.brake import Brake, previous_warning
 from pipeline.send.gcpause import gc_paused
 from pipeline.send.loop import Policy, SendLoop, backoff
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
@@ -60,6 +62,9 @@ class SendJob:
         self._created = False
         self._test_row: DeliveryRow | None = None
         self._personalizer: Personalizer | None = None
+        self._loop: SendLoop | None = None
+        self._reopen = False  # --resend-cancelled of a cancelled send
+        self._stop_reason: str | None = None
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -97,9 +102,11 @@ class SendJob:
         if recovered:
             log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
                         recovered)
+        batch_id, stop_warnings = self._schedule_state(kind, send_at)
+        warnings = (*warnings, *stop_warnings)
         mailing = Mailing.from_config(config, email=email, issue=slug, list_name=options.list_name,
                                       send_id=self.send.id, secret=secret, throwaway_secret=throwaway,
-                                      send_at=send_at)
+                                      send_at=send_at, batch_id=batch_id)
         self._personalizer = Personalizer(mailing)
         try:
             recorded = recipients.record_list(self.store, self.send.id, path, self._personalizer,
@@ -113,10 +120,37 @@ class SendJob:
         else:
             counts = self.store.counts(self.send.id)
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
+        if self._reopen:  # what the cancelled batch held goes again
+            to_send += counts["accepted"] + (0 if options.resend_in_doubt else counts["in_doubt"])
+            counts = {**counts, "accepted": 0, "in_doubt": 0}
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
                                to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"])
         self._transport = self._transport_for(api_key)
         return self.plan
+
+    def _schedule_state(self, kind: str, send_at: int | None) -> tuple[str | None, tuple[Problem, ...]]:
+        """The send's batch id so far, after what `cancel` / `pause` left (issue 12), and warnings: a paused
+        batch, a list that bounced last time."""
+        assert self.store is not None and self.send is not None
+        if kind != "sendgrid":
+            return None, ()
+        schedule = self.store.schedule(self.send.id)
+        warnings: list[Problem] = []
+        if schedule.state == "cancelled":
+            if not self.options.resend_cancelled:
+                raise SendError(f"this send of {self.send.issue} to list {self.send.list_name} was cancelled on "
+                                f"{schedule.changed_at} (`newsletter cancel`); nothing was sent now — to send it again "
+                                "to everyone (SendGrid discarded the cancelled mail), add --resend-cancelled, "
+                                "with --at for a new time or without it to send at once")
+            self._reopen = True  # done in run(), after the confirmation
+            return None, ()
+        if schedule.state == "paused":
+            warnings.append(Problem(message=f"this send is paused (since {schedule.changed_at}): what it sends now "
+                                    "is held by SendGrid too", blocking=False,
+                                    fix=f"`newsletter resume {self.issue_dir} --list {self.send.list_name}` "
+                                    "releases it"))
+        found = previous_warning(self.store, self.send, self.config.sending.stop_when)
+        return schedule.batch_id, (*warnings, *([found] if found else []))
 
     def _credentials(self) -> str | None:
         if self.options.outbox:
@@ -199,6 +233,11 @@ class SendJob:
             progress.advance(1)
             return summary
         assert self.store is not None and self.send is not None and self._personalizer is not None
+        if self._reopen:
+            moved = self.store.reopen_cancelled(self.send.id)
+            log.warning("resending a cancelled send: %d recipient(s) sent again, under a new batch id", moved)
+            self._personalizer = Personalizer(replace(self._personalizer.mailing, batch_id=None))
+        self._ensure_batch_id()
         states = (*TO_SEND, "in_doubt") if self.options.resend_in_doubt else TO_SEND
         sending = self.config.sending
         concurrency = sending.concurrency if self._transport.kind == "sendgrid" else 1
@@ -210,8 +249,13 @@ class SendJob:
         policy = Policy(batch_size=sending.batch_size, concurrency=concurrency,
                         requests_per_second=sending.requests_per_second,
                         retry_budget_seconds=sending.retry_budget_seconds, send_at=self.plan.send_at)
+        brake = Brake(self.store, self.send, sending.stop_when, issue_dir=str(self.issue_dir)) \
+            if self._transport.kind == "sendgrid" else None
         loop = SendLoop(self.store, self.send.id, self._transport, policy, states=states, ahead=ahead,
-                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep)
+                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep, brake=brake)
+        self._loop = loop
+        if self._stop_reason:
+            loop.request_stop(self._stop_reason)
         with self.store.sending(), gc_paused():  # the loop's writes are the store's fixed ones
             try:
                 loop.run()
@@ -228,6 +272,24 @@ class SendJob:
             self.store.finish_send(self.send.id)
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _ensure_batch_id(self) -> None:
+        """A real send's SendGrid batch id: created once, recorded, reused by every later run of the send."""
+        assert self.store is not None and self.send is not None and self._personalizer is not None
+        create = getattr(self._transport, "create_batch", None)
+        if create is None or self._personalizer.mailing.batch_id is not None:
+            return
+        batch_id = str(create())
+        self.store.set_batch_id(self.send.id, batch_id)
+        self._personalizer = Personalizer(replace(self._personalizer.mailing, batch_id=batch_id))
+        self._transport.personalizer = self._personalizer  # type: ignore[attr-defined]
+
+    def request_stop(self, reason: str) -> None:
+        """Ctrl-C or SIGTERM (from a signal handler): the running loop stops claiming and lets what flies
+        finish; before the loop starts, it starts stopped."""
+        self._stop_reason = reason
+        if self._loop is not None:
+            self._loop.request_stop(reason)
 
     def _send_test_copy(self, summary: Summary) -> None:
         """One request, retried on 429/5xx within the budget; not recorded (the send log does not know it)."""

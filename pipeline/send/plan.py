@@ -18,6 +18,7 @@ class SendOptions:
     resend_in_doubt: bool = False
     skip_invalid: bool = False
     allow_changed_content: bool = False
+    resend_cancelled: bool = False  # send again what a cancelled scheduled send had (a new batch id)
 
 
 @dataclass(frozen=True, kw_only=True)

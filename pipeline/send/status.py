@@ -43,6 +43,9 @@ def issue_status(config: Config, issue_dir: Path) -> dict[str, Any]:
                 "send_id": send.id,
                 "in_doubt_recipients": store.in_doubt_addresses(send.id),
             }
+            schedule = store.schedule(send.id)  # issue 12: the batch id, paused / cancelled and when
+            entry.update(batch_id=schedule.batch_id, schedule_state=schedule.state,
+                         schedule_changed_at=schedule.changed_at)
             report["outbox" if send.transport == "outbox" else "lists"][send.list_name] = entry
     finally:
         store.close()
