@@ -230,12 +230,14 @@ def test_a_store_copied_to_another_keeps_ids_and_counts(store: Store, tmp_path: 
 
 
 def test_postgresql_refuses_to_start_with_migrations_pending(pg_database: str) -> None:
+    from pipeline.store._pg_schema import MIGRATIONS
     from pipeline.store._postgres import PostgresStore
 
-    with pytest.raises(StoreError, match=r"lacks migrations pg_001_initial — run `newsletter db migrate`"):
+    names = [name for name, _ in MIGRATIONS]
+    with pytest.raises(StoreError, match=rf"lacks migrations {', '.join(names)} — run `newsletter db migrate`"):
         PostgresStore(pg_database, migrate=False)
     migrated = PostgresStore(pg_database, migrate=True)
-    assert migrated.applied_migrations() == ["pg_001_initial"]
+    assert migrated.applied_migrations() == names
     migrated.close()
     again = PostgresStore(pg_database, migrate=False)
     assert again.migrate() == []

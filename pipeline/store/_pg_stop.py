@@ -55,5 +55,5 @@ class PgStopMixin:
 
     def previous_send(self, send: Send) -> Send | None:
         with self._tx() as conn:
-            row = conn.execute(PREVIOUS_SQL.format(p="%s"), (send.list_name, send.id, send.created_at)).fetchone()
-        return self.find_send_by_id(int(row[0])) if row else None
+            row = conn.execute(PREVIOUS_SQL.format(p="%s"), (send.list_name, send.id)).fetchone()
+        return self.find_send_by_id(int(row[0])) if row and row[0] is not None else None

@@ -15,8 +15,7 @@ OUTCOME_EVENTS = {"delivered": "delivered", "bounce": "bounced", "spamreport": "
 _PLACES = ", ".join(f"'{e}'" for e in OUTCOME_EVENTS)
 OUTCOMES_SQL = ("SELECT event, count(*), max(id) FROM events WHERE issue = {p} AND list = {p} AND event IN "
                 f"({_PLACES}) AND id > {{p}} AND status = 'applied' AND send_id = {{p}} GROUP BY event")
-PREVIOUS_SQL = ("SELECT id FROM sends WHERE list = {p} AND transport = 'sendgrid' AND id <> {p} AND created_at <= {p} "
-                "ORDER BY created_at DESC, id DESC LIMIT 1")
+PREVIOUS_SQL = "SELECT max(id) FROM sends WHERE list = {p} AND transport = 'sendgrid' AND id < {p}"
 
 SEND_SQL = "SELECT id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at FROM sends " \
            "WHERE id = {p}"
@@ -77,6 +76,6 @@ class StopMixin:
         return outcomes_of(rows, after_event)
 
     def previous_send(self, send: Send) -> Send | None:
-        """The latest other real send to the same list that began before this one."""
-        row = self.conn.execute(PREVIOUS_SQL.format(p="?"), (send.list_name, send.id, send.created_at)).fetchone()
-        return self.find_send_by_id(int(row[0])) if row else None
+        """The latest other real send to the same list created before this one (ids only grow)."""
+        row = self.conn.execute(PREVIOUS_SQL.format(p="?"), (send.list_name, send.id)).fetchone()
+        return self.find_send_by_id(int(row[0])) if row and row[0] is not None else None
