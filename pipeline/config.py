@@ -13,6 +13,23 @@ CONFIG_NAME = "newsletter.yaml"
 
 
 @dataclass(frozen=True, kw_only=True)
+class StopWhen:
+    """A send stops by itself above these rates (see pipeline.send.brake); Gmail's and Yahoo's bulk-sender
+    rules call 0.3 % complaints an emergency."""
+
+    bounce_rate: float = 0.05
+    complaint_rate: float = 0.003
+    min_delivered: int = 1000  # deliveries reported (delivered or bounced) before the rates count
+
+
+def _stop_when(data: dict[str, Any]) -> StopWhen:
+    default = StopWhen()
+    return StopWhen(bounce_rate=float(data.get("bounce_rate", default.bounce_rate)),
+                    complaint_rate=float(data.get("complaint_rate", default.complaint_rate)),
+                    min_delivered=int(data.get("min_delivered", default.min_delivered)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Sending:
     categories: tuple[str, ...] = ()
     unsubscribe_group_id: int | None = None
@@ -21,6 +38,7 @@ class Sending:
     timeout_seconds: float = 30.0
     retry_budget_seconds: float = 600.0
     concurrency: int = 4  # requests in flight at once, each with its own intent committed first
+    stop_when: StopWhen = field(default_factory=StopWhen)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -125,5 +143,6 @@ def load_config(root: Path | None = None) -> Config:
             timeout_seconds=float(sending.get("timeout_seconds", 30)),
             retry_budget_seconds=float(sending.get("retry_budget_seconds", 600)),
             concurrency=int(sending.get("concurrency", 4)),
+            stop_when=_stop_when(sending.get("stop_when", {})),
         ),
     )

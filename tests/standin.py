@@ -82,6 +82,8 @@ SUPPRESSION_PATHS = {
     "/v3/asm/suppressions": "asm_suppressions",
 }
 PAGE_LIMIT = 500  # default and largest page size of the suppression lists
+MAX_HELD = 10  # batches paused or cancelled at once ("You can't pause or cancel more than 10 different batches")
+LAST_CHANGE_SECONDS = 600  # a pause or cancel is refused later than 10 minutes before send_at
 
 Error = tuple[str | None, str]  # (field, message)
 
@@ -213,6 +215,13 @@ class StandIn:
         self._record: IO[str] | None = record.open("a", encoding="utf-8") if record else None
         self._validator = jsonschema.Draft202012Validator(
             json.loads(SCHEMA_PATH.read_text(encoding="utf-8")), format_checker=jsonschema.FormatChecker())
+        #: Batch ids created by POST /v3/mail/batch: -> {"status": None | "pause" | "cancel", "send_at": int | None}
+        #: (the earliest send_at of the mail sent with it). Tests may add entries, e.g. other sends already held.
+        self.batches: dict[str, dict[str, Any]] = {}
+        #: (method, path) of every batch and scheduled-sends request, which never take a scripted fault.
+        self.control_requests: list[tuple[str, str]] = []
+        #: How many batches SendGrid lets be paused or cancelled at once.
+        self.max_held = MAX_HELD
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.standin = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -333,6 +342,24 @@ class StandIn:
                 self._record.flush()
         return message_id
 
+    def _batch_errors(self, body: dict[str, Any]) -> list[Error]:
+        """A mail send's batch_id must be one this account created; it remembers the earliest send_at."""
+        batch_id = body.get("batch_id")
+        if batch_id is None:
+            return []
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return [("batch_id", "invalid batch id")]
+            if "send_at" in body:
+                batch["send_at"] = min(batch["send_at"] or body["send_at"], body["send_at"])
+        return []
+
+    def held(self) -> dict[str, str]:
+        """Batch id -> "pause" / "cancel", for the batches that have a status."""
+        with self._lock:
+            return {k: v["status"] for k, v in self.batches.items() if v["status"]}
+
     def _check(self, body: Any) -> tuple[list[Error], list[str]]:
         """Errors for a parsed body, and its recipient addresses."""
         errors = [(_schema_field(e), e.message[:300]) for e in self._validator.iter_errors(body)]
@@ -377,8 +404,27 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(post=False)
 
-    def _serve(self, *, post: bool) -> None:
+    def do_PATCH(self) -> None:
+        self._serve(post=False, method="PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve(post=False, method="DELETE")
+
+    def _serve(self, *, post: bool, method: str = "") -> None:
         sg = self.server.standin
+        path = urlsplit(self.path).path.rstrip("/")
+        if path.startswith(("/v3/mail/batch", "/v3/user/scheduled_sends")):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self._read(length)
+            method = method or ("POST" if post else "GET")
+            with sg._lock:
+                sg.control_requests.append((method, path))
+            status, payload = (_control(sg, method, path, raw)
+                               if self.headers.get("Authorization") == f"Bearer {sg.api_key}"
+                               else _err(401, None, "authorization required"))
+            return self._plain_answer(status, payload)
+        if method:
+            return self._error(405, None, f"{method} is not allowed on {path}")
         sg._arrived()
         try:
             self._handle(sg, post=post)
@@ -399,8 +445,6 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/")
         if post and path == "/v3/mail/send":
             self._mail_send(sg, raw, length, drop=fault == "drop_after")
-        elif post and path == "/v3/mail/batch":
-            self._answer(201, {"batch_id": uuid.uuid4().hex}, drop=fault == "drop_after")
         elif not post and path in SUPPRESSION_PATHS:
             self._suppressions(sg, SUPPRESSION_PATHS[path], drop=fault == "drop_after")
         else:
@@ -428,6 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, OSError) as exc:
             return self._error(400, None, f"The request body is not valid JSON: {exc}", drop=drop)
         errors, emails = sg._check(body) if sg.validate else _fast_recipients(raw)
+        if not errors and sg.validate:
+            errors = sg._batch_errors(body)
         if errors:
             return self._errors(400, errors, drop=drop)
         message_id = sg._accept(body, emails)
@@ -475,6 +521,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = {"errors": [{"message": m, "field": f, "help": None} for f, m in errors]}
         self._answer(status, body, drop=drop)
 
+    def _plain_answer(self, status: int, payload: Any) -> None:
+        """An answer outside the Mail Send faults and gates (the batch and scheduled-sends endpoints)."""
+        data = b"" if payload is None else json.dumps(payload).encode()
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _answer(self, status: int, payload: Any, *, drop: bool = False) -> None:
         if drop:
             return self._drop()
@@ -490,6 +546,69 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("X-RateLimit-Reset", str(int(time.time()) + sg.retry_after))
         self.end_headers()
         self.wfile.write(data)
+
+
+def _control(sg: StandIn, method: str, path: str, raw: bytes | None) -> tuple[int, Any]:
+    """The batch and scheduled-sends endpoints, with SendGrid's documented rules and errors."""
+    parts = path.split("/")[2:]  # ["mail", "batch", id?] or ["user", "scheduled_sends", id?]
+    batch_id = parts[2] if len(parts) == 3 else None
+    try:
+        body = json.loads(raw) if raw else {}
+    except ValueError:
+        return _err(400, None, "The request body is not valid JSON.")
+    with sg._lock:
+        if parts[:2] == ["mail", "batch"]:
+            if method == "POST" and batch_id is None:
+                new = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=").replace("-", "a")
+                sg.batches[new] = {"status": None, "send_at": None}
+                return (201, {"batch_id": new})
+            if method == "GET" and batch_id is not None:
+                if batch_id not in sg.batches:
+                    return _err(400, None, "invalid batch id")
+                return (200, {"batch_id": batch_id})
+            return _err(405, None, f"{method} is not allowed on {path}")
+        if method == "GET":
+            held = [{"batch_id": k, "status": v["status"]} for k, v in sg.batches.items() if v["status"]
+                    and batch_id in (None, k)]
+            return (200, held)
+        if method == "POST" and batch_id is None:
+            batch_id = body.get("batch_id") if isinstance(body, dict) else None
+            status = body.get("status") if isinstance(body, dict) else None
+            if not isinstance(batch_id, str) or batch_id not in sg.batches:
+                return _err(400, "batch_id", "invalid batch id")
+            if status not in ("pause", "cancel"):
+                return _err(400, "status", "status must be either cancel or pause")
+            if sg.batches[batch_id]["status"]:
+                return _err(400, "batch_id", "batch id already has a status; use PATCH to change it")
+            if sum(1 for v in sg.batches.values() if v["status"]) >= sg.max_held:
+                return _err(400, None, "max limit reached")
+            return _hold(sg, batch_id, status, 201)
+        if batch_id is None or batch_id not in sg.batches or not sg.batches[batch_id]["status"]:
+            return _err(404, None, "batch id not found")
+        if method == "PATCH":
+            status = body.get("status") if isinstance(body, dict) else None
+            if status not in ("pause", "cancel"):
+                return _err(400, "status", "status must be either cancel or pause")
+            return _hold(sg, batch_id, status, 204)
+        if method == "DELETE":
+            sg.batches[batch_id]["status"] = None
+            return (204, None)
+    return _err(405, None, f"{method} is not allowed on {path}")
+
+
+def _err(status: int, field: str | None, message: str) -> tuple[int, Any]:
+    return status, {"errors": [{"message": message, "field": field, "help": None}]}
+
+
+def _hold(sg: StandIn, batch_id: str, status: str, code: int) -> tuple[int, Any]:
+    """Called with sg._lock held: too late within 10 minutes of the batch's send_at."""
+    send_at = sg.batches[batch_id]["send_at"]
+    if send_at is not None and send_at - time.time() < LAST_CHANGE_SECONDS:
+        return _err(400, None, "cannot pause or cancel a batch later than 10 minutes before send_at")
+    sg.batches[batch_id]["status"] = status
+    if code == 204:
+        return (204, None)
+    return (code, {"batch_id": batch_id, "status": status})
 
 
 def main(argv: list[str] | None = None) -> None:

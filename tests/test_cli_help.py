@@ -28,7 +28,8 @@ def test_help_lists_commands_in_workflow_order_with_whole_sentences() -> None:
     done = run_cli(REPO, "--help")
     assert done.returncode == 0 and done.stdout.startswith("Usage: newsletter ")
     listed = re.findall(r"^  ([a-z]+)\s", done.stdout.split("Commands:")[1].split("Examples:")[0], re.M)
-    assert listed[:8] == ["init", "new", "check", "build", "preview", "send", "status", "serve"]
+    assert listed[:11] == ["init", "new", "check", "build", "preview", "send", "status", "pause", "resume", "cancel",
+                           "serve"]
     assert sorted(listed) == sorted(main.commands)  # type: ignore[attr-defined]
     assert "..." not in done.stdout.split("Commands:")[1]  # no description cut short
 

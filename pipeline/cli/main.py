@@ -71,8 +71,8 @@ issue_dir = click.argument("issue_dir", type=click.Path(path_type=Path, file_oka
 # One metavar per concept: ISSUE_DIR, DIR (a folder), FILE, NAME (a list), ADDRESS, PORT, TIME.
 out_dir = click.Path(path_type=Path, file_okay=False)
 SUPPRESSION_REASONS = ("unsubscribed", "bounced", "blocked", "invalid", "complained", "manual")  # sendlog.REASONS
-WORKFLOW = ("init", "new", "check", "build", "preview", "send", "status", "serve", "report", "archive",
-            "subscribers", "suppressions")
+WORKFLOW = ("init", "new", "check", "build", "preview", "send", "status", "pause", "resume", "cancel", "serve",
+            "report", "archive", "subscribers", "suppressions")
 
 
 @click.group(cls=Group, order=WORKFLOW, context_settings={"help_option_names": ["-h", "--help"]}, examples=(
@@ -218,16 +218,27 @@ def preview(issue_dir: Path, port: int, screenshot: Path | None) -> None:
               help="With --test: the edition to send (e.g. ko); default: the list's first recipient's.")
 @click.option("--at", metavar="TIME", help="Schedule: ISO 8601 with offset, at most 72 h ahead.")
 @click.option("--resend-in-doubt", is_flag=True, help="Also send to recipients whose request got no answer.")
+@click.option("--resend-cancelled", is_flag=True,
+              help="Send again what a cancelled scheduled send held (a new batch; add --at for a new time).")
 @click.option("--skip-invalid", is_flag=True, help="Leave out bad rows of the list instead of stopping.")
 @click.option("--allow-changed-content", is_flag=True,
               help="Resume a send even though the issue changed since it began.")
 @json_option
 @_report_errors
 def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_address: str | None,
-         language: str | None, at: str | None, resend_in_doubt: bool, skip_invalid: bool,
+         language: str | None, at: str | None, resend_in_doubt: bool, resend_cancelled: bool, skip_invalid: bool,
          allow_changed_content: bool, as_json: bool) -> None:
     """Send ISSUE_DIR to a list exactly once; run it again to resume (see `newsletter status`)."""
-    from pipeline.cli.send_output import Progress, editions_line, interrupted, log_to_stderr, show_plan, summary_json
+    from pipeline.cli.send_output import (
+        EXIT_CODES,
+        Progress,
+        editions_line,
+        interrupted,
+        log_to_stderr,
+        show_plan,
+        stop_on_signals,
+        summary_json,
+    )
     from pipeline.config import load_config
     from pipeline.errors import SendError
     from pipeline.send.job import SendJob
@@ -243,7 +254,8 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
     config = load_config()
     options = SendOptions(list_name=list_name, outbox=outbox, test_address=test_address, at=at,
                           resend_in_doubt=resend_in_doubt, skip_invalid=skip_invalid,
-                          allow_changed_content=allow_changed_content, language=language)
+                          allow_changed_content=allow_changed_content, language=language,
+                          resend_cancelled=resend_cancelled)
     summary: Summary | None = None
     stopped = ""
     with SendJob(issue_dir, config, options) as job:
@@ -259,12 +271,13 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
             return
         else:
             progress = Progress()
-            try:
-                summary = job.run(progress)
-            except KeyboardInterrupt:
-                stopped = "interrupted"
-            finally:
-                progress.close()
+            with stop_on_signals(job.request_stop) as received:
+                try:
+                    summary = job.run(progress)
+                except KeyboardInterrupt:
+                    stopped = received[0] if received else "Ctrl-C"
+                finally:
+                    progress.close()
             if summary is not None:
                 verb = "written" if outbox else "accepted"
                 click.echo(f"{summary.accepted} {verb} in {summary.requests} request(s), {summary.seconds:.1f} s",
@@ -273,8 +286,8 @@ def send(issue_dir: Path, list_name: str, yes: bool, outbox: Path | None, test_a
                     click.echo(editions_line(summary.editions), err=as_json)
                 in_doubt = summary.remaining.get("in_doubt", 0)
     if stopped:  # the lock is released and the send log closed: what is recorded is final
-        click.echo(interrupted(config, plan, issue_dir, outbox, progress.done), err=True)
-        sys.exit(130)
+        click.echo(interrupted(config, plan, issue_dir, outbox, progress.done, by=stopped), err=True)
+        sys.exit(EXIT_CODES.get(stopped, 130))
     if as_json:
         emit_json(summary_json(plan, summary))
     if in_doubt:
@@ -308,6 +321,11 @@ def status(issue_dir: Path, as_json: bool) -> None:
                 click.echo("  " + editions_line(entry["editions"]))
             click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
                        f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
+            if entry.get("schedule_state"):
+                undo = "resume" if entry["schedule_state"] == "paused" else "send"
+                extra = "" if undo == "resume" else " --resend-cancelled"
+                click.echo(f"  {entry['schedule_state']} on {entry['schedule_changed_at']} (SendGrid batch "
+                           f"{entry['batch_id']}); `newsletter {undo} {issue_dir} --list {name}{extra}` sends it")
             if entry["in_doubt_recipients"]:
                 click.echo(f"  in doubt ({entry['in_doubt']}): their request got no answer (a crash leaves at most "
                            "sending.concurrency requests so); they may have received "
@@ -315,6 +333,48 @@ def status(issue_dir: Path, as_json: bool) -> None:
                            f"--list {name} --resend-in-doubt`, or leave them:")
                 for address in entry["in_doubt_recipients"]:
                     click.echo(f"    {address}")
+
+
+# --- cancel, pause, resume scheduled mail (issue #12) ----------------------------------------------------
+
+
+def _change_schedule(issue_dir: Path, list_name: str, action: str) -> None:
+    from pipeline.config import load_config
+    from pipeline.send.schedule import change_schedule
+
+    changed = change_schedule(load_config(), issue_dir, list_name, action, environ=os.environ)
+    click.echo(f"{changed.send.issue} to list {list_name}: {changed.message}")
+
+
+_list_option = click.option("--list", "list_name", required=True, metavar="NAME",
+                            help="The list the issue was sent to with --at.")
+
+
+@main.command(examples=("newsletter cancel issues/027-2022-04-01 --list readers",))
+@issue_dir
+@_list_option
+@_report_errors
+def cancel(issue_dir: Path, list_name: str) -> None:
+    """Cancel mail scheduled with `send --at` (up to 10 minutes before its time); SendGrid discards it."""
+    _change_schedule(issue_dir, list_name, "cancel")
+
+
+@main.command(examples=("newsletter pause issues/027-2022-04-01 --list readers",))
+@issue_dir
+@_list_option
+@_report_errors
+def pause(issue_dir: Path, list_name: str) -> None:
+    """Pause mail scheduled with `send --at` (up to 10 minutes before its time) until `resume`."""
+    _change_schedule(issue_dir, list_name, "pause")
+
+
+@main.command(examples=("newsletter resume issues/027-2022-04-01 --list readers",))
+@issue_dir
+@_list_option
+@_report_errors
+def resume(issue_dir: Path, list_name: str) -> None:
+    """Lift a pause (or a cancel, before its time): SendGrid sends at the scheduled time, or now if past."""
+    _change_schedule(issue_dir, list_name, "resume")
 
 
 # --- subscribers (issue #3) -------------------------------------------------------------------------

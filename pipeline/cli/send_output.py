@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -96,20 +101,53 @@ def editions_line(editions: dict[str, dict[str, int]]) -> str:
         for language, counts in editions.items())
 
 
-def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None, this_run: int) -> str:
-    """What Ctrl-C left behind, and that the same command resumes."""
+def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None, this_run: int,
+                by: str = "Ctrl-C") -> str:
+    """What Ctrl-C (or SIGTERM) left behind, and that the same command resumes."""
     if plan.test_address:
-        return "interrupted (Ctrl-C): the test copy may or may not have gone out; run the same command again"
+        return f"interrupted ({by}): the test copy may or may not have gone out; run the same command again"
     if outbox is not None:
-        return (f"interrupted (Ctrl-C): {this_run} .eml file(s) written to {outbox}. An outbox run always writes "
+        return (f"interrupted ({by}): {this_run} .eml file(s) written to {outbox}. An outbox run always writes "
                 "the whole list: run the same command again to write them all")
     from pipeline.send.status import issue_status
 
     entry = issue_status(config, issue_dir)["lists"].get(plan.list_name, {})
-    text = (f"interrupted (Ctrl-C): {this_run} recipient(s) accepted by SendGrid in this run, "
-            f"{entry.get('accepted', 0)} of {plan.listed} in all. Run the same command again to resume: it sends "
-            "only to recipients not accepted yet")
+    text = (f"interrupted ({by}): {this_run} recipient(s) accepted by SendGrid in this run, "
+            f"{entry.get('accepted', 0)} of {plan.listed} in all")
+    if entry.get("in_doubt", 0):
+        text += f", {entry['in_doubt']} in doubt (a request got no answer; never sent twice)"
+    text += ". Run the same command again to resume: it sends only to recipients not accepted yet"
     if entry.get("pending", 0) and this_run < plan.to_send:
         text += (" (if a request was under way, its recipients are put in doubt then, never sent twice; "
                  f"`newsletter status {issue_dir}` lists them)")
     return text
+
+
+SIGNAL_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
+
+
+@contextmanager
+def stop_on_signals(request_stop: Callable[[str], None]) -> Iterator[list[str]]:
+    """While a send runs, the first Ctrl-C or SIGTERM asks it to stop cleanly (no new request; those under
+    way are answered and recorded); a second one ends the process at once, leaving its requests in flight,
+    which the next run counts as in doubt. Yields the names of the signals received."""
+    received: list[str] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        name = SIGNAL_NAMES.get(signal.Signals(signum), "a signal")
+        if received:
+            os.write(2, f"\nstopped at once ({name} again): requests under way were left unanswered; the next run "
+                        "counts their recipients as in doubt (`newsletter status` lists them)\n".encode())
+            os._exit(EXIT_CODES.get(name, 130))
+        received.append(name)
+        os.write(2, f"\nstopping ({name}): no new request; waiting for those under way to be answered and "
+                    f"recorded — {name} again stops at once\n".encode())
+        request_stop(name)
+
+    previous = {signum: signal.signal(signum, handler) for signum in SIGNAL_NAMES}
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

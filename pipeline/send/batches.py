@@ -52,6 +52,7 @@ class Mailing:
     send_at: int | None = None  # epoch seconds
     test: bool = False
     throwaway_secret: bool = False  # outbox without NEWSLETTER_SECRET: links are marked as not real
+    batch_id: str | None = None  # SendGrid's batch id, on every request of a real send (see pipeline.send.schedule)
 
     @classmethod
     def from_config(cls, config: Config, **values: object) -> Mailing:
@@ -161,6 +162,8 @@ class Personalizer:
             shared["asm"] = {"group_id": m.group_id}
         if m.send_at is not None:
             shared["send_at"] = m.send_at
+        if m.batch_id is not None:
+            shared["batch_id"] = m.batch_id
         return json.dumps(shared, separators=(",", ":"))[1:-1]
 
     def personalization(self, email: str, name: str, fields_json: str | None) -> str:

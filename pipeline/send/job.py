@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline import keys, tokens
@@ -36,6 +37,7 @@ from pipeline.lists.subscribers import list_path
 from pipeline.send import recipients
 from pipeline.send.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personalizer, parse_send_at
 from pipeline.send.bodies import BodyBuilder, Lookahead
+from pipeline.send.brake import Brake, previous_warning
 from pipeline.send.gcpause import gc_paused
 from pipeline.send.loop import Policy, SendLoop, backoff
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
@@ -69,6 +71,10 @@ class SendJob:
         self._secrets: tuple[bytes, bool, int | None] = (b"", False, None)  # secret, throwaway, send_at
         self._emails: dict[str, Email] = {}  # every edition's, the default first
         self._orphans: tuple[str, ...] = ()  # editions recorded earlier that the issue no longer has
+        self._batch_id: str | None = None  # SendGrid's, for every request of a real send
+        self._loop: SendLoop | None = None
+        self._reopen = False  # --resend-cancelled of a cancelled send
+        self._stop_reason: str | None = None
 
     # --- preparing: every check, no request -------------------------------------------------------------
 
@@ -107,6 +113,8 @@ class SendJob:
         if recovered:
             log.warning("%d request(s) of an earlier run ended without an answer: their recipients are in doubt",
                         recovered)
+        self._batch_id, stop_warnings = self._schedule_state(kind, send_at)
+        warnings = (*warnings, *stop_warnings)
         mailing = self._mailing(self._default, self.send.id)
         self._personalizer = Personalizer(mailing)
         try:
@@ -127,6 +135,9 @@ class SendJob:
                     f"has get the default edition ({self._default})", blocking=False,
                     fix="restore the edition's issue.<language>.yaml to send it to them instead"))
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
+        if self._reopen:  # what the cancelled batch held goes again
+            to_send += counts["accepted"] + (0 if options.resend_in_doubt else counts["in_doubt"])
+            counts = {**counts, "accepted": 0, "in_doubt": 0}
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
                                to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"],
                                editions=tuple(self._emails))
@@ -188,11 +199,35 @@ class SendJob:
                             "first recipient's edition")
         return found
 
+    def _schedule_state(self, kind: str, send_at: int | None) -> tuple[str | None, tuple[Problem, ...]]:
+        """The send's batch id so far, after what `cancel` / `pause` left (issue 12), and warnings: a paused
+        batch, a list that bounced last time."""
+        assert self.store is not None and self.send is not None
+        if kind != "sendgrid":
+            return None, ()
+        schedule = self.store.schedule(self.send.id)
+        warnings: list[Problem] = []
+        if schedule.state == "cancelled":
+            if not self.options.resend_cancelled:
+                raise SendError(f"this send of {self.send.issue} to list {self.send.list_name} was cancelled on "
+                                f"{schedule.changed_at} (`newsletter cancel`); nothing was sent now — to send it again "
+                                "to everyone (SendGrid discarded the cancelled mail), add --resend-cancelled, "
+                                "with --at for a new time or without it to send at once")
+            self._reopen = True  # done in run(), after the confirmation
+            return None, ()
+        if schedule.state == "paused":
+            warnings.append(Problem(message=f"this send is paused (since {schedule.changed_at}): what it sends now "
+                                    "is held by SendGrid too", blocking=False,
+                                    fix=f"`newsletter resume {self.issue_dir} --list {self.send.list_name}` "
+                                    "releases it"))
+        found = previous_warning(self.store, self.send, self.config.sending.stop_when)
+        return schedule.batch_id, (*warnings, *([found] if found else []))
+
     def _mailing(self, language: str, send_id: int) -> Mailing:
         secret, throwaway, send_at = self._secrets
         return Mailing.from_config(self.config, email=self._emails[language], issue=self.issue_dir.resolve().name,
                                    list_name=self.options.list_name, send_id=send_id, secret=secret,
-                                   throwaway_secret=throwaway, send_at=send_at)
+                                   throwaway_secret=throwaway, send_at=send_at, batch_id=self._batch_id)
 
     def _editions_to_send(self) -> list[tuple[str, Personalizer, tuple[str, ...] | None]]:
         """(edition, its personalizer, the claim filter) for each edition; one edition: no filter. Rows
@@ -263,6 +298,11 @@ class SendJob:
             progress.advance(1)
             return summary
         assert self.store is not None and self.send is not None and self._personalizer is not None
+        if self._reopen:
+            moved = self.store.reopen_cancelled(self.send.id)
+            log.warning("resending a cancelled send: %d recipient(s) sent again, under a new batch id", moved)
+            self._batch_id = None
+        self._ensure_batch_id()
         for i, (_, personalizer, only) in enumerate(self._editions_to_send()):
             if i:  # the requests-per-second ceiling holds across editions too
                 self.sleep(1.0 / self.config.sending.requests_per_second)
@@ -302,14 +342,39 @@ class SendJob:
         policy = Policy(batch_size=sending.batch_size, concurrency=concurrency,
                         requests_per_second=sending.requests_per_second,
                         retry_budget_seconds=sending.retry_budget_seconds, send_at=self.plan.send_at)
+        brake = Brake(self.store, self.send, sending.stop_when, issue_dir=str(self.issue_dir)) \
+            if transport.kind == "sendgrid" else None
         loop = SendLoop(self.store, self.send.id, transport, policy, states=states, ahead=ahead,
-                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep, editions=only)
+                        progress=progress, summary=summary, clock=self.clock, sleep=self.sleep, editions=only,
+                        brake=brake)
+        self._loop = loop
+        if self._stop_reason:
+            loop.request_stop(self._stop_reason)
         with self.store.sending(), gc_paused():  # the loop's writes are the store's fixed ones
             try:
                 loop.run()
             finally:
                 if builder is not None:
                     builder.close()
+
+    def _ensure_batch_id(self) -> None:
+        """A real send's SendGrid batch id: created once, recorded, reused by every later run of the send (and
+        by every edition)."""
+        assert self.store is not None and self.send is not None and self._personalizer is not None
+        create = getattr(self._transport, "create_batch", None)
+        if create is None or self._batch_id is not None:
+            return
+        self._batch_id = str(create())
+        self.store.set_batch_id(self.send.id, self._batch_id)
+        self._personalizer = Personalizer(replace(self._personalizer.mailing, batch_id=self._batch_id))
+        self._transport.personalizer = self._personalizer  # type: ignore[attr-defined]
+
+    def request_stop(self, reason: str) -> None:
+        """Ctrl-C or SIGTERM (from a signal handler): the running loop stops claiming and lets what flies
+        finish; before the loop starts, it starts stopped."""
+        self._stop_reason = reason
+        if self._loop is not None:
+            self._loop.request_stop(reason)
 
     def _send_test_copy(self, summary: Summary) -> None:
         """One request, retried on 429/5xx within the budget; not recorded (the send log does not know it)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pipeline.errors import SendError
 from pipeline.send.batches import Batch
 from pipeline.send.bodies import Lookahead
+from pipeline.send.brake import Brake
 from pipeline.send.plan import Progress, Summary
 from pipeline.send.transport import Outcome, Result, Transport, refusal_fix
 from pipeline.store import Claim, Finish, Store
@@ -59,7 +60,7 @@ class SendLoop:
     def __init__(self, store: Store, send_id: int, transport: Transport, policy: Policy, *, states: Sequence[str],
                  ahead: Lookahead, progress: Progress, summary: Summary,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 editions: Sequence[str] | None = None) -> None:
+                 editions: Sequence[str] | None = None, brake: Brake | None = None) -> None:
         self.store, self.send_id, self.transport, self.policy = store, send_id, transport, policy
         self.editions = editions  # claim only these editions' deliveries (one content per request); None: all
         self.states, self.ahead, self.progress, self.summary = states, ahead, progress, summary
@@ -73,6 +74,8 @@ class SendLoop:
         self._last_request = -1e9
         self._streak = 0
         self._stop: str | None = None
+        self.brake = brake  # checked between batches: the webhook's rates, a cancel (pipeline.send.brake)
+        self.interrupted: str | None = None  # set by request_stop() (a signal): stop claiming, finish what flies
 
     def run(self) -> None:
         """Until nothing is left to send; raises SendError when an answer stops the send. Requests still out
@@ -89,9 +92,17 @@ class SendLoop:
                     self._give_up_retries()
                 finally:
                     self._flush()
+        if self.interrupted:
+            raise KeyboardInterrupt(self.interrupted)
         if self._stop:
             raise SendError(f"{self._stop} ({self.summary.accepted} accepted in this run; `newsletter status` "
                             "shows the rest)")
+
+    def request_stop(self, reason: str) -> None:
+        """Stop claiming; requests in flight finish and are recorded, then run() raises KeyboardInterrupt.
+        Safe to call from a signal handler: it only sets two attributes."""
+        self.interrupted = reason
+        self._stop = self._stop or reason
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -131,6 +142,10 @@ class SendLoop:
                 continue
             if self._exhausted:
                 return
+            if self.brake is not None:
+                self._stop = self._stop or self.brake.check()
+                if self._stop:
+                    return
             peeked = self.ahead.head is not None
             if peeked:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
                 self._pace()
@@ -140,6 +155,8 @@ class SendLoop:
                 return
             if not peeked:  # rare: the rows looked at ahead were all suppressed meanwhile
                 self._pace()
+            if self.brake is not None:
+                self.brake.claimed(len(claim.rows))
             batch = Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows, body=self.ahead.body(claim))
             self._submit(pool, _Request(claim=claim, batch=batch, started=self.clock()))
             self.ahead.fill(self._after)  # the next batches' rows read and bodies built while this one flies

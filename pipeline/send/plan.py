@@ -19,6 +19,7 @@ class SendOptions:
     skip_invalid: bool = False
     allow_changed_content: bool = False
     language: str | None = None  # a test copy's edition (else the list's first row's)
+    resend_cancelled: bool = False  # send again what a cancelled scheduled send had (a new batch id)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -69,6 +69,9 @@ def issue_status(config: Config, issue_dir: Path) -> dict[str, Any]:
             }
             found = store.edition_counts(send.id)
             entry["editions"] = by_edition(found, default_language(config, issue_dir) if "" in found else "")
+            schedule = store.schedule(send.id)  # issue 12: the batch id, paused / cancelled and when
+            entry.update(batch_id=schedule.batch_id, schedule_state=schedule.state,
+                         schedule_changed_at=schedule.changed_at)
             report["outbox" if send.transport == "outbox" else "lists"][send.list_name] = entry
     finally:
         store.close()

@@ -136,6 +136,14 @@ class SendGridTransport:
         self._client.client.timeout = timeout
         # The body is JSON text we wrote; a JSON media type other than the bare one makes the client pass it on.
         self._client.client.request_headers["Content-Type"] = "application/json; charset=utf-8"
+        self._host, self._timeout = (host or DEFAULT_HOST), timeout
+
+    def create_batch(self) -> str:
+        """A new SendGrid batch id for a send (`POST /v3/mail/batch`): every request of the send carries it,
+        so that scheduled mail can be paused or cancelled (pipeline.send.schedule)."""
+        from pipeline.send.schedule import SendGridBatches
+
+        return SendGridBatches(api_key=self._key, host=self._host, timeout=self._timeout).create()
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[SENDGRID_API_KEY]") if self._key else text

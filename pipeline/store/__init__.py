@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from pipeline.store._types import (
     OUTCOME_RANK,
     REASONS,
+    SCHEDULE_STATES,
     STATES,
     TO_SEND,
     Claim,
@@ -27,7 +28,9 @@ from pipeline.store._types import (
     Finish,
     ListRow,
     Match,
+    Outcomes,
     Peeked,
+    Schedule,
     Send,
     Store,
     Suppression,
@@ -42,6 +45,7 @@ DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
 __all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "Claim", "DeliveryRow", "EventCounts",
            "EventRecord", "Finish", "ListRow", "Match", "Peeked", "Send", "Store", "Suppression", "database_url", "now",
            "open_store"]
+__all__ += ["SCHEDULE_STATES", "Outcomes", "Schedule"]
 
 
 def database_url(environ: Mapping[str, str] | None = None) -> str | None:

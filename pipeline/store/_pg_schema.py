@@ -128,6 +128,16 @@ MIGRATIONS += [
     """),
 ]
 
+MIGRATIONS += [
+    # Stopping a send (issue 12): as SQLite's stop_001_batch_schedule.
+    ("pg_stop_001_batch_schedule", """
+        ALTER TABLE sends ADD COLUMN batch_id text;
+        ALTER TABLE sends ADD COLUMN schedule_state text CHECK (schedule_state IN ('paused', 'cancelled'));
+        ALTER TABLE sends ADD COLUMN schedule_changed_at text;
+        CREATE INDEX events_progress ON events (issue, list, event, id);
+    """),
+]
+
 # Tables `newsletter db copy` moves, in an order that keeps references valid, with the column that orders them.
 TABLES = {"sends": "id", "batches": "id", "deliveries": "id", "suppressions": "email", "events": "id",
           "delivery_status": "delivery_id", "webhook_rejects": "body_sha256"}

@@ -29,6 +29,7 @@ from pipeline.store._pg_claims import PgClaimsMixin
 from pipeline.store._pg_events import PgEventsMixin
 from pipeline.store._pg_lock import PgSendLock
 from pipeline.store._pg_schema import IDENTITY_TABLES, MIGRATIONS, TABLES, key
+from pipeline.store._pg_stop import PgStopMixin
 from pipeline.store._types import STATES, ListRow, Send, Suppression, now
 
 MIGRATION_LOCK = 0x6E6C5F6D69677261  # advisory lock key of `migrate`: one process applies migrations at a time
@@ -58,7 +59,7 @@ def _send(row: tuple[Any, ...]) -> Send:
                 subject=subject, send_at=send_at, created_at=created, finished_at=finished)
 
 
-class PostgresStore(PgClaimsMixin, PgEventsMixin):
+class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
     """The store in a PostgreSQL database at `url` (from NEWSLETTER_DATABASE_URL: it may hold a password)."""
 
     engine = "postgresql"

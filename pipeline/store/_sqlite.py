@@ -22,6 +22,7 @@ from pipeline.store._lock import SendLock
 from pipeline.store._sqlite_claims import ClaimsMixin
 from pipeline.store._sqlite_events import EventsMixin
 from pipeline.store._sqlite_schema import MIGRATIONS
+from pipeline.store._sqlite_stop import StopMixin
 from pipeline.store._sqlite_tx import transaction
 from pipeline.store._types import STATES, ListRow, Send, Suppression, now
 
@@ -53,7 +54,7 @@ def _send(row: tuple[object, ...]) -> Send:
                 created_at=str(created), finished_at=finished)  # type: ignore[arg-type]
 
 
-class SQLiteStore(ClaimsMixin, EventsMixin):
+class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
     """The store in one SQLite file. Autocommit mode: every write is in an explicit transaction."""
 
     engine = "sqlite"

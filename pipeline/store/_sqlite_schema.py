@@ -122,3 +122,14 @@ MIGRATIONS += [
         ALTER TABLE deliveries ADD COLUMN edition TEXT NOT NULL DEFAULT '';
     """),
 ]
+
+MIGRATIONS += [
+    # Stopping a send (issue 12): the SendGrid batch id every request of the send carries, whether the
+    # scheduled mail was paused or cancelled and when; an index that counts a send's new events cheaply.
+    ("stop_001_batch_schedule", """
+        ALTER TABLE sends ADD COLUMN batch_id TEXT;
+        ALTER TABLE sends ADD COLUMN schedule_state TEXT CHECK (schedule_state IN ('paused', 'cancelled'));
+        ALTER TABLE sends ADD COLUMN schedule_changed_at TEXT;
+        CREATE INDEX events_progress ON events (issue, list, event, id);
+    """),
+]

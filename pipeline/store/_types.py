@@ -193,3 +193,40 @@ class Store(Protocol):
 
     # editions
     def edition_counts(self, send_id: int) -> dict[str, dict[str, int]]: ...
+    # stopping a send: the batch id, paused / cancelled, the webhook's rates (issue 12)
+    def schedule(self, send_id: int) -> Schedule: ...
+    def set_batch_id(self, send_id: int, batch_id: str | None) -> None: ...
+    def set_schedule_state(self, send_id: int, state: str | None) -> None: ...
+    def reopen_cancelled(self, send_id: int) -> int: ...
+    def outcomes(self, send: Send, *, after_event: int = 0) -> Outcomes: ...
+    def previous_send(self, send: Send) -> Send | None: ...
+
+
+# --- stopping a send (issue 12) ---------------------------------------------------------------------------
+
+SCHEDULE_STATES = ("paused", "cancelled")  # what SendGrid's scheduled-sends API holds for a send's batch id
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Schedule:
+    """A send's SendGrid batch id and what was asked of it: `state` paused / cancelled / None, and when."""
+
+    batch_id: str | None
+    state: str | None
+    changed_at: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcomes:
+    """Webhook events of one send counted so far (`last_event` is where the next count goes on from)."""
+
+    delivered: int = 0
+    bounced: int = 0
+    complaints: int = 0
+    last_event: int = 0
+
+    def plus(self, other: Outcomes) -> Outcomes:
+        return Outcomes(delivered=self.delivered + other.delivered, bounced=self.bounced + other.bounced,
+                        complaints=self.complaints + other.complaints,
+                        last_event=max(self.last_event, other.last_event))
+
