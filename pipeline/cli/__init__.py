@@ -1,7 +1,8 @@
-"""The command line: the only package that knows click, turns errors into messages and exit codes.
+"""The command line: the only package that knows click and turns errors into messages and exit codes.
 
-`main` holds the commands (thin: read options, call a stage, print); `help` the help conventions
-(workflow order, examples), `output` --json and colour, `send_output` what a send prints.
+`group` holds the `newsletter` group and what commands share; the commands live in `commands_issue`,
+`commands_send`, `commands_lists` and `commands_serve`; `help` the help conventions (workflow order,
+examples), `output` --json and colour, `send_output` what a send prints; `main` registers them all.
 """
 
 from pipeline.cli.main import main, run

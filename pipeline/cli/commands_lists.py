@@ -1,0 +1,147 @@
+"""Commands on who may be mailed: subscribers (check, import) and suppressions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli.group import SUPPRESSION_REASONS, main, report_errors
+from pipeline.cli.output import emit_json, json_option, print_problems, problem_json
+from pipeline.errors import PipelineError
+
+# --- subscribers (issue #3) -------------------------------------------------------------------------
+
+
+@main.group(examples=("newsletter subscribers check sample",))
+def subscribers() -> None:
+    """Check and import subscriber lists (subscribers/NAME.csv, personal data kept out of git)."""
+
+
+@subscribers.command("check", examples=("newsletter subscribers check sample",
+                                        "newsletter subscribers check sample --json"))
+@click.argument("name")
+@click.option("--skip-invalid", is_flag=True, help="Report invalid rows but do not fail on them.")
+@json_option
+@report_errors
+def subscribers_check(name: str, skip_invalid: bool, as_json: bool) -> None:
+    """Validate list NAME: addresses, duplicates, column names; exit 4 on invalid rows."""
+    from pipeline.config import load_config
+    from pipeline.errors import SubscriberError
+    from pipeline.lists.subscribers import check_list, list_path
+
+    config = load_config()
+    path = list_path(config, name)
+    reader = check_list(path, base_url=config.base_url)
+    print_problems(reader.problems)
+    if as_json:
+        emit_json({"list": name, "file": str(path), "rows": reader.total, "valid": reader.valid,
+                   "invalid": reader.invalid, "duplicates": reader.duplicates, "bad_languages": reader.bad_languages,
+                   "problems": [problem_json(p) for p in reader.problems]})
+    else:
+        bad_languages = f", {reader.bad_languages} with a language that is not a tag" if reader.bad_languages else ""
+        click.echo(f"{path.name}: {reader.valid} recipient(s) from {reader.total} row(s); "
+                   f"{reader.invalid} invalid, {reader.duplicates} duplicate(s){bad_languages}")
+    if reader.invalid and not skip_invalid:
+        raise SubscriberError(f"{reader.invalid} invalid row(s) in {path} — correct or delete them, "
+                              f"or pass --skip-invalid to send to the valid rows only")
+
+
+@subscribers.command("import", examples=("newsletter subscribers import mailchimp-subscribed.csv --list readers",))
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--list", "list_name", required=True, metavar="NAME",
+              help="List to add to: subscribers/NAME.csv (created if new).")
+@report_errors
+def subscribers_import(file: Path, list_name: str) -> None:
+    """Add the subscribed addresses of a Mailchimp or Substack export (or a CSV with an email column)."""
+    from pipeline.config import load_config
+    from pipeline.lists.subscribers import import_export, list_path
+
+    config = load_config()
+    dest = list_path(config, list_name, must_exist=False)
+    result = import_export(file, dest)
+    print_problems(result.problems)
+    suppressed = 0
+    if result.to_suppress:
+        from pipeline.store import open_store
+
+        suppressed = open_store(config).add_suppressions(result.to_suppress, source=f"import {file.name}")
+    click.echo(f"{file.name} ({result.source_format}) -> {dest.name}: {result.added} added, "
+               f"{result.already_present} already present, {result.invalid} invalid, "
+               f"{len(result.to_suppress)} unsubscribed or bounced in the export "
+               f"({suppressed} newly suppressed for every list)")
+
+
+
+
+@main.group(examples=("newsletter suppressions list --reason bounced",))
+def suppressions() -> None:
+    """Addresses never mailed again, on any list: sync from SendGrid, list, add, remove."""
+
+
+@suppressions.command("sync", examples=("SENDGRID_API_KEY=... newsletter suppressions sync",))
+@report_errors
+def suppressions_sync() -> None:
+    """Pull bounces, blocks, spam reports, invalid emails and (group) unsubscribes from SendGrid."""
+    from pipeline.config import load_config
+    from pipeline.lists.suppressions import client_fetch, sync
+    from pipeline.store import open_store
+
+    config = load_config()
+    fetch = client_fetch(timeout=config.sending.timeout_seconds)
+    result = sync(open_store(config), fetch, group_id=config.sending.unsubscribe_group_id)
+    for kind, fetched in result.fetched.items():
+        click.echo(f"{kind:<20} {fetched:>7} at SendGrid, {result.added[kind]:>7} new here")
+
+
+@suppressions.command("list", examples=("newsletter suppressions list", "newsletter suppressions list --json",
+                                        "newsletter suppressions list --reason bounced"))
+@click.option("--reason", metavar="REASON", type=click.Choice(SUPPRESSION_REASONS), help="Only this reason.")
+@json_option
+@report_errors
+def suppressions_list(reason: str | None, as_json: bool) -> None:
+    """Print every suppression: address, reason, source, time (tab-separated)."""
+    from pipeline.config import load_config
+    from pipeline.store import open_store
+
+    rows = [s for s in open_store(load_config()).list_suppressions() if reason in (None, s.reason)]
+    if as_json:
+        emit_json([{"email": s.email, "reason": s.reason, "source": s.source, "created_at": s.created_at}
+                   for s in rows])
+        return
+    for s in rows:
+        click.echo(f"{s.email}\t{s.reason}\t{s.source}\t{s.created_at}")
+    click.echo(f"{len(rows)} suppressed address(es)", err=True)
+
+
+@suppressions.command("add", examples=("newsletter suppressions add someone@example.org",))
+@click.argument("address")
+@click.option("--reason", metavar="REASON", type=click.Choice(SUPPRESSION_REASONS), default="manual",
+              show_default=True, help="Why the address is suppressed.")
+@report_errors
+def suppressions_add(address: str, reason: str) -> None:
+    """Never mail ADDRESS again, on any list."""
+    from pipeline.config import load_config
+    from pipeline.lists.suppressions import normalise_address
+    from pipeline.store import open_store
+
+    email = normalise_address(address)
+    added = open_store(load_config()).add_suppression(email, reason=reason, source="cli")
+    click.echo(f"suppressed {email}" if added else f"{email} was already suppressed (its first reason is kept)")
+
+
+@suppressions.command("remove", examples=("newsletter suppressions remove someone@example.org",))
+@click.argument("address")
+@report_errors
+def suppressions_remove(address: str) -> None:
+    """Allow mail to ADDRESS again (a later sync re-adds it while SendGrid still suppresses it)."""
+    from pipeline.config import load_config
+    from pipeline.lists.suppressions import normalise_address
+    from pipeline.store import open_store
+
+    email = normalise_address(address)
+    store = open_store(load_config())
+    before = next((s for s in store.list_suppressions() if s.email.lower() == email.lower()), None)
+    if before is None or not store.remove_suppression(email):
+        raise PipelineError(f"{email} is not suppressed — check the spelling with `newsletter suppressions list`")
+    click.echo(f"removed {email} (was {before.reason}, from {before.source})")
