@@ -14,6 +14,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pipeline.store import Store
+    from tests.standin import StandIn
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -111,3 +112,27 @@ def pg_database(pg_url: str) -> Iterator[str]:
 
     with fresh_database(pg_url) as url:
         yield url
+
+
+# --- a send against the SendGrid stand-in, on the test's engine --------------------------------------------
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """A SendGrid stand-in on 127.0.0.1 (a test module may define its own, e.g. with slower answers)."""
+    from tests.sendkit import KEY
+    from tests.standin import StandIn
+
+    with StandIn(api_key=KEY, retry_after=0, slow_seconds=30) as sg:
+        yield sg
+
+
+@pytest.fixture
+def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
+    """The stand-in's address and keys, and the test's engine (migrated): a test that takes it runs on both."""
+    from tests.sendkit import environ
+    from tests.storekit import migrate
+
+    found = environ(standin.url, **store_env)
+    migrate(found)
+    return found

@@ -3,7 +3,6 @@ every bad input stops before the first request."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,6 @@ from pipeline.send.transport import Outcome, Result
 from tests.sendkit import ISSUE, KEY, SECRET, Quiet, Sleeps, environ, send, write_list
 from tests.standin import StandIn
 from tests.storekit import count, migrate, select, site_store
-
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandIn(api_key=KEY, retry_after=0, slow_seconds=30) as sg:
-        yield sg
-
-
-@pytest.fixture
-def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
-    """The stand-in's address and keys, and the test's engine: every test that takes it runs on both."""
-    env = environ(standin.url, **store_env)
-    migrate(env)
-    return env
 
 
 def _counts(site: Path, env: dict[str, str], list_name: str = "sample") -> dict[str, int]:

@@ -21,9 +21,9 @@ import pytest
 from pipeline.config import load_config
 from pipeline.send.job import SendJob
 from pipeline.send.plan import SendOptions, Summary
-from tests.sendkit import ISSUE, KEY, Quiet, cli, environ, write_list
+from tests.sendkit import ISSUE, KEY, Quiet, cli, write_list
 from tests.standin import StandIn
-from tests.storekit import migrate, select, site_store
+from tests.storekit import select, site_store
 
 CONCURRENCY = 4
 
@@ -42,12 +42,6 @@ def standin() -> Iterator[StandIn]:
     with StandIn(api_key=KEY, retry_after=0, slow_seconds=120) as sg:
         yield sg
 
-
-@pytest.fixture
-def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
-    env = environ(standin.url, **store_env)
-    migrate(env)
-    return env
 
 
 def _send(site: Path, env: dict[str, str]) -> Summary:

@@ -7,16 +7,15 @@ import email
 import email.policy
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import SendError
 from pipeline.store import Finish, Store
-from tests.sendkit import ISSUE, KEY, cli, environ, send
+from tests.sendkit import ISSUE, cli, environ, send
 from tests.standin import StandIn
-from tests.storekit import migrate, select, site_store
+from tests.storekit import select, site_store
 
 KO_SUBJECT = "테스트 위클리 제1호: 안녕하세요"
 EN_SUBJECT = "Test Weekly No. 1: hello"
@@ -46,17 +45,6 @@ def mixed_list(site: Path, name: str = "mixed", rows: list[tuple[str, str, str]]
     (site / "subscribers" / f"{name}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandIn(api_key=KEY, retry_after=0, slow_seconds=30) as sg:
-        yield sg
-
-
-@pytest.fixture
-def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
-    env = environ(standin.url, **store_env)
-    migrate(env)
-    return env
 
 
 def _got(standin: StandIn, *, once: bool = True) -> dict[str, tuple[str, str, str, str]]:
