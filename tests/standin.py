@@ -275,7 +275,8 @@ class StandIn:
         pairs) be two addresses that collide, never a duplicate missed."""
         with self._lock:
             distinct = len(self._seen) if not self.validate else len(self._recipients)
-            return {**self._tally, "distinct": distinct, "duplicate_examples": list(self._examples)}
+            return {**self._tally, "distinct": distinct, "duplicate_examples": list(self._examples),
+                    "max_in_flight": self.max_in_flight}
 
     @property
     def request_count(self) -> int:

@@ -1,8 +1,9 @@
-"""Bodies built ahead by the forked helper: the same text as built in the sending process, in order, and a
-helper that dies only costs time."""
+"""Bodies built ahead by the forked worker: the same text as built in the sending process, in order, and a
+worker that dies, or is too late, only costs time."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -30,8 +31,9 @@ def test_helper_builds_the_same_bodies_in_order(site: Path) -> None:
         for rows in batches:
             builder.submit(rows)
         assert [builder.result() for _ in batches] == [_body(p, rows) for rows in batches]
-        builder._process.kill()  # a helper that died: the caller builds the bodies itself
-        builder._process.join()
+        [worker] = multiprocessing.active_children()
+        worker.kill()  # a worker that died: the caller builds the bodies itself
+        worker.join()
         builder.submit(ROWS)
         assert builder.result() is None
     finally:
@@ -69,17 +71,51 @@ def test_lookahead_uses_bodies_built_ahead_or_builds_here(site: Path, store: Sto
         builder.close()
 
 
-def test_a_helper_too_late_is_given_up(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(BodyBuilder, "patience", 0.2)
+def test_a_worker_too_late_is_given_up(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that gets no CPU (stopped here) costs one wait of `patience`, then nothing: the bodies are
+    built here, and closing the builder does not wait for the worker."""
+    monkeypatch.setattr(BodyBuilder, "patience", 60)  # a busy machine may keep the idle worker waiting
     builder = BodyBuilder(_personalizer(site))
+    builder.submit(ROWS)
+    assert builder.result() is not None
+    monkeypatch.setattr(BodyBuilder, "patience", 0.2)
+    [worker] = multiprocessing.active_children()
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGSTOP)  # as if other work on the machine took every core
     try:
-        assert builder._process.pid is not None
-        os.kill(builder._process.pid, signal.SIGSTOP)  # as if other work on the machine took every core
         builder.submit(ROWS)
-        started = time.monotonic()
+        builder.submit(ROWS)
         assert builder.result() is None and builder.result() is None
-        assert time.monotonic() - started < 1.0
-    finally:
-        if builder._process.pid is not None:
-            os.kill(builder._process.pid, signal.SIGCONT)
         builder.close()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+
+
+def test_the_worker_dies_with_the_sending_process(site: Path, tmp_path: Path) -> None:
+    """kill -9 of the send leaves no worker behind (it would hold the send lock's descriptor)."""
+    paths = [str(Path(__file__).parent), str(Path(__file__).parent.parent)]
+    code = (f"import sys, os, time; sys.path[:0] = {paths!r}\n"
+            "from pathlib import Path\n"
+            "from pipeline.send.bodies import BodyBuilder\n"
+            "from tests.test_batches import ROWS, _personalizer\n"
+            f"b = BodyBuilder(_personalizer(Path({str(site)!r})))\n"
+            "b.submit(ROWS); b.result()\n"
+            "import multiprocessing; print(multiprocessing.active_children()[0].pid, flush=True)\n"
+            "time.sleep(600)\n")
+    import subprocess
+    import sys
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        status = Path(f"/proc/{worker}/stat").read_text() if Path(f"/proc/{worker}/stat").exists() else ""
+        if ") Z " in status:
+            break  # dead, not yet reaped by init
+        time.sleep(0.01)
+    stat = Path(f"/proc/{worker}/stat")
+    assert not stat.exists() or ") Z " in stat.read_text()
