@@ -17,6 +17,7 @@ The load average before each run is printed with it: the machine is shared. Traf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -84,6 +85,7 @@ class TreeMemory:
 
     pid: int
     peaks_kb: dict[int, int] = field(default_factory=dict)  # pid -> VmHWM
+    names: dict[int, str] = field(default_factory=dict)  # pid -> its command line, as first seen
     max_pss_kb: int = 0
     max_processes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -124,6 +126,9 @@ class TreeMemory:
                 except (OSError, AttributeError):
                     continue
                 hwm = re.search(r"^VmHWM:\s+(\d+)", status, re.M)
+                if pid not in self.names:
+                    with contextlib.suppress(OSError):
+                        self.names[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
                 if hwm:
                     self.peaks_kb[pid] = max(self.peaks_kb.get(pid, 0), int(hwm.group(1)))
             self.max_pss_kb = max(self.max_pss_kb, pss)
@@ -196,6 +201,8 @@ def run(size: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
             print(f"    {line.strip()}")
     peaks = dict(memory.peaks_kb)
     peaks[proc.pid] = max(peaks.get(proc.pid, 0), usage.ru_maxrss)
+    for pid, kb in sorted(peaks.items()):
+        print(f"    pid {pid}: peak RSS {kb / 1024:.1f} MB: {memory.names.get(pid, '?')}")
     return {"size": size, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "load": load,
             "sender_mb": peaks[proc.pid] / 1024, "tree_mb": sum(peaks.values()) / 1024,
             "pss_mb": memory.max_pss_kb / 1024, "processes": memory.max_processes,

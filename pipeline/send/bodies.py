@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import multiprocessing
 import os
@@ -89,10 +88,9 @@ def _start_worker(personalizer: Personalizer, parent: int) -> None:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     gc.disable()  # it makes no cycles; a collection would walk (and copy) every object inherited from the parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    libc = ctypes.util.find_library("c")
-    if libc is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(libc, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The process's own symbols (libc among them): find_library would run `ldconfig -p` in a subprocess.
+    with contextlib.suppress(OSError, AttributeError):  # no prctl: not Linux
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(0)
 
