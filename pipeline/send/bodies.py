@@ -9,9 +9,9 @@ never pickled); the worker runs at idle priority, without cyclic GC, ignores Ctr
 handle), and dies with the parent (Linux: PR_SET_PDEATHSIG), so a `kill -9` of the send leaves no worker
 holding the send lock's inherited descriptor.
 
-A body the worker cannot build, a worker that died and one that is too late (a machine busy with other
-work) all end the same way: the caller builds the body itself (`BodyBuilder.result` returns None), so a
-broken worker slows a send down and changes nothing else.
+A body the worker cannot build, a worker that died and a body not ready when its request is due (a
+machine busy with other work) all end the same way: the caller builds the body itself
+(`BodyBuilder.result` returns None), so the worker can speed a send up and never slow it down.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ _personalizer: Personalizer | None = None  # in the worker: set by _start_worker
 class BodyBuilder:
     """`submit(rows)` then `result()` in the same order: the body as JSON text, or None (build it yourself)."""
 
-    patience = 1.0  # seconds; a worker this late (a machine busy with other work) is given up for this send
+    # Seconds `result` waits for a body not yet built: about one body's time, so that the worker a batch
+    # ahead is waited for, but a worker the machine gives no CPU (it runs at idle priority, and a shared
+    # machine may have none idle) never sets the pace: the sending process builds that body itself.
+    patience = 0.005
 
     def __init__(self, personalizer: Personalizer) -> None:
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
@@ -59,16 +62,18 @@ class BodyBuilder:
     def result(self) -> str | None:
         future = self._futures.popleft()
         try:
-            body = future.result(timeout=0 if self._broken else self.patience)
-        except (FutureTimeout, RuntimeError, OSError, EOFError):
+            body = future.result(timeout=self.patience)
+        except FutureTimeout:
+            future.cancel()  # if the worker has not taken it yet; else its body is dropped when it comes
+            return None
+        except (RuntimeError, OSError, EOFError):  # the worker died (BrokenProcessPool)
             self._broken = True
-            future.cancel()
             return None
         return body.decode("ascii") if body else None
 
     def close(self) -> None:
-        """Ends the worker: whatever is still queued is cancelled; one that does not stop is killed."""
-        self._pool.shutdown(wait=not self._broken, cancel_futures=True)
+        """Ends the worker: whatever is still queued is cancelled; a body being built is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._futures.clear()
 
 
