@@ -18,13 +18,13 @@ As a process (kill -9 tests, benchmarks)::
 
 prints its URL on the first stdout line and appends one JSON line per accepted request to FILE.
 
-`--parse` (benchmarks) does what SendGrid must do with every body and no more that the sender waits for:
-it parses the whole body as JSON and reads every address of every personalization, but runs no schema
-check (jsonschema over 1000 personalizations costs 100 times the parse, which no real server pays in
-Python) and keeps no bodies. It tallies addresses instead of keeping them (a set of their hashes: 10
-million addresses in about 600 MB), so that it can say how many arrived more than once; `GET
-/standin/tally` answers that as JSON. `--delay` answers every request that many seconds late, each in its
-own thread, as a distant server would: requests that overlap wait together.
+`--parse` (benchmarks) does what SendGrid must do with every body before it answers: it parses the
+whole body as JSON and reads every address of every personalization, but runs no schema check (our
+jsonschema check in Python is the tests' strictness, not a server's cost) and keeps no bodies. It tallies
+addresses instead of keeping them (a set of their hashes, a few dozen bytes an address), so that it can
+say how many arrived more than once; `GET /standin/tally` answers that as JSON. `--delay` answers every
+request that many seconds late, each in its own thread, as a distant server would: requests that
+overlap wait together.
 """
 
 from __future__ import annotations
