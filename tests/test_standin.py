@@ -318,8 +318,9 @@ def test_parse_mode_reads_every_address_tallies_duplicates_and_keeps_no_bodies()
             standin.recipients()  # addresses are tallied by hash, not kept
         tally = json.loads(urllib.request.urlopen(standin.url + "/standin/tally", timeout=5).read())
     assert standin.accepted[0].body is None and standin.accepted[0].recipients == 1000
+    assert tally.pop("max_in_flight") >= 1  # the last request's thread may still be ending as the next arrives
     assert tally == {"requests": 2, "recipients": 1003, "distinct": 1001, "duplicates": 2,
-                     "duplicate_examples": ["r5@example.org", "new@example.org"], "max_in_flight": 1}
+                     "duplicate_examples": ["r5@example.org", "new@example.org"]}
 
 
 def test_delay_holds_each_answer_without_holding_other_requests() -> None:
