@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -46,6 +47,7 @@ def main() -> None:
         run(store, args.recipients, args.batch)
         store.close()
     finally:
+        shutil.rmtree(tmp, ignore_errors=True)
         if args.engine == "postgres":
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
