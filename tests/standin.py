@@ -14,9 +14,17 @@ In a test (pytest puts tests/ on sys.path, so `from standin import StandIn`)::
 
 As a process (kill -9 tests, benchmarks)::
 
-    python tests/standin.py --port 0 [--fast] [--fault-rate 0.3 --seed 1] [--record FILE]
+    python tests/standin.py --port 0 [--parse] [--delay 0.25] [--fault-rate 0.3 --seed 1] [--record FILE]
 
 prints its URL on the first stdout line and appends one JSON line per accepted request to FILE.
+
+`--parse` (benchmarks) does what SendGrid must do with every body before it answers: it parses the
+whole body as JSON and reads every address of every personalization, but runs no schema check (our
+jsonschema check in Python is the tests' strictness, not a server's cost) and keeps no bodies. It tallies
+addresses instead of keeping them (a set of their hashes, a few dozen bytes an address), so that it can
+say how many arrived more than once; `GET /standin/tally` answers that as JSON. `--delay` answers every
+request that many seconds late, each in its own thread, as a distant server would: requests that
+overlap wait together.
 """
 
 from __future__ import annotations
@@ -27,7 +35,6 @@ import contextlib
 import gzip
 import json
 import random
-import re
 import sys
 import threading
 import time
@@ -51,10 +58,8 @@ MAX_ARGS_BYTES = 10_000
 MAX_SUBSTITUTION_BYTES = 10_000
 MAX_SCHEDULE_SECONDS = 72 * 3600
 MAX_ERRORS = 50
-# --fast finds only the first `to` address of each personalization, written with "email" first as this project
-# and the sendgrid client write it: a full JSON parse of a 500 KB body took 1.3 ms, this scan 0.4 ms, and the
-# sender waits for it.
-FAST_RECIPIENT = re.compile(rb'"to": ?\[\{"email": ?"([^"\\]*(?:\\.[^"\\]*)*)"')
+TALLY_PATH = "/standin/tally"
+MAX_EXAMPLES = 10  # duplicated addresses named in the tally
 FORBIDDEN_HEADERS = frozenset({
     "x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type", "content-transfer-encoding",
     "to", "from", "subject", "reply-to", "cc", "bcc",
@@ -90,7 +95,7 @@ Error = tuple[str | None, str]  # (field, message)
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """One accepted mail send. `body` is None in fast mode, which keeps only the recipient count."""
+    """One accepted mail send. `body` is None in parse mode, which keeps only the recipient count."""
 
     message_id: str
     received: float
@@ -173,9 +178,12 @@ class StandIn:
 
     def __init__(self, api_key: str = "SG.test", *, port: int = 0, validate: bool = True,
                  fault_rate: float = 0.0, seed: int | None = None, slow_seconds: float = 2.0,
-                 retry_after: int = 1, record: Path | None = None) -> None:
+                 retry_after: int = 1, record: Path | None = None, delay: float = 0.0) -> None:
         self.api_key = api_key
+        #: False: parse mode (no schema, no bodies kept, addresses tallied by hash; see the module's doc).
         self.validate = validate
+        #: Every answer waits this many seconds (in its own thread; other connections go on meanwhile).
+        self.delay = delay
         self.fault_rate = fault_rate
         #: Faults drawn when `fault_rate` strikes.
         self.random_faults: tuple[str, ...] = ("429", "500", "503", "drop_before", "drop_after")
@@ -208,6 +216,9 @@ class StandIn:
         self._held_until = 0.0
         self.suppressions: dict[str, list[dict[str, Any]]] = {k: [] for k in SUPPRESSION_PATHS.values()}
         self._recipients: Counter[str] = Counter()
+        self._seen: set[int] = set()  # parse mode: hash() of every address accepted
+        self._tally = {"requests": 0, "recipients": 0, "duplicates": 0}
+        self._examples: list[str] = []
         self._script: deque[str] = deque()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -261,9 +272,20 @@ class StandIn:
             self._script.extend(faults)
 
     def recipients(self) -> Counter[str]:
-        """How often each address was in an accepted request (to, cc and bcc)."""
+        """How often each address was in an accepted request (to, cc and bcc); parse mode: see `tally`."""
+        if not self.validate:
+            raise RuntimeError("a stand-in in parse mode keeps no addresses; read tally() instead")
         with self._lock:
             return Counter(self._recipients)
+
+    def tally(self) -> dict[str, Any]:
+        """Accepted requests and addresses, how many of those addresses had come before, and a few of them
+        by name. In parse mode an address is known by its hash: a duplicate could (about once in 10^13
+        pairs) be two addresses that collide, never a duplicate missed."""
+        with self._lock:
+            distinct = len(self._seen) if not self.validate else len(self._recipients)
+            return {**self._tally, "distinct": distinct, "duplicate_examples": list(self._examples),
+                    "max_in_flight": self.max_in_flight}
 
     @property
     def request_count(self) -> int:
@@ -277,6 +299,9 @@ class StandIn:
             self.statuses.clear()
             self._count = 0
             self._recipients.clear()
+            self._seen.clear()
+            self._tally = dict.fromkeys(self._tally, 0)
+            self._examples.clear()
             self._script.clear()
             self.arrivals.clear()
             self.answered_429.clear()
@@ -336,7 +361,7 @@ class StandIn:
         record = Accepted(message_id, time.time(), len(emails), body)
         with self._lock:
             self.accepted.append(record)
-            self._recipients.update(emails)
+            self._count_in(emails)
             if self._record:
                 self._record.write(json.dumps({"message_id": message_id, "recipients": emails}) + "\n")
                 self._record.flush()
@@ -360,6 +385,28 @@ class StandIn:
         with self._lock:
             return {k: v["status"] for k, v in self.batches.items() if v["status"]}
 
+    def _count_in(self, emails: list[str]) -> None:
+        """Under the lock: the tally, and the addresses themselves (schema mode) or their hashes (parse mode)."""
+        repeated: list[str] = []
+        if self.validate:
+            for e in emails:
+                if self._recipients[e]:
+                    repeated.append(e)
+                self._recipients[e] += 1
+        else:
+            hashes = {hash(e) for e in emails}
+            if len(hashes) == len(emails) and self._seen.isdisjoint(hashes):
+                self._seen |= hashes
+            else:  # one by one, to name them
+                for e in emails:
+                    if hash(e) in self._seen:
+                        repeated.append(e)
+                    self._seen.add(hash(e))
+        self._tally["requests"] += 1
+        self._tally["recipients"] += len(emails)
+        self._tally["duplicates"] += len(repeated)
+        self._examples += repeated[:MAX_EXAMPLES - len(self._examples)]
+
     def _check(self, body: Any) -> tuple[list[Error], list[str]]:
         """Errors for a parsed body, and its recipient addresses."""
         errors = [(_schema_field(e), e.message[:300]) for e in self._validator.iter_errors(body)]
@@ -371,14 +418,18 @@ class StandIn:
         return [], [a["email"] for p in people for kind in ("to", "cc", "bcc") for a in p.get(kind, ())]
 
 
-def _fast_recipients(raw: bytes) -> tuple[list[Error], list[str]]:
-    found = FAST_RECIPIENT.findall(raw)
-    if not found:
+def parsed_recipients(body: Any) -> tuple[list[Error], list[str]]:
+    """Parse mode: every address of a parsed body, or the error SendGrid gives a body without any."""
+    try:
+        emails = [a["email"] for p in body["personalizations"] for kind in ("to", "cc", "bcc")
+                  for a in p.get(kind, ())]
+    except (KeyError, TypeError, AttributeError):
+        emails = []
+    if not emails or not all(isinstance(e, str) for e in emails):
         return [("personalizations", "personalizations with to addresses are required.")], []
-    joined = b"\n".join(found)  # decoded at once: a JSON string holds no raw newline
-    if b"\\" in joined:  # an escape, such as \u00f6
-        return [], [json.loads(b'"' + m + b'"') for m in found]
-    return [], joined.decode().split("\n")
+    if len(emails) > MAX_RECIPIENTS:
+        return [("personalizations", f"The total number of recipients must be {MAX_RECIPIENTS} or less.")], []
+    return [], emails
 
 
 class _Server(ThreadingHTTPServer):
@@ -412,6 +463,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, post: bool, method: str = "") -> None:
         sg = self.server.standin
+        if not post and urlsplit(self.path).path == TALLY_PATH:
+            self._answer(200, sg.tally())
+            return
         path = urlsplit(self.path).path.rstrip("/")
         if path.startswith(("/v3/mail/batch", "/v3/user/scheduled_sends")):
             length = int(self.headers.get("Content-Length") or 0)
@@ -468,15 +522,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if self.headers.get("Content-Encoding") == "gzip":
                 raw = gzip.decompress(raw)
-            body = json.loads(raw) if sg.validate else None
+            body = json.loads(raw)
         except (ValueError, OSError) as exc:
             return self._error(400, None, f"The request body is not valid JSON: {exc}", drop=drop)
-        errors, emails = sg._check(body) if sg.validate else _fast_recipients(raw)
+        errors, emails = sg._check(body) if sg.validate else parsed_recipients(body)
         if not errors and sg.validate:
             errors = sg._batch_errors(body)
         if errors:
             return self._errors(400, errors, drop=drop)
-        message_id = sg._accept(body, emails)
+        message_id = sg._accept(body if sg.validate else None, emails)
         if drop:
             return self._drop()
         self._start(202)
@@ -502,6 +556,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _start(self, status: int) -> None:
         sg = self.server.standin
+        if sg.delay and self.path != TALLY_PATH:
+            sg._stopping.wait(sg.delay)
         sg._hold(status)
         if self._delay:
             sg._stopping.wait(self._delay)
@@ -616,14 +672,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default="SG.test")
-    parser.add_argument("--fast", action="store_true", help="skip schema and limit checks; read only the recipients")
+    parser.add_argument("--parse", action="store_true",
+                        help="parse every body and tally its addresses; no schema checks, no bodies kept")
+    parser.add_argument("--delay", type=float, default=0.0, help="answer every request this many seconds late")
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--slow-seconds", type=float, default=2.0)
     parser.add_argument("--record", type=Path, help="append one JSON line per accepted request")
     args = parser.parse_args(argv)
-    standin = StandIn(args.api_key, port=args.port, validate=not args.fast, fault_rate=args.fault_rate,
-                      seed=args.seed, slow_seconds=args.slow_seconds, record=args.record)
+    standin = StandIn(args.api_key, port=args.port, validate=not args.parse, fault_rate=args.fault_rate,
+                      seed=args.seed, slow_seconds=args.slow_seconds, record=args.record, delay=args.delay)
     with standin:
         print(standin.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

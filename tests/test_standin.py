@@ -301,16 +301,47 @@ def test_concurrent_senders_are_each_recorded_once(sg: StandIn) -> None:
     assert len(counts) == 80 and set(counts.values()) == {1} and sg.request_count == 80
 
 
-def test_fast_mode_skips_validation_and_keeps_no_bodies() -> None:
+def test_parse_mode_reads_every_address_tallies_duplicates_and_keeps_no_bodies() -> None:
     with StandIn(api_key=KEY, validate=False) as standin:
         client = SendGridAPIClient(KEY, host=standin.url)
-        body = mail(*(f"r{i}@example.org" for i in range(999)), "jörg@example.org")  # sent as j\u00f6rg
+        body = mail(*(f"r{i}@example.org" for i in range(997)), "jörg@example.org")  # sent as j\u00f6rg
         body["categories"] = [f"c{i}" for i in range(20)]  # refused in checked mode
+        body["personalizations"][0]["cc"] = [{"email": "cc@example.org"}]  # not only the first `to`
+        body["personalizations"][1]["to"].insert(0, {"name": "Name first", "email": "second@example.org"})
         assert send(client, body).status_code == 202
-        with pytest.raises(http_errors.BadRequestsError):
-            send(client, {"personalizations": "nope"})
-        assert standin.accepted[0].body is None and standin.accepted[0].recipients == 1000
-        assert len(standin.recipients()) == 1000 and standin.recipients()["jörg@example.org"] == 1
+        again = mail("r5@example.org", "new@example.org", "new@example.org")
+        assert send(client, again).status_code == 202
+        for bad in ({"personalizations": "nope"}, {"personalizations": [{"to": [{"email": 7}]}]}):
+            with pytest.raises(http_errors.BadRequestsError):
+                send(client, bad)
+        with pytest.raises(RuntimeError):
+            standin.recipients()  # addresses are tallied by hash, not kept
+        tally = json.loads(urllib.request.urlopen(standin.url + "/standin/tally", timeout=5).read())
+    assert standin.accepted[0].body is None and standin.accepted[0].recipients == 1000
+    assert tally.pop("max_in_flight") >= 1  # the last request's thread may still be ending as the next arrives
+    assert tally == {"requests": 2, "recipients": 1003, "distinct": 1001, "duplicates": 2,
+                     "duplicate_examples": ["r5@example.org", "new@example.org"]}
+
+
+def test_delay_holds_each_answer_without_holding_other_requests() -> None:
+    """Two requests wait out a long delay together (each answer in its own thread); stopping the stand-in
+    ends the wait, and both are answered 202."""
+    standin = StandIn(api_key=KEY, validate=False, delay=60).start()
+    client = SendGridAPIClient(KEY, host=standin.url)
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda n=n: statuses.append(send(client, mail(f"d{n}@example.org"),
+                                                                           timeout=90).status_code))
+               for n in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while standin.in_flight < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    both_waiting = standin.in_flight == 2 and not statuses
+    standin.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert both_waiting and statuses == [202, 202] and standin.tally()["recipients"] == 2
 
 
 # --- suppressions -----------------------------------------------------------------------------------
@@ -370,7 +401,7 @@ def test_process_records_accepted_requests_and_survives_kill(tmp_path: Path) -> 
 
 def _run_faulty_process(record: Path) -> list[str]:
     script = Path(__file__).with_name("standin.py")
-    process = subprocess.Popen([sys.executable, str(script), "--port", "0", "--fast", "--fault-rate", "1.0",
+    process = subprocess.Popen([sys.executable, str(script), "--port", "0", "--parse", "--fault-rate", "1.0",
                                 "--seed", "3", "--record", str(record)], stdout=subprocess.PIPE, text=True)
     outcomes = []
     try:

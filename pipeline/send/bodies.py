@@ -1,127 +1,112 @@
-"""Request bodies built ahead in a forked helper process, so that a send uses both cores.
+"""Request bodies built ahead in a forked one-worker process pool, so that a send uses both cores.
 
 A body costs ~4 ms of Python per 1000 recipients (an HMAC token and JSON text each), holding the GIL.
-In the sending process that work would compete with the SQLite and HTTP work of the request in flight;
-the helper builds it on the other core instead. It gets the rows through a pipe and answers with the
-JSON text, in order. The secret reaches it only by fork (the personalizer is inherited, never sent),
-and it keeps no other file open: not the send lock, not the send log.
+In the sending process that work would compete with the store and HTTP work of the requests in flight;
+the worker builds it on the other core instead, a batch or two ahead. The executor's futures pair each
+batch with its body, and its feeder thread sends the rows, so the send loop never waits on a full pipe.
+The secret reaches the worker only by fork (the personalizer is the initializer's argument, inherited,
+never pickled); the worker runs at idle priority, without cyclic GC, ignores Ctrl-C (the parent's to
+handle), and dies with the parent (Linux: PR_SET_PDEATHSIG), so a `kill -9` of the send leaves no worker
+holding the send lock's inherited descriptor.
 
-A body the helper cannot build comes back empty, a helper that died shows as EOFError and one that is
-too late (it runs only on an idle core) is given up: in each case the caller builds the body itself
-(`BodyBuilder.result` returns None), so a broken helper slows a send down and changes nothing else.
+A body the worker cannot build, a worker that died and a body not ready when its request is due (a
+machine busy with other work) all end the same way: the caller builds the body itself
+(`BodyBuilder.result` returns None), so the worker can speed a send up and never slow it down.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import ctypes
 import gc
 import multiprocessing
 import os
-import queue
 import signal
-import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 
 from pipeline.send.batches import Batch, Personalizer
 from pipeline.store import Claim, DeliveryRow, Peeked, Store
+
+_PR_SET_PDEATHSIG = 1
+_personalizer: Personalizer | None = None  # in the worker: set by _start_worker
 
 
 class BodyBuilder:
     """`submit(rows)` then `result()` in the same order: the body as JSON text, or None (build it yourself)."""
 
-    patience = 1.0  # seconds; a helper this late (a machine busy with other work) is given up for this send
+    # Seconds `result` waits for a body not yet built: about one body's time, so that the worker a batch
+    # ahead is waited for, but a worker the machine gives no CPU (it runs at idle priority, and a shared
+    # machine may have none idle) never sets the pace: the sending process builds that body itself.
+    patience = 0.005
 
     def __init__(self, personalizer: Personalizer) -> None:
-        context = multiprocessing.get_context("fork")
-        jobs, self._jobs = context.Pipe(duplex=False)
-        self._bodies, bodies = context.Pipe(duplex=False)
-        _widen(bodies)
-        self._process = context.Process(target=_serve, args=(personalizer, jobs, bodies, (self._jobs, self._bodies)),
-                                        name="body-builder", daemon=True)
-        self._process.start()
-        jobs.close()
-        bodies.close()
+        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                         initializer=_start_worker, initargs=(personalizer, os.getpid()))
+        self._futures: deque[Future[bytes]] = deque()
         self._broken = False
 
     def submit(self, rows: list[DeliveryRow]) -> None:
-        if not self._broken:
-            try:
-                self._jobs.send(rows)
-            except OSError:
-                self._broken = True
+        if self._broken:
+            self._futures.append(_none())
+            return
+        try:
+            self._futures.append(self._pool.submit(_build, rows))
+        except RuntimeError:  # BrokenProcessPool (a RuntimeError): the worker died
+            self._broken = True
+            self._futures.append(_none())
 
     def result(self) -> str | None:
-        if self._broken:
-            return None
+        future = self._futures.popleft()
         try:
-            if not self._bodies.poll(self.patience):
-                raise TimeoutError
-            body = self._bodies.recv_bytes()
-        except (EOFError, OSError):
+            body = future.result(timeout=self.patience)
+        except FutureTimeout:
+            future.cancel()  # if the worker has not taken it yet; else its body is dropped when it comes
+            return None
+        except (RuntimeError, OSError, EOFError):  # the worker died (BrokenProcessPool)
             self._broken = True
             return None
         return body.decode("ascii") if body else None
 
     def close(self) -> None:
-        """Closing the pipes ends the helper (it reads EOF); it is waited for briefly, then killed."""
-        self._jobs.close()
-        self._bodies.close()
-        self._process.join(timeout=2)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
+        """Ends the worker: whatever is still queued is cancelled; a body being built is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._futures.clear()
 
 
-def _widen(pipe: Connection) -> None:
-    """Room for a body or two in the pipe (64 KB by default): the helper writes a body whole and goes on
-    with the next while the sending process is busy; reading it then is one copy, not a wait per 64 KB."""
-    resize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if resize is not None:
-        with contextlib.suppress(OSError):  # over the system's limit: the default size works too, a little slower
-            fcntl.fcntl(pipe.fileno(), resize, 1 << 20)
+def _none() -> Future[bytes]:
+    future: Future[bytes] = Future()
+    future.set_result(b"")
+    return future
 
 
-def _serve(personalizer: Personalizer, jobs: Connection, bodies: Connection,
-           parent_ends: tuple[Connection, Connection]) -> None:
-    """The helper: read rows (in a thread, so the parent never blocks sending them), build, answer."""
-    # Only on a core nothing else wants: the stand-in or SendGrid client and the sending process are on each
-    # request's critical path, this helper is a batch or two ahead of it.
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+def _start_worker(personalizer: Personalizer, parent: int) -> None:
+    """In the worker, once: idle priority, no GC, no Ctrl-C, death with the parent."""
+    global _personalizer
+    _personalizer = personalizer
+    # Only on a core nothing else wants: the sending process and the server are on each request's critical
+    # path; this worker is a batch or two ahead of it.
+    with contextlib.suppress(AttributeError, OSError):  # not on Linux: normal priority, a little slower
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     gc.disable()  # it makes no cycles; a collection would walk (and copy) every object inherited from the parent
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then closes the pipe
-    for end in parent_ends:
-        end.close()  # else this process would hold the parent's ends too and never see EOF
-    low = 3
-    for fd in sorted((jobs.fileno(), bodies.fileno())):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 1024)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    todo: queue.SimpleQueue[list[DeliveryRow] | None] = queue.SimpleQueue()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The process's own symbols (libc among them): find_library would run `ldconfig -p` in a subprocess.
+    with contextlib.suppress(OSError, AttributeError):  # no prctl: not Linux
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
-    def read() -> None:
-        try:
-            while True:
-                todo.put(jobs.recv())
-        except (EOFError, OSError):
-            todo.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
-    while (rows := todo.get()) is not None:
-        try:
-            body = personalizer.body(Batch(id=0, request_id="", rows=rows)).encode("ascii")
-        except Exception:  # noqa: BLE001 - the parent builds this one itself and sees the error there
-            body = b""
-        try:
-            bodies.send_bytes(body)
-        except OSError:
-            return
+def _build(rows: list[DeliveryRow]) -> bytes:
+    """In the worker: one body; b"" for one it cannot build (the parent builds it and sees the error)."""
+    assert _personalizer is not None
+    try:
+        return _personalizer.body(Batch(id=0, request_id="", rows=rows)).encode("ascii")
+    except Exception:  # noqa: BLE001
+        return b""
 
 
 @dataclass(slots=True)

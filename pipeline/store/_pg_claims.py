@@ -18,6 +18,14 @@ from pipeline.store._pg_schema import key
 from pipeline.store._types import TO_SEND, Claim, DeliveryRow, Editions, Finish, Peeked, now
 
 _SUPPRESSED = f"EXISTS (SELECT 1 FROM suppressions s WHERE {key('s.email')} = {key('d.email')})"
+# The intent of a peeked batch in one statement: its batch row, its deliveries in flight under it, and what
+# the caller checks (the ids taken; whether any of them is suppressed now).
+_CLAIM_PEEKED = (  # {only}: an edition filter, or nothing
+    "WITH b AS (INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
+    "VALUES (%s, %s, 'in_flight', %s, %s, %s, %s) RETURNING id), "
+    "d AS (UPDATE deliveries SET state = 'in_flight', batch_id = (SELECT id FROM b) WHERE send_id = %s AND id > %s "
+    "AND id <= %s AND state = ANY(%s){only} RETURNING id, email) "
+    f"SELECT (SELECT id FROM b), (SELECT array_agg(id ORDER BY id) FROM d), (SELECT bool_or({_SUPPRESSED}) FROM d)")
 
 
 def _only(editions: Editions) -> tuple[str, tuple[list[str], ...]]:
@@ -90,35 +98,37 @@ class PgClaimsMixin:
         before or between them: `claim_batch` marks those) and none of them is suppressed now. Otherwise it
         is rolled back and None returned: the caller uses `claim_batch`.
 
-        `finished`, the outcomes of earlier requests, are recorded in the same transaction, claimed or not.
+        `finished`, the outcomes of earlier requests, are recorded in the same transaction, claimed or not
+        (when not, in a transaction of their own right after). The answers and the claim (batch row and
+        deliveries in one statement) go to the server in one pipeline: one round trip and one commit.
         """
         rows = peeked.rows
+        if not rows:
+            self.record(finished)
+            return None
         only, langs = _only(editions)
         with self._tx() as conn:
-            self._finish_all(conn, finished)
-            if not rows:
-                return None
-            with conn.transaction() as savepoint:
-                batch_id = self._new_batch(conn, send_id, request_id, size=len(rows), first=rows[0][0],
-                                           last=rows[-1][0])
-                taken, suppressed = conn.execute(
-                    f"WITH d AS (UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s "
-                    f"AND id > %s AND id <= %s AND state = ANY(%s){only} RETURNING id, email) "
-                    f"SELECT array_agg(id ORDER BY id), bool_or({_SUPPRESSED}) FROM d",
-                    (batch_id, send_id, peeked.after, rows[-1][0], list(states), *langs)).fetchone() or (None, None)
-                if taken != [r[0] for r in rows] or suppressed:
-                    raise psycopg.Rollback(savepoint)  # the outcomes recorded above stay
-                return Claim(id=batch_id, request_id=request_id, rows=rows)
+            with conn.pipeline():
+                self._finish_all(conn, finished)
+                cursor = conn.execute(_CLAIM_PEEKED.replace("{only}", only),
+                                      (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now(), send_id,
+                                       peeked.after, rows[-1][0], list(states), *langs))
+            batch_id, taken, suppressed = cursor.fetchone() or (None, None, None)
+            if batch_id is not None and taken == [r[0] for r in rows] and not suppressed:
+                return Claim(id=int(batch_id), request_id=request_id, rows=rows)
+            raise psycopg.Rollback()
+        self.record(finished)  # rolled back with the claim; kept now (this process has sent nothing since)
         return None
 
     def record(self, finished: Sequence[Finish]) -> None:
         """Outcomes of requests, in one transaction."""
         if finished:
-            with self._tx() as conn:
+            with self._tx() as conn, conn.pipeline():
                 self._finish_all(conn, finished)
 
     def _finish_all(self, conn: psycopg.Connection[Any], finished: Sequence[Finish]) -> None:
-        """Each outcome in one statement: the batch row, then its deliveries (found by the batch's send)."""
+        """Each outcome in one statement: the batch row, then its deliveries (found by the batch's send). Only
+        the state changes, no indexed column: PostgreSQL updates the rows in place (HOT, fillfactor 50)."""
         for f in finished:
             assert f.state in ("accepted", "in_doubt", "failed")
             conn.execute("WITH b AS (UPDATE batches SET state = %s, attempts = %s, http_status = %s, "

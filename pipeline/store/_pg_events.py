@@ -28,24 +28,7 @@ class PgEventsMixin:
         raise NotImplementedError
 
     def _insert_suppression(self, conn: psycopg.Connection[Any], email: str, *, reason: str, source: str) -> bool:
-        raise NotImplementedError
-
-    def _find_delivery(self, conn: psycopg.Connection[Any], record: EventRecord) -> Match | None:
-        """The delivery the send's custom_args point at; None unless send, issue, list and address all agree."""
-        try:
-            sid = int(record.send_id)
-        except (TypeError, ValueError, OverflowError):
-            return None
-        if not -2**63 <= sid < 2**63 or record.email is None:
-            return None
-        row = conn.execute(
-            f"SELECT d.id, s.issue, s.list FROM deliveries d JOIN sends s ON s.id = d.send_id "
-            f"WHERE d.send_id = %s AND {key('d.email')} = {key('%s::text')} AND s.transport = 'sendgrid'",
-            (sid, record.email)).fetchone()
-        if row is None or (record.issue is not None and row[1] != record.issue) or \
-                (record.list_name is not None and row[2] != record.list_name):
-            return None
-        return Match(send_id=sid, delivery_id=int(row[0]), issue=str(row[1]), list_name=str(row[2]))
+        return self._suppression_cursor(conn, email, reason=reason, source=source).rowcount == 1
 
     def _insert_event(self, conn: psycopg.Connection[Any], r: EventRecord, status: str, match: Match | None) -> bool:
         cursor = conn.execute(
@@ -57,40 +40,122 @@ class PgEventsMixin:
              match.list_name if match else r.list_name, r.occurred_at, r.url, r.payload, now()))
         return cursor.rowcount == 1
 
-    def _advance_outcome(self, conn: psycopg.Connection[Any], delivery_id: int, outcome: str, at: int) -> None:
-        """Move a delivery's outcome forward (never back), in one statement: safe when two `serve` race."""
-        rank = OUTCOME_RANK[outcome]
-        old = _RANK_SQL.format("delivery_status.outcome")
-        conn.execute(f"INSERT INTO delivery_status (delivery_id, outcome, outcome_at, updated_at) "
-                     f"VALUES (%s, %s, %s, %s) ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, "
-                     f"outcome_at = excluded.outcome_at, updated_at = excluded.updated_at "
-                     f"WHERE {old} < %s OR ({old} = %s AND delivery_status.outcome_at < excluded.outcome_at)",
-                     (delivery_id, outcome, at, now(), rank, rank))
-
     def record_events(self, events: Sequence[EventRecord]) -> list[tuple[str, bool]]:
         """Store every event once and apply the new ones, in one transaction. Returns per event its status
-        (`duplicate`, `applied`, `unmatched`, `unknown_type`, `invalid`) and whether it newly suppressed."""
-        done: list[tuple[str, bool]] = []
+        (`duplicate`, `applied`, `unmatched`, `unknown_type`, `invalid`) and whether it newly suppressed.
+
+        A statement per step for the whole post, not two or three per event: find every event's delivery,
+        insert every event (the new ones are returned), move the outcomes forward, then the rare
+        suppressions one by one, in order. Only the order of the reads moves: finding a delivery reads
+        sends and deliveries, which recording events does not change."""
         with self._tx() as conn:
-            for r in events:
-                match = self._find_delivery(conn, r) if r.status == "applied" else None
-                status = "unmatched" if r.status == "applied" and match is None else r.status
-                if not self._insert_event(conn, r, status, match):
-                    done.append(("duplicate", False))
-                    continue
-                suppressed = False
-                if status == "applied":
-                    assert match is not None and r.email is not None
-                    if r.outcome in OUTCOME_RANK:
-                        self._advance_outcome(conn, match.delivery_id, r.outcome, r.occurred_at or 0)
+            matches = self._find_all(conn, events)
+            statuses = ["unmatched" if r.status == "applied" and m is None else r.status
+                        for r, m in zip(events, matches, strict=True)]
+            new = self._insert_all(conn, events, statuses, matches)
+            applied = [i for i, status in enumerate(statuses) if new[i] and status == "applied"]
+            self._advance_all(conn, [(m.delivery_id, r.outcome, r.occurred_at or 0) for r, m in
+                                     ((events[i], matches[i]) for i in applied)
+                                     if m is not None and r.outcome in OUTCOME_RANK])
+            suppressing: dict[int, psycopg.Cursor[Any]] = {}
+            with conn.pipeline():
+                for i in applied:
+                    r = events[i]
+                    assert r.email is not None
                     if r.lifts_group_unsubscribe:  # undoes only what a group_unsubscribe event added
                         conn.execute(f"DELETE FROM suppressions WHERE {key('email')} = {key('%s::text')} AND "
                                      f"source = 'webhook group_unsubscribe'", (r.email.strip(),))
                     if r.suppress:
-                        suppressed = self._insert_suppression(conn, r.email, reason=r.suppress[0],
-                                                              source=r.suppress[1])
-                done.append((status, suppressed))
-        return done
+                        suppressing[i] = self._suppression_cursor(conn, r.email, reason=r.suppress[0],
+                                                                  source=r.suppress[1])
+        return [("duplicate", False) if not new[i] else
+                (statuses[i], i in suppressing and suppressing[i].rowcount == 1) for i in range(len(events))]
+
+    def _find_all(self, conn: psycopg.Connection[Any], events: Sequence[EventRecord]) -> list[Match | None]:
+        """The delivery each event names, in one query; None unless send, issue, list and address all agree."""
+        wanted: dict[int, tuple[int, str]] = {}
+        for i, r in enumerate(events):
+            if r.status != "applied" or r.email is None:
+                continue
+            try:
+                sid = int(r.send_id)
+            except (TypeError, ValueError, OverflowError):
+                continue
+            if -2**63 <= sid < 2**63:
+                wanted[i] = (sid, r.email)
+        found: dict[int, tuple[Any, ...]] = {}
+        if wanted:
+            rows = conn.execute(
+                f"SELECT u.i, d.id, s.issue, s.list, s.id FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) "
+                f"AS u (i, sid, email) JOIN deliveries d ON d.send_id = u.sid AND {key('d.email')} = "
+                f"{key('u.email')} JOIN sends s ON s.id = d.send_id WHERE s.transport = 'sendgrid'",
+                (list(wanted), [w[0] for w in wanted.values()], [w[1] for w in wanted.values()])).fetchall()
+            found = {int(row[0]): row for row in rows}
+        matches: list[Match | None] = []
+        for i, r in enumerate(events):
+            row = found.get(i)
+            if row is None or (r.issue is not None and row[2] != r.issue) or \
+                    (r.list_name is not None and row[3] != r.list_name):
+                matches.append(None)
+            else:
+                matches.append(Match(send_id=int(row[4]), delivery_id=int(row[1]), issue=str(row[2]),
+                                     list_name=str(row[3])))
+        return matches
+
+    def _insert_all(self, conn: psycopg.Connection[Any], events: Sequence[EventRecord], statuses: list[str],
+                    matches: list[Match | None]) -> list[bool]:
+        """Insert every event not stored yet, in one statement; per event whether it was new (of two with one
+        key in the same post, the first)."""
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        for r, status, m in zip(events, statuses, matches, strict=True):
+            for column, value in zip(columns, (
+                    r.key, r.event, status, r.source, r.email, m.send_id if m else None,
+                    m.delivery_id if m else None, m.issue if m else r.issue, m.list_name if m else r.list_name,
+                    r.occurred_at, r.url), strict=True):
+                column.append(value)
+        payloads = [r.payload for r in events]
+        rows = conn.execute(
+            "INSERT INTO events (event_key, event, status, source, email, send_id, delivery_id, issue, list, "
+            "occurred_at, url, payload, received_at) SELECT k, e, st, so, em, sid, did, iss, li, oc, url, pl, %s "
+            "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], "
+            "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[]) WITH ORDINALITY "
+            "AS u (k, e, st, so, em, sid, did, iss, li, oc, url, pl, n) ORDER BY n "
+            "ON CONFLICT (event_key) DO NOTHING RETURNING event_key", (now(), *columns, payloads)).fetchall()
+        fresh = {str(row[0]) for row in rows}
+        new = []
+        for r in events:
+            new.append(r.key in fresh)
+            fresh.discard(r.key)  # a second event with that key in this post is a duplicate
+        return new
+
+    def _advance_all(self, conn: psycopg.Connection[Any], advances: list[tuple[int, str | None, int]]) -> None:
+        """Move outcomes forward (never back), in one statement. Per delivery the post's own events are
+        folded first by the same rule (the later one wins only with a higher rank, or the same rank and a
+        later time), which gives what applying them one by one gives; the rows are locked in delivery
+        order, so two posts at once cannot deadlock."""
+        best: dict[int, tuple[str, int]] = {}
+        for delivery_id, outcome, at in advances:
+            assert outcome is not None
+            old = best.get(delivery_id)
+            if old is None or (OUTCOME_RANK[outcome], at) > (OUTCOME_RANK[old[0]], old[1]):
+                best[delivery_id] = (outcome, at)
+        if not best:
+            return
+        ids = sorted(best)
+        rank_new, rank_old = _RANK_SQL.format("excluded.outcome"), _RANK_SQL.format("delivery_status.outcome")
+        conn.execute(f"INSERT INTO delivery_status (delivery_id, outcome, outcome_at, updated_at) SELECT d, o, a, %s "
+                     f"FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) AS u (d, o, a) ORDER BY d "
+                     f"ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, "
+                     f"outcome_at = excluded.outcome_at, updated_at = excluded.updated_at "
+                     f"WHERE {rank_old} < {rank_new} OR ({rank_old} = {rank_new} AND "
+                     f"delivery_status.outcome_at < excluded.outcome_at)",
+                     (now(), ids, [best[i][0] for i in ids], [best[i][1] for i in ids]))
+
+    def _suppression_cursor(self, conn: psycopg.Connection[Any], email: str, *, reason: str,
+                            source: str) -> psycopg.Cursor[Any]:
+        return conn.execute(f"INSERT INTO suppressions (email, reason, source, created_at) VALUES "
+                            f"(%s, %s, %s, %s) ON CONFLICT (({key('email')})) DO NOTHING",
+                            (email.strip(), reason, source, now()))
 
     def record_reject(self, body: bytes, reason: str) -> None:
         """Keep a signed body we could not read (once per distinct body; SendGrid retries it)."""

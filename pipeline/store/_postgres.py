@@ -154,12 +154,6 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
 
     # --- suppressions -----------------------------------------------------------------------------------
 
-    def _insert_suppression(self, conn: psycopg.Connection[Any], email: str, *, reason: str, source: str) -> bool:
-        cursor = conn.execute(f"INSERT INTO suppressions (email, reason, source, created_at) VALUES "
-                              f"(%s, %s, %s, %s) ON CONFLICT (({key('email')})) DO NOTHING",
-                              (email.strip(), reason, source, now()))
-        return cursor.rowcount == 1
-
     def add_suppression(self, email: str, *, reason: str, source: str) -> bool:
         """Suppress an address for every list; False if it already was (the first reason is kept)."""
         with self._tx() as conn:
