@@ -127,7 +127,10 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
             row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
             if row is None or row[0] is None:
                 return []
-            return [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY applied_at, name")]
+            recorded = {r[0] for r in conn.execute("SELECT name FROM schema_migrations")}
+        # in the order they are applied (two applied within one millisecond tie on applied_at)
+        known = [name for name, _ in MIGRATIONS if name in recorded]
+        return known + sorted(recorded.difference(known))
 
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, each in its own transaction under an advisory lock (two

@@ -92,7 +92,8 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
     def applied_migrations(self) -> list[str]:
         self.conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, "
                           "applied_at TEXT NOT NULL)")
-        return [row[0] for row in self.conn.execute("SELECT name FROM schema_migrations ORDER BY applied_at, name")]
+        # in the order they are applied (two applied within one millisecond tie on applied_at)
+        return [row[0] for row in self.conn.execute("SELECT name FROM schema_migrations ORDER BY rowid")]
 
     def migrate(self) -> list[str]:
         """Apply the migrations not applied yet, each in its own transaction; return their names."""
