@@ -224,7 +224,9 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
             before = conn.total_changes
             insert_chunks(conn, f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields, edition) "
                           f"SELECT {int(send_id)}, {json_columns(3)}, {_EDITION} FROM json_each(?)", rows)
-            return conn.total_changes - before
+            added = conn.total_changes - before
+        self._after_bulk()
+        return added
 
     def sync_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int:
         """On a re-run: add recipients new to the list, mark unsent ones no longer in it `removed`.
@@ -251,7 +253,13 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
             conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? AND state IN "
                          "('removed', 'suppressed') AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
             conn.execute("DELETE FROM temp.listed")
+        self._after_bulk()
         return added
+
+    def _after_bulk(self) -> None:
+        """After recording a list: the page cache it filled (32 MB) is of no use to the send loop, which reads
+        each page once; freed, so that the body worker forked next does not inherit it (see send.bodies)."""
+        self.conn.execute("PRAGMA shrink_memory")
 
     def recover_in_flight(self, send_id: int) -> int:
         """After a process died (call with the send's lock held): requests it left in flight are in doubt;
