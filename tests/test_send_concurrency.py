@@ -148,7 +148,7 @@ def _addresses(record: object) -> list[str]:
 def test_the_loop_frees_the_cycles_its_requests_leave(site4: Path, standin: StandIn, env: dict[str, str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The cyclic GC is paused while a send runs; without these collections, what each request leaves in
-    reference cycles (urllib's responses) stayed until the send ended: 70 MB over 10 million recipients."""
+    reference cycles stayed until the send ended: 70 MB over 10 million recipients."""
     from pipeline.send import loop
 
     monkeypatch.setattr(loop, "COLLECT_EVERY", 2)
