@@ -7,6 +7,7 @@ the overlap is seen however fast or slow the machine is. Nothing waits on a cloc
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -142,3 +143,27 @@ def _addresses(record: object) -> list[str]:
     body = record.body  # type: ignore[attr-defined]
     assert body is not None
     return [p["to"][0]["email"] for p in body["personalizations"]]
+
+
+def test_the_loop_frees_the_cycles_its_requests_leave(site4: Path, standin: StandIn, env: dict[str, str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cyclic GC is paused while a send runs; without these collections, what each request leaves in
+    reference cycles stayed until the send ended: 70 MB over 10 million recipients."""
+    from pipeline.send import loop
+
+    monkeypatch.setattr(loop, "COLLECT_EVERY", 2)
+    collected: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and not gc.isenabled():  # paused: only the loop's own collections run
+            collected.append(info["collected"])
+
+    write_list(site4, "big", 30)
+    gc.callbacks.append(seen)
+    try:
+        summary = _send(site4, env)
+    finally:
+        gc.callbacks.remove(seen)
+    assert summary.finished and summary.requests == 10
+    assert len(collected) == 5  # every second request
+    assert sum(collected) > 0  # and there was something to free

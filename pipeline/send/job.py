@@ -356,6 +356,8 @@ class SendJob:
             finally:
                 if builder is not None:
                     builder.close()
+                    log.debug("%d of %d bodies were not ready in time and were built here", builder.missed,
+                              summary.requests)
 
     def _ensure_batch_id(self) -> None:
         """A real send's SendGrid batch id: created once, recorded, reused by every later run of the send (and

@@ -22,11 +22,13 @@ from pipeline.errors import SendError
 from pipeline.send.batches import Batch
 from pipeline.send.bodies import Lookahead
 from pipeline.send.brake import Brake
+from pipeline.send.gcpause import collect_young
 from pipeline.send.plan import Progress, Summary
 from pipeline.send.transport import Outcome, Result, Transport, refusal_fix
 from pipeline.store import Claim, Finish, Store
 
 log = logging.getLogger("pipeline.send.job")
+COLLECT_EVERY = 100  # requests between collections of the cycles they leave (see gcpause)
 IN_DOUBT_STREAK_LIMIT = 5  # this many unanswered requests in a row: stop, the network is not there
 
 
@@ -181,6 +183,8 @@ class SendLoop:
     def _submit(self, pool: ThreadPoolExecutor, request: _Request) -> None:
         self._last_request = self.clock()
         self.summary.requests += 1
+        if self.summary.requests % COLLECT_EVERY == 0:
+            collect_young()
         self._flying[pool.submit(self.transport.send, request.batch)] = request
 
     # --- answers ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pipeline.store._sqlite_stop import StopMixin
 from pipeline.store._sqlite_tx import transaction
 from pipeline.store._types import STATES, ListRow, Send, Suppression, now
 
+WAL_KEPT_BYTES = 64 * 1024 * 1024
 TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects")
 
 
@@ -74,6 +75,10 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA cache_size = -32768")  # 32 MB: a million-row send keeps its indexes in memory
             conn.execute("PRAGMA temp_store = MEMORY")
+            # Recording a list of 10M leaves a 1.1 GB WAL; kept, its stale pages took page cache the send
+            # loop needed for the database's own (a 10M send read 480 MB of them back from disk): the first
+            # commit after a checkpoint cuts it back to this size
+            conn.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
             self.conn = conn
             # Embedded and single-user: migrations are applied on open, as `newsletter db migrate` would.
             self.migrate()
@@ -225,7 +230,9 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
             before = conn.total_changes
             insert_chunks(conn, f"INSERT OR IGNORE INTO deliveries (send_id, email, name, fields, edition) "
                           f"SELECT {int(send_id)}, {json_columns(3)}, {_EDITION} FROM json_each(?)", rows)
-            return conn.total_changes - before
+            added = conn.total_changes - before
+        self._after_bulk()
+        return added
 
     def sync_recipients(self, send_id: int, rows: Iterable[ListRow]) -> int:
         """On a re-run: add recipients new to the list, mark unsent ones no longer in it `removed`.
@@ -252,7 +259,13 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
             conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? AND state IN "
                          "('removed', 'suppressed') AND email IN (SELECT email FROM temp.listed)", (stamp, send_id))
             conn.execute("DELETE FROM temp.listed")
+        self._after_bulk()
         return added
+
+    def _after_bulk(self) -> None:
+        """After recording a list: the page cache it filled (32 MB) is of no use to the send loop, which reads
+        each page once; freed, so that the body worker forked next does not inherit it (see send.bodies)."""
+        self.conn.execute("PRAGMA shrink_memory")
 
     def recover_in_flight(self, send_id: int) -> int:
         """After a process died (call with the send's lock held): requests it left in flight are in doubt;
