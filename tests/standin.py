@@ -19,8 +19,9 @@ As a process (kill -9 tests, benchmarks)::
 prints its URL on the first stdout line and appends one JSON line per accepted request to FILE.
 
 `--parse` (benchmarks) does what SendGrid must do with every body before it answers: it parses the
-whole body as JSON and reads every address of every personalization, but runs no schema check (our
-jsonschema check in Python is the tests' strictness, not a server's cost) and keeps no bodies. It tallies
+whole body as JSON, checks it against the Mail Send schema (with the compiled validator, as a server
+would, not the tests' Python one) and SendGrid's limits, checks its batch id, and reads every address of
+every personalization; it keeps no bodies. It tallies
 addresses instead of keeping them (a set of their hashes, a few dozen bytes an address), so that it can
 say how many arrived more than once; `GET /standin/tally` answers that as JSON. `--delay` answers every
 request that many seconds late, each in its own thread, as a distant server would: requests that
@@ -49,6 +50,7 @@ from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
+import jsonschema_rs
 
 SCHEMA_PATH = Path(__file__).with_name("sendgrid_mail_send.schema.json")
 # SendGrid says "less than 30 MB" without saying which MB; the smaller reading keeps senders safe.
@@ -224,8 +226,9 @@ class StandIn:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._record: IO[str] | None = record.open("a", encoding="utf-8") if record else None
-        self._validator = jsonschema.Draft202012Validator(
-            json.loads(SCHEMA_PATH.read_text(encoding="utf-8")), format_checker=jsonschema.FormatChecker())
+        schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+        self._validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        self._compiled = jsonschema_rs.validator_for(schema)
         #: Batch ids created by POST /v3/mail/batch: -> {"status": None | "pause" | "cancel", "send_at": int | None}
         #: (the earliest send_at of the mail sent with it). Tests may add entries, e.g. other sends already held.
         self.batches: dict[str, dict[str, Any]] = {}
@@ -407,6 +410,16 @@ class StandIn:
         self._tally["duplicates"] += len(repeated)
         self._examples += repeated[:MAX_EXAMPLES - len(self._examples)]
 
+    def _check_compiled(self, body: Any) -> tuple[list[Error], list[str]]:
+        """Parse mode: the same schema and limits as `_check`, the schema through the compiled validator (0.3 ms
+        a 460 KB body against 176 ms in Python), as a server would; the Python one only names what failed."""
+        if not self._compiled.is_valid(body):
+            return self._check(body)
+        errors = limit_errors(body, time.time())
+        if errors:
+            return errors[:MAX_ERRORS], []
+        return parsed_recipients(body)
+
     def _check(self, body: Any) -> tuple[list[Error], list[str]]:
         """Errors for a parsed body, and its recipient addresses."""
         errors = [(_schema_field(e), e.message[:300]) for e in self._validator.iter_errors(body)]
@@ -525,8 +538,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except (ValueError, OSError) as exc:
             return self._error(400, None, f"The request body is not valid JSON: {exc}", drop=drop)
-        errors, emails = sg._check(body) if sg.validate else parsed_recipients(body)
-        if not errors and sg.validate:
+        errors, emails = sg._check(body) if sg.validate else sg._check_compiled(body)
+        if not errors:
             errors = sg._batch_errors(body)
         if errors:
             return self._errors(400, errors, drop=drop)
