@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from pipeline.config import Config
     from pipeline.store import Store
+    from tests.loop_support import Signer
     from tests.standin import StandIn
 
 TESTS = Path(__file__).parent
@@ -136,3 +138,42 @@ def env(standin: StandIn, store_env: dict[str, str]) -> dict[str, str]:
     found = environ(standin.url, **store_env)
     migrate(found)
     return found
+
+
+# --- `serve` on the test's engine (test_web, test_web_guard) ------------------------------------------------
+
+
+@pytest.fixture
+def config(site: Path) -> Config:
+    """The fixture newsletter with a second issue (002-second), which no send has published."""
+    from pipeline.config import load_config
+
+    shutil.copytree(FIXTURES / "extra-issues" / "002-second", site / "issues" / "002-second")
+    return load_config(site)
+
+
+@pytest.fixture(scope="module")
+def signer() -> Signer:
+    from tests.loop_support import Signer
+
+    return Signer()
+
+
+@pytest.fixture
+def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
+    """(base URL, the store, send id): issue 001-hello sent to list `sample`; 002-second not sent yet.
+    Runs on each engine: the app opens its own stores as `serve` does."""
+    from pipeline.web.app import Settings, create_app
+    from pipeline.web.webhook import public_key_from_base64
+    from tests.loop_support import SECRET, running
+    from tests.storekit import seed_send, site_store
+
+    store = site_store(config.root, store_env)
+    send_id = seed_send(store)
+    settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
+                        open_store=lambda: site_store(config.root, store_env), max_webhook_bytes=64 * 1024)
+    try:
+        with running(create_app(settings)) as url:
+            yield url, store, send_id
+    finally:
+        store.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +14,12 @@ from sendgrid.helpers.eventwebhook import EventWebhook
 from storekit import dump, seed_send, select, site_store, suppressions
 
 from pipeline import tokens
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.store import Store
 from pipeline.web.app import Settings, create_app, redact
 from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@pytest.fixture
-def config(site: Path) -> Config:
-    shutil.copytree(FIXTURES / "extra-issues" / "002-second", site / "issues" / "002-second")
-    return load_config(site)
-
-
-@pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture
-def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
-    """(base URL, the store, send id): issue 001-hello sent to list `sample`; 002-second not sent yet.
-    Runs on each engine: the app opens its own stores as `serve` does."""
-    from pipeline.web.webhook import public_key_from_base64
-
-    store = site_store(config.root, store_env)
-    send_id = seed_send(store)
-    settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                        open_store=lambda: site_store(config.root, store_env), max_webhook_bytes=64 * 1024)
-    try:
-        with running(create_app(settings)) as url:
-            yield url, store, send_id
-    finally:
-        store.close()
 
 
 def token(email: str = "ada@example.org") -> str:

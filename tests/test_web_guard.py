@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,40 +16,15 @@ from loop_support import SECRET, Signer, body_of, event, request, running
 from storekit import dump, seed_send, select, site_store
 
 from pipeline import tokens
-from pipeline.config import Config, load_config
+from pipeline.config import Config
 from pipeline.store import Store
 from pipeline.web import guard as webguard
 from pipeline.web.app import Settings, create_app
-from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, public_key_from_base64
+from pipeline.web.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SAME_ORIGIN = {**FORM, "Sec-Fetch-Site": "same-origin"}
-
-
-@pytest.fixture
-def config(site: Path) -> Config:
-    shutil.copytree(FIXTURES / "extra-issues" / "002-second", site / "issues" / "002-second")
-    return load_config(site)
-
-
-@pytest.fixture(scope="module")
-def signer() -> Signer:
-    return Signer()
-
-
-@pytest.fixture
-def server(config: Config, signer: Signer, store_env: dict[str, str]) -> Iterator[tuple[str, Store, int]]:
-    """(base URL, the store, send id) on the test's engine; the app opens its own stores as `serve` does."""
-    store = site_store(config.root, store_env)
-    send_id = seed_send(store)
-    settings = Settings(config=config, secret=SECRET, webhook_key=public_key_from_base64(signer.public_base64),
-                        open_store=lambda: site_store(config.root, store_env), max_webhook_bytes=64 * 1024)
-    try:
-        with running(create_app(settings)) as url:
-            yield url, store, send_id
-    finally:
-        store.close()
 
 
 def token(email: str = "ada@example.org") -> str:
