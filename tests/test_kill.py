@@ -53,7 +53,7 @@ def _kill(proc: subprocess.Popen[str]) -> None:
 def _states(site: Path, env: dict[str, str]) -> dict[str, str]:
     store = site_store(site, env)
     try:
-        return dict(select(store, "SELECT email, state FROM deliveries"))
+        return dict(select(store, "SELECT email, state FROM delivery_log"))
     finally:
         store.close()
 

@@ -133,6 +133,6 @@ def test_webhook_posts_while_a_send_runs_both_succeed(site: Path, store_env: dic
     store = site_store(site, store_env)
     try:
         assert count(store, "SELECT count(*) FROM events WHERE status = 'applied'") == len(addresses)
-        assert count(store, "SELECT count(*) FROM deliveries WHERE state = 'accepted'") == len(addresses)
+        assert count(store, "SELECT count(*) FROM delivery_log WHERE state = 'accepted'") == len(addresses)
     finally:
         store.close()

@@ -117,7 +117,7 @@ def test_kill_9_leaves_at_most_four_batches_in_doubt(site4: Path, standin: Stand
     # stand-in recorded first is a race between its threads, so the send log says which they are.)
     store = site_store(site4, env)
     try:
-        slow = {r[0] for r in select(store, "SELECT email FROM deliveries WHERE state = 'in_flight'")}
+        slow = {r[0] for r in select(store, "SELECT email FROM delivery_log WHERE state = 'in_flight'")}
     finally:
         store.close()
     mailed = {a for record in standin.accepted for a in _addresses(record)}

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from json.encoder import encode_basestring_ascii as _enc
 
 from pipeline import tokens
-from pipeline.build.render import Email, placeholder
+from pipeline.build.render import UNSUBSCRIBE, Email, placeholder
 from pipeline.config import Config
 from pipeline.errors import SendError
 from pipeline.lists.values import HTML_SUFFIX, html_value
@@ -32,6 +33,7 @@ RESERVED = ("name", "unsubscribe_url")
 ONE_CLICK = "List-Unsubscribe=One-Click"
 TEST_PREFIX = "[TEST] "
 _NAME_UNSAFE = str.maketrans({";": " ", ",": " ", "\r": " ", "\n": " ", "\t": " "})
+_MARKUP = re.compile("[&<>\"']").search  # what html_value changes: most names have none (0.2 µs, escaping 1 µs)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -98,6 +100,18 @@ class Personalizer:
     """Per-recipient values and headers, and the request body for a batch."""
 
     def __init__(self, mailing: Mailing) -> None:
+        prefix = tokens.unsubscribe_url(mailing.base_url, "")
+        self._url_prefix = _enc(prefix)[1:-1]
+        if self._url_prefix != prefix or html_value(prefix) != prefix:
+            raise SendError(f"base_url {mailing.base_url!r} has characters that need escaping in JSON or HTML — "
+                            "fix base_url in newsletter.yaml")
+        # The URL needs no HTML escaping (the prefix is checked above, a token is base64url and a dot), so the
+        # HTML part takes the plain tag: each recipient's body then holds the URL twice instead of three times
+        # (a seventh less JSON to build, send and parse).
+        url_html = placeholder("unsubscribe_url" + HTML_SUFFIX)
+        if url_html in mailing.email.html:
+            html = mailing.email.html.replace(url_html, UNSUBSCRIBE)
+            mailing = replace(mailing, email=replace(mailing.email, html=html))
         self.mailing = mailing
         self.tags = sorted(mailing.email.placeholders | {"unsubscribe_url"})
         self.merge_fields = sorted({t.removesuffix(HTML_SUFFIX) for t in self.tags} - set(RESERVED))
@@ -110,11 +124,6 @@ class Personalizer:
         self._url_html = "unsubscribe_url" + HTML_SUFFIX in self.tags
         self._shared = self._shared_json()
         self._signer = tokens.Signer(mailing.secret, list_name=mailing.list_name, issue=mailing.issue)
-        prefix = tokens.unsubscribe_url(mailing.base_url, "")
-        self._url_prefix = _enc(prefix)[1:-1]
-        if self._url_prefix != prefix or html_value(prefix) != prefix:
-            raise SendError(f"base_url {mailing.base_url!r} has characters that need escaping in JSON or HTML — "
-                            "fix base_url in newsletter.yaml")
 
     # --- values -----------------------------------------------------------------------------------------
 
@@ -177,8 +186,8 @@ class Personalizer:
             to = f'{{"email":{e},"name":{n if safe else _enc(display_name(name))}}}'
         else:
             n, to = '""', f'{{"email":{e}}}'
-        if self._name_html:  # most names need no escaping: isalnum() is the cheap test for that
-            n_html = n if name.isalnum() or not name else _enc(html_value(name))
+        if self._name_html:
+            n_html = _enc(html_value(name)) if _MARKUP(name) else n
             extra = f',"%%name{HTML_SUFFIX}%%":{n_html}'
         else:
             extra = ""

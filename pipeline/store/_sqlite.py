@@ -22,8 +22,15 @@ from pipeline.store._lock import SendLock
 from pipeline.store._sqlite_claims import ClaimsMixin
 from pipeline.store._sqlite_events import EventsMixin
 from pipeline.store._sqlite_schema import MIGRATIONS
+from pipeline.store._sqlite_state import (
+    HOLDER_JOIN,
+    ROW_STATE,
+    deferred_counts,
+    deferred_edition_counts,
+    settle_send,
+)
 from pipeline.store._sqlite_stop import StopMixin
-from pipeline.store._sqlite_tx import transaction
+from pipeline.store._sqlite_tx import snapshot, transaction
 from pipeline.store._types import STATES, ListRow, Send, Suppression, now
 
 WAL_KEPT_BYTES = 64 * 1024 * 1024
@@ -272,6 +279,7 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
         batches it left waiting to retry (last answer 429/5xx, so certainly not sent) are failed, to be sent
         again. Returns the number of batches put in doubt."""
         with transaction(self.conn) as conn:
+            settle_send(conn, send_id)  # every run starts from states held by the rows (see _sqlite_state)
             stamp = now()
             for state, new in (("waiting", "failed"), ("in_flight", "in_doubt")):
                 conn.execute(f"UPDATE deliveries SET state = '{new}', updated_at = ? WHERE send_id = ? AND state = "
@@ -284,8 +292,10 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
 
     def counts(self, send_id: int) -> dict[str, int]:
         """Deliveries per state, in one pass (GROUP BY would sort a million rows: a third slower)."""
-        row = self.conn.execute(f"{_COUNTS} WHERE send_id = ?", (send_id,)).fetchone()
-        return dict(zip(STATES, row, strict=True))
+        with snapshot(self.conn):  # the rows and the deferred batches as of one moment
+            row = self.conn.execute(f"{_COUNTS} WHERE send_id = ?", (send_id,)).fetchone()
+            change = deferred_counts(self.conn, send_id)
+        return {state: n + change[state] for state, n in zip(STATES, row, strict=True)}
 
     def in_doubt_addresses(self, send_id: int) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT email FROM deliveries WHERE send_id = ? AND state = "
@@ -305,10 +315,23 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
     def dump(self, table: str) -> Iterator[tuple[list[str], list[tuple[object, ...]]]]:
         """A table's rows in primary-key order, 10,000 at a time, with their column names."""
         assert table in TABLES
-        cursor = self.conn.execute(f"SELECT * FROM {table} ORDER BY rowid")
+        cursor = self.conn.execute(self._dump_sql(table))
         columns = [d[0] for d in cursor.description]
         while chunk := cursor.fetchmany(10_000):
             yield columns, [tuple(r) for r in chunk]
+
+    def _dump_sql(self, table: str) -> str:
+        """Rows as the other engine keeps them: deliveries with the state and batch a deferred batch gives them,
+        batches without the `deferred` mark (see _sqlite_state)."""
+        names = [str(r[1]) for r in self.conn.execute(f"PRAGMA table_info({table})")]
+        if table == "batches":
+            return f"SELECT {', '.join(n for n in names if n != 'deferred')} FROM batches ORDER BY id"
+        if table != "deliveries":
+            return f"SELECT * FROM {table} ORDER BY rowid"
+        special = {"state": f"CASE WHEN r.id IS NULL THEN d.state ELSE {ROW_STATE.format(b='r')} END AS state",
+                   "batch_id": "coalesce(d.batch_id, r.id) AS batch_id"}
+        picked = ", ".join(special.get(n, f"d.{n}") for n in names)
+        return f"SELECT {picked} FROM deliveries d {HOLDER_JOIN.format(d='d', r='r')} ORDER BY d.id"
 
     def load(self, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
         assert table in TABLES
@@ -321,7 +344,11 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
     def edition_counts(self, send_id: int) -> dict[str, dict[str, int]]:
         """Deliveries per edition and state ('' is the default edition of rows recorded before editions)."""
         found: dict[str, dict[str, int]] = {}
-        for edition, *row in self.conn.execute(f"{_COUNTS.replace('SELECT ', 'SELECT edition, ', 1)} WHERE "
-                                               "send_id = ? GROUP BY edition ORDER BY edition", (send_id,)):
-            found[str(edition)] = dict(zip(STATES, row, strict=True))
+        with snapshot(self.conn):
+            for edition, *row in self.conn.execute(f"{_COUNTS.replace('SELECT ', 'SELECT edition, ', 1)} WHERE "
+                                                   "send_id = ? GROUP BY edition ORDER BY edition", (send_id,)):
+                found[str(edition)] = dict(zip(STATES, row, strict=True))
+            for edition, state, n in deferred_edition_counts(self.conn, send_id):
+                found[edition]["pending"] -= n
+                found[edition][state] += n
         return found

@@ -25,6 +25,9 @@ class EventsMixin:
     def _insert_suppression(self, email: str, *, reason: str, source: str) -> bool:
         raise NotImplementedError
 
+    def counts(self, send_id: int) -> dict[str, int]:
+        raise NotImplementedError
+
     def _find_delivery(self, record: EventRecord) -> Match | None:
         """The delivery the send's custom_args point at; None unless send, issue, list and address all agree."""
         try:
@@ -147,8 +150,8 @@ class EventsMixin:
         """A send's recipients and, from its events, distinct addresses per group of event kinds, opens,
         unique clicks and the links by clicks."""
         conn, issue, name = self.conn, send.issue, send.list_name
-        total, accepted = conn.execute("SELECT count(*), sum(state = 'accepted') FROM deliveries WHERE send_id = ?",
-                                       (send.id,)).fetchone()
+        states = self.counts(send.id)
+        total, accepted = sum(states.values()), states["accepted"]
         where = "issue = ? AND list = ? AND status = 'applied' AND event IN ({})"
         distinct = {key: int(conn.execute(
             f"SELECT count(DISTINCT lower(email)) FROM events WHERE {where.format(','.join('?' * len(kinds)))}",

@@ -5,7 +5,8 @@ Tables:
 - ``sends``: one row per (issue, list, transport): content hash, subject, schedule, timestamps.
   ``transport`` is ``sendgrid`` for real mail and ``outbox`` for `.eml` files: the two never mix.
 - ``batches``: one row per request: state, our ``request_id``, SendGrid's ``X-Message-Id``, HTTP status,
-  error, attempts, the id range of its deliveries, timestamps.
+  error, attempts, the id range of its deliveries, timestamps; ``deferred`` when it holds its deliveries by
+  that range and their rows are still untouched (see _sqlite_state: read states through delivery_log).
 - ``deliveries``: one row per (send, recipient): state, batch (whose row has the message id and the
   times of the request), the time of other changes (suppressed, removed), and the recipient's name and
   merge fields as they were when the send started (a resume sends the same).
@@ -131,5 +132,25 @@ MIGRATIONS += [
         ALTER TABLE sends ADD COLUMN schedule_state TEXT CHECK (schedule_state IN ('paused', 'cancelled'));
         ALTER TABLE sends ADD COLUMN schedule_changed_at TEXT;
         CREATE INDEX events_progress ON events (issue, list, event, id);
+    """),
+]
+
+MIGRATIONS += [
+    # Deferred batches (see _sqlite_claims, _sqlite_state): a batch that holds its deliveries by id range, their
+    # rows untouched until the batch is settled. delivery_log reads their state from the batch that holds them.
+    ("claims_001_deferred_batches", """
+        ALTER TABLE batches ADD COLUMN deferred INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX batches_deferred ON batches (send_id, first_delivery) WHERE deferred = 1;
+        DROP VIEW delivery_log;
+        CREATE VIEW delivery_log AS
+        SELECT d.send_id, s.issue, s.list, d.id AS delivery_id, d.email,
+               CASE WHEN r.id IS NULL THEN d.state WHEN r.state = 'waiting' THEN 'in_flight' ELSE r.state END
+                   AS state,
+               b.request_id, b.message_id, b.created_at AS requested_at, b.finished_at AS answered_at, d.updated_at
+        FROM deliveries d JOIN sends s ON s.id = d.send_id
+        LEFT JOIN batches r ON d.batch_id IS NULL AND d.state = 'pending' AND r.id = (
+            SELECT c.id FROM batches c WHERE c.send_id = d.send_id AND c.deferred = 1 AND c.first_delivery <= d.id
+            ORDER BY c.first_delivery DESC LIMIT 1) AND r.last_delivery >= d.id
+        LEFT JOIN batches b ON b.id = coalesce(d.batch_id, r.id);
     """),
 ]

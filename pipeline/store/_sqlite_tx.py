@@ -39,3 +39,21 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 def _unavailable(exc: sqlite3.Error) -> StoreError:
     return StoreError(f"the send log could not be written ({exc}); nothing of that step was recorded — "
                       "run the same command again (if it is locked, another process holds it: wait for it)")
+
+
+class snapshot:  # noqa: N801 - used like a function: `with snapshot(conn):`
+    """Reads that see one moment (a read transaction; in WAL mode writers go on meanwhile). Inside a
+    transaction already, it is that transaction's."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn, self._own = conn, False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self._own = True
+        return self.conn
+
+    def __exit__(self, *_: object) -> None:
+        if self._own and self.conn.in_transaction:
+            self.conn.execute("COMMIT")

@@ -54,6 +54,7 @@ class Claim:
     id: int
     request_id: str
     rows: list[DeliveryRow]  # in delivery id order
+    deferred: bool = False  # SQLite: the rows were left untouched, the batch row holds their state
 
     @property
     def first(self) -> int:
