@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gc
 import gzip
 import json
 import random
@@ -51,6 +52,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import jsonschema
 import jsonschema_rs
+import orjson
 
 SCHEMA_PATH = Path(__file__).with_name("sendgrid_mail_send.schema.json")
 # SendGrid says "less than 30 MB" without saying which MB; the smaller reading keeps senders safe.
@@ -103,6 +105,21 @@ class Accepted:
     received: float
     recipients: int
     body: dict[str, Any] | None
+
+
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19  # orjson reads integers beyond 64 bits as floats; json reads them exactly
+
+
+def parse_json(raw: bytes) -> Any:
+    """json.loads(raw), faster where orjson can read it: orjson gives the same value whenever it gives one
+    (it refuses NaN, lone surrogates, a BOM, which json takes, and the fallback reads them) except for
+    integers of 19 digits and more, which it may turn into floats: a body with such a run of digits goes to
+    json. The check costs 0.4 ms on 560 KB; orjson saves about twice that."""
+    if _LONG_NUMBER not in raw.translate(_DIGITS):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
+    return json.loads(raw)
 
 
 def _json_bytes(value: Any) -> int:
@@ -271,11 +288,16 @@ class StandIn:
         self._script: deque[str] = deque()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        #: Held while a body is parsed and checked: one at a time, as the GIL allows anyway, but without
+        #: threads taking the GIL from each other halfway through 500 KB (which costs CPU, not only time).
+        self._busy = threading.Lock()
         self._stopping = threading.Event()
         self._record: IO[str] | None = record.open("a", encoding="utf-8") if record else None
         schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
         self._validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
-        self._compiled = jsonschema_rs.validator_for(schema)
+        # Formats too (the schema's one is "email"), as the Python validator checks them: its own email check is
+        # stricter than jsonschema's ("@" in it), and a body it refuses goes to the Python one, which decides.
+        self._compiled = jsonschema_rs.validator_for(schema, validate_formats=True)
         #: Batch ids created by POST /v3/mail/batch: -> {"status": None | "pause" | "cancel", "send_at": int | None}
         #: (the earliest send_at of the mail sent with it). Tests may add entries, e.g. other sends already held.
         self.batches: dict[str, dict[str, Any]] = {}
@@ -582,13 +604,17 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             return self._error(413, None, f"The request body is {length} bytes; it must be less than "
                                f"{MAX_BODY_BYTES}.", drop=drop)
-        try:
-            if self.headers.get("Content-Encoding") == "gzip":
-                raw = gzip.decompress(raw)
-            body = json.loads(raw)
-        except (ValueError, OSError) as exc:
-            return self._error(400, None, f"The request body is not valid JSON: {exc}", drop=drop)
-        errors, emails = sg._check(body) if sg.validate else sg._check_compiled(body)
+        with sg._busy:  # answers (which may wait: --delay, faults, gates) come after, without it
+            try:
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                body = parse_json(raw)
+            except (ValueError, OSError) as exc:
+                body, errors = None, [(None, f"The request body is not valid JSON: {exc}")]
+            else:
+                errors, emails = sg._check(body) if sg.validate else sg._check_compiled(body)
+        if body is None:
+            return self._errors(400, errors, drop=drop)
         if not errors:
             errors = sg._batch_errors(body)
         if errors:
@@ -745,6 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     standin = StandIn(args.api_key, port=args.port, validate=not args.parse, fault_rate=args.fault_rate,
                       seed=args.seed, slow_seconds=args.slow_seconds, record=args.record, delay=args.delay)
+    gc.freeze()  # what start-up made lives as long as the process: the collections a body's parse sets off skip it
     with standin:
         print(standin.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):

@@ -23,6 +23,7 @@ from standin import (  # pytest puts tests/ on sys.path
     Error,
     _limits,
     limit_errors,
+    parse_json,
 )
 
 NOW = 1_800_000_000.0
@@ -177,3 +178,34 @@ def test_a_lone_surrogate_in_substitutions_fails_alike(check: Any) -> None:
     body = _plain({"personalizations": [{"to": [{"email": "a@x.org"}], "substitutions": {"k": "\ud800"}}]})
     with pytest.raises(UnicodeEncodeError):
         check(body, NOW)
+
+
+# --- JSON: orjson where it gives json's answer, json otherwise ---------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.text() | st.floats(allow_nan=True) |
+    st.integers() | st.integers(min_value=-(2**70), max_value=2**70) | st.sampled_from([2**63, -(2**63) - 1, 2**64]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20)
+# what json takes and orjson does not (or the other way round), and plain garbage
+raw_texts = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    json_values.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    json_values.map(lambda v: b"\xef\xbb\xbf" + json.dumps(v).encode()),
+    json_values.map(lambda v: json.dumps(v).encode("utf-16")),
+    st.sampled_from([b'"\\ud800"', b"1e400", b"-1e400", b"[NaN, Infinity]", b"", b"{", b"01", b'{"a":1,"a":2}',
+                     b"9223372036854775808", b"-9223372036854775809", b"18446744073709551616", b"1" * 400]),
+    st.binary(max_size=30))
+
+
+@given(raw=raw_texts)
+@settings(max_examples=500, deadline=None)
+def test_parse_json_reads_every_text_as_json_does(raw: bytes) -> None:
+    """Same value and same types (repr tells 1e+20 from 10**20), or both refuse."""
+    try:
+        expected = repr(json.loads(raw))
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            parse_json(raw)
+        return
+    assert repr(parse_json(raw)) == expected
