@@ -322,6 +322,32 @@ def test_parse_mode_reads_every_address_tallies_duplicates_and_keeps_no_bodies()
                      "duplicate_examples": ["r5@example.org", "new@example.org"]}
 
 
+def test_parse_mode_refuses_every_body_with_the_same_errors_as_the_schema_mode(sg: StandIn,
+                                                                               client: SendGridAPIClient) -> None:
+    """Parse mode (benchmarks) checks through the compiled validator and the fast limits: the same answers."""
+    bodies = []
+    for _, mutate, _ in REFUSALS:
+        body = mail()
+        mutate(body)
+        bodies.append(body)
+    with StandIn(api_key=KEY, validate=False) as parsing:
+        fast = SendGridAPIClient(KEY, host=parsing.url)
+        for body in bodies:
+            answers = []
+            for c in (client, fast):
+                with pytest.raises(http_errors.BadRequestsError) as exc:
+                    send(c, body)
+                answers.append(errors_of(exc))
+            assert answers[0] == answers[1]
+        request = urllib.request.Request(f"{parsing.url}/v3/mail/send", data=b'{"personalizations": NaN',
+                                         method="POST", headers={"Authorization": f"Bearer {KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as bad:
+            urllib.request.urlopen(request, timeout=5)
+        assert bad.value.code == 400
+        assert json.loads(bad.value.read())["errors"][0]["message"].startswith("The request body is not valid JSON: ")
+        assert parsing.tally()["requests"] == 0 and sg.accepted == []
+
+
 def test_delay_holds_each_answer_without_holding_other_requests() -> None:
     """Two requests wait out a long delay together (each answer in its own thread); stopping the stand-in
     ends the wait, and both are answered 202."""
