@@ -6,9 +6,10 @@ batch into one request body. The body is JSON written by hand from pieces: the s
 text, once per request) is encoded once per send, each recipient costs one small string.
 
 One personalization per recipient, one recipient per personalization:
-``{"to": [{"email", "name"}], "substitutions": {"%%tag%%": value}, "headers": {"List-Unsubscribe",
-"List-Unsubscribe-Post"}}``; every tag the email uses gets a value ("" when the list has no such column),
-because SendGrid leaves unknown tags in the mail as they are.
+``{"to": [{"email", "name"}], "substitutions": {"%%tag%%": value}, "headers": {"List-Unsubscribe"}}``;
+every tag the email uses gets a value ("" when the list has no such column), because SendGrid leaves
+unknown tags in the mail as they are. `List-Unsubscribe-Post`, the same for everyone, is a message-level
+header, which SendGrid gives every personalization (theirs add to it, and win on a clash of names).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ class Personalizer:
             "subject": m.email.subject,
             "content": [{"type": "text/plain", "value": m.email.text}, {"type": "text/html", "value": m.email.html}],
             "custom_args": m.custom_args,
-            "headers": {"Content-Language": m.email.language},  # the edition's, as <html lang> says
+            # the edition's language, as <html lang> says; RFC 8058's one-click marker, the same for everyone
+            "headers": {"Content-Language": m.email.language, "List-Unsubscribe-Post": ONE_CLICK},
         }
         if m.reply_to:
             shared["reply_to"] = {"email": m.reply_to}
@@ -198,8 +200,7 @@ class Personalizer:
             extra += "".join(f",{key}:{_enc(html_value(fields.get(f, '')) if escaped else fields.get(f, ''))}"
                              for f, key, escaped in self._field_keys)
         return (f'{{"to":[{to}],"substitutions":{{"%%name%%":{n},"%%unsubscribe_url%%":"{url}"{extra}}},'
-                f'"headers":{{"List-Unsubscribe":"<{url}>, {self._mailto_enc}",'
-                f'"List-Unsubscribe-Post":"{ONE_CLICK}"}}}}')
+                f'"headers":{{"List-Unsubscribe":"<{url}>, {self._mailto_enc}"}}}}')
 
     def body(self, batch: Batch) -> str:
         """The whole Mail Send request body for a batch, as JSON text."""
