@@ -9,8 +9,9 @@ body parsed as JSON, every address tallied; --delay makes each answer that late)
 SQLite file, or with --engine postgres a new database on NEWSLETTER_BENCH_PG_URL, default the dev server,
 migrated with `newsletter db migrate` before the clock starts), then `newsletter send ... --yes` as a
 subprocess. Memory is the send's whole process tree (the sender and the helpers it forks): each process's
-peak RSS (VmHWM, the kernel's own peak, read every 100 ms, and wait4's figure for the sender) summed, which over-counts pages
-the forked helper shares with the sender, and the largest sum of PSS seen at once, which counts them once.
+peak RSS (VmHWM, the kernel's own peak, read every 100 ms, and wait4's figure for the sender) summed, which
+over-counts pages the forked helper shares with the sender, and the largest sum of PSS seen at once (read
+once a second), which counts them once.
 The load average before each run is printed with it: the machine is shared. Traffic stays on 127.0.0.1.
 """
 

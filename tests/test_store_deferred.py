@@ -147,5 +147,6 @@ def test_sqlite_copy_to_postgresql_carries_the_states_deferred_batches_hold(pg_d
     copy_store(source, target)
     assert target.counts(send.id) == source.counts(send.id)
     assert select(target, "SELECT email, state, message_id FROM delivery_log ORDER BY delivery_id") == \
-        [("r0@example.org", "accepted", "M9"), ("r1@example.org", "accepted", "M9"), ("r2@example.org", "pending", None)]
+        [("r0@example.org", "accepted", "M9"), ("r1@example.org", "accepted", "M9"),
+         ("r2@example.org", "pending", None)]
     target.close()
