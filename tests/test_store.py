@@ -4,10 +4,12 @@ recipients, recovery, the send lock; and what only one engine has."""
 from __future__ import annotations
 
 import os
+import select as _select
 import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -271,3 +273,36 @@ def test_the_password_never_appears_in_where_or_errors() -> None:
         PostgresStore(url, migrate=False)
     assert "s3cr3t" not in str(refused.value) and "postgresql://newsletter@127.0.0.1:1/newsletter" in str(refused.value)
     assert "run the same command again" in str(refused.value)
+
+
+def test_the_send_lock_says_whether_it_is_still_held(store: Store, database_url: str | None) -> None:
+    """`held()`, asked by the send loop before every claim: true from acquire to release. On PostgreSQL the
+    lock dies with its connection, which can end alone (pg_terminate_backend here, as a restart would):
+    then false, and the lock is free for another send. A notification arriving on that idle connection is
+    no loss: the check asks the server and finds the lock still there."""
+    lock = store.lock(issue="001", list_name="l")
+    assert not lock.held()
+    with lock:
+        assert lock.held() and lock.held()
+        if database_url is not None:
+            import psycopg
+
+            conn = lock._conn  # type: ignore[attr-defined]
+            conn.execute("LISTEN newsletter_test")
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("NOTIFY newsletter_test")
+                assert _select.select([conn.fileno()], [], [], 60)[0]  # the notification is there to read
+                assert lock.held()
+                assert not _select.select([conn.fileno()], [], [], 0)[0]  # read by the check's query
+                pids = admin.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database "
+                                     "= (SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
+                assert len(pids) == 1
+                admin.execute("SELECT pg_terminate_backend(%s)", pids[0])
+                for _ in range(6000):  # until the server has ended that session (bounded)
+                    if not admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", pids[0]).fetchone():
+                        break
+                    time.sleep(0.01)
+            assert not lock.held() and not lock.held()
+            with store.lock(issue="001", list_name="l") as again:  # released on the server with its session
+                assert again.held()
+    assert not lock.held()

@@ -175,6 +175,42 @@ def test_the_database_going_away_mid_send_stops_it_resumably(copies: tuple[Path,
     assert set(sent) == set(ADDRESSES) and max(sent.values()) == 1
 
 
+def test_a_send_that_lost_its_lock_stops_and_the_rerun_finishes_it(copies: tuple[Path, Path], standin: StandIn,
+                                                                   env: dict[str, str], shared_url: str) -> None:
+    """Only the send lock's connection is cut (pg_terminate_backend of the session holding the advisory lock)
+    while the first request is out: another machine could take the lock now, so the send records that
+    request's answer, claims nothing more and stops with exit code 6 and a message saying so; the re-run
+    finishes the send, and nobody is mailed twice."""
+    import psycopg
+
+    laptop, _ = copies  # 12 addresses, 2 a request, 1 request at a time
+    standin.answers_open.clear()
+    sender = _start_send(laptop, env)
+    _wait_for(lambda: standin.request_count == 1, "the send's first request", sender)
+    with psycopg.connect(shared_url, autocommit=True) as admin:
+        holders = admin.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
+        assert len(holders) == 1
+        admin.execute("SELECT pg_terminate_backend(%s)", holders[0])
+        _wait_for(lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", holders[0]).fetchone()
+                  is None, "the lock's session to end", sender)
+    standin.answers_open.set()
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 6 and "Traceback" not in err, err
+    assert "the send lock on postgresql://" in err and "was lost (its connection ended)" in err, err
+    assert "nothing more was sent" in err and "run the same command again to resume" in err, err
+    assert standin.request_count == 1 and standin.recipients() == dict.fromkeys(ADDRESSES[:2], 1)
+    store = site_store(laptop, env)
+    try:  # the request that was out is recorded as answered; the rest is still to send
+        assert dict(select(store, "SELECT state, count(*) FROM delivery_log GROUP BY state")) == \
+            {"accepted": 2, "pending": 10}
+    finally:
+        store.close()
+    again = cli(laptop, "send", ISSUE, "--list", "big", "--yes", env=env)
+    assert again.returncode == 0, again.stderr
+    assert standin.recipients() == dict.fromkeys(ADDRESSES, 1)  # everyone once: nobody twice
+
+
 def _answers(url: str) -> bool:
     try:
         return request("GET", url)[0] == 200

@@ -25,7 +25,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from pipeline.send.loop import Policy, SendLoop, backoff
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
 from pipeline.send.status import by_edition
 from pipeline.send.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
-from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, Store, open_store
+from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, SendLockHandle, Store, open_store
 
 log = logging.getLogger("pipeline.send.job")
 
@@ -61,7 +60,7 @@ class SendJob:
         self.clock = clock
         self._make_transport = transport
         self.store: Store | None = None
-        self.lock: AbstractContextManager[object] | None = None
+        self.lock: SendLockHandle | None = None
         self.send: Send | None = None
         self.plan: Plan | None = None
         self._created = False
@@ -346,7 +345,7 @@ class SendJob:
             if transport.kind == "sendgrid" else None
         loop = SendLoop(self.store, self.send.id, transport, policy, states=states, ahead=ahead,
                         progress=progress, summary=summary, clock=self.clock, sleep=self.sleep, editions=only,
-                        brake=brake)
+                        brake=brake, lock=self.lock)
         self._loop = loop
         if self._stop_reason:
             loop.request_stop(self._stop_reason)

@@ -5,7 +5,8 @@ It talks to a store and a transport only. Every request's intent is committed be
 Claims, pacing and every write happen in this thread, in list order: each batch is a contiguous part of
 the list, the requests-per-second ceiling holds for all requests together, and a 429 or Retry-After pauses
 every request. Worker threads only make requests. An answer 202 is recorded with the next claim (one
-commit per request), or on its own before any pause and at the end.
+commit per request), or on its own before any pause and at the end. Before every claim it asks whether
+the send lock is still held (a PostgreSQL lock dies with its connection) and stops if not.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from pipeline.errors import SendError
+from pipeline.errors import SendError, StoreError
 from pipeline.send.batches import Batch
 from pipeline.send.bodies import Lookahead
 from pipeline.send.brake import Brake
 from pipeline.send.gcpause import collect_young
 from pipeline.send.plan import Progress, Summary
 from pipeline.send.transport import Outcome, Result, Transport, refusal_fix
-from pipeline.store import Claim, Finish, Store
+from pipeline.store import Claim, Finish, SendLockHandle, Store
 
 log = logging.getLogger("pipeline.send.job")
 COLLECT_EVERY = 100  # requests between collections of the cycles they leave (see gcpause)
@@ -62,7 +63,8 @@ class SendLoop:
     def __init__(self, store: Store, send_id: int, transport: Transport, policy: Policy, *, states: Sequence[str],
                  ahead: Lookahead, progress: Progress, summary: Summary,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 editions: Sequence[str] | None = None, brake: Brake | None = None) -> None:
+                 editions: Sequence[str] | None = None, brake: Brake | None = None,
+                 lock: SendLockHandle | None = None) -> None:
         self.store, self.send_id, self.transport, self.policy = store, send_id, transport, policy
         self.editions = editions  # claim only these editions' deliveries (one content per request); None: all
         self.states, self.ahead, self.progress, self.summary = states, ahead, progress, summary
@@ -76,6 +78,8 @@ class SendLoop:
         self._last_request = -1e9
         self._streak = 0
         self._stop: str | None = None
+        self._stop_error: type[SendError] = SendError  # StoreError (exit code 6) when the lock was lost
+        self.lock = lock  # the send lock, asked before every claim whether it is still held
         self.brake = brake  # checked between batches: the webhook's rates, a cancel (pipeline.send.brake)
         self.interrupted: str | None = None  # set by request_stop() (a signal): stop claiming, finish what flies
 
@@ -97,7 +101,7 @@ class SendLoop:
         if self.interrupted:
             raise KeyboardInterrupt(self.interrupted)
         if self._stop:
-            raise SendError(f"{self._stop} ({self.summary.accepted} accepted in this run; `newsletter status` "
+            raise self._stop_error(f"{self._stop} ({self.summary.accepted} accepted in this run; `newsletter status` "
                             "shows the rest)")
 
     def request_stop(self, reason: str) -> None:
@@ -143,6 +147,9 @@ class SendLoop:
                 self._submit(pool, ready)
                 continue
             if self._exhausted:
+                return
+            if self.lock is not None and not self.lock.held():
+                self._stop, self._stop_error = self._lock_lost(), StoreError
                 return
             if self.brake is not None:
                 self._stop = self._stop or self.brake.check()
@@ -259,6 +266,11 @@ class SendLoop:
         if wait_for > 0:
             self._flush()
             self.sleep(wait_for)
+
+    def _lock_lost(self) -> str:
+        """Another machine may take the lock now; the claims still take no row twice, but this send stops."""
+        return (f"the send lock on {self.store.where} was lost (its connection ended); nothing more was sent — run "
+                "the same command again to resume")
 
     def _check_schedule(self) -> None:
         at = self.policy.send_at

@@ -32,6 +32,7 @@ from pipeline.store._types import (
     Peeked,
     Schedule,
     Send,
+    SendLockHandle,
     Store,
     Suppression,
     now,
@@ -46,6 +47,7 @@ __all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "
            "EventRecord", "Finish", "ListRow", "Match", "Peeked", "Send", "Store", "Suppression", "database_url", "now",
            "open_store"]
 __all__ += ["SCHEDULE_STATES", "Outcomes", "Schedule"]
+__all__ += ["SendLockHandle"]
 
 
 def database_url(environ: Mapping[str, str] | None = None) -> str | None:

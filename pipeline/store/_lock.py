@@ -45,6 +45,10 @@ class SendLock:
             os.close(self._fd)
             self._fd = None
 
+    def held(self) -> bool:
+        """True from acquire to release: the kernel keeps a flock as long as the process and its fd live."""
+        return self._fd is not None
+
     def __enter__(self) -> SendLock:
         self.acquire()
         return self

@@ -33,6 +33,9 @@ from pipeline.store._pg_stop import PgStopMixin
 from pipeline.store._types import STATES, ListRow, Send, Suppression, now
 
 MIGRATION_LOCK = 0x6E6C5F6D69677261  # advisory lock key of `migrate`: one process applies migrations at a time
+# On the send lock's connection, which stays idle for the whole send: a cut network becomes a socket error
+# after about 25 s of silence (10 + 3 x 5), which its `held()` sees, instead of after the kernel's 2 hours.
+LOCK_KEEPALIVES = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 WORK_MEM = "64MB"  # for the hash joins of a million-row list (the default 4 MB spills them to disk)
 
 _SEND_COLUMNS = "id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at"
@@ -83,11 +86,12 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
             self.conn.close()
             raise
 
-    def _connect(self) -> psycopg.Connection[Any]:
+    def _connect(self, **defaults: Any) -> psycopg.Connection[Any]:
+        """A connection; `defaults` (and a 10 s connect_timeout) apply where the URL does not say otherwise."""
         options: dict[str, Any] = {"autocommit": False, "application_name": "newsletter"}
         try:
-            if "connect_timeout" not in conninfo_to_dict(self._url):
-                options["connect_timeout"] = 10
+            given = conninfo_to_dict(self._url)
+            options |= {k: v for k, v in {"connect_timeout": 10, **defaults}.items() if k not in given}
             return psycopg.connect(self._url, **options)
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the database at {self.where} ({self._detail(exc)}) — check "
@@ -150,7 +154,7 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
 
     def lock(self, *, issue: str, list_name: str) -> PgSendLock:
         """A database lock: one send of an issue to a list at a time, whichever machine it runs on."""
-        return PgSendLock(self._connect, self._failure, issue=issue, list_name=list_name)
+        return PgSendLock(lambda: self._connect(**LOCK_KEEPALIVES), self._failure, issue=issue, list_name=list_name)
 
     def sending(self) -> AbstractContextManager[None]:
         return nullcontext()

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 STATES = ("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed")
 TO_SEND = ("pending", "failed")  # certainly not sent: what a run sends
@@ -137,7 +137,7 @@ class Store(Protocol):
     def close(self) -> None: ...
     def applied_migrations(self) -> list[str]: ...
     def migrate(self) -> list[str]: ...
-    def lock(self, *, issue: str, list_name: str) -> AbstractContextManager[object]: ...
+    def lock(self, *, issue: str, list_name: str) -> SendLockHandle: ...
     def sending(self) -> AbstractContextManager[None]: ...
 
     # sends
@@ -231,3 +231,16 @@ class Outcomes:
                         complaints=self.complaints + other.complaints,
                         last_event=max(self.last_event, other.last_event))
 
+
+
+# --- the send lock ----------------------------------------------------------------------------------------
+
+
+class SendLockHandle(Protocol):
+    """What `Store.lock` gives: held from `with` (or `__enter__`) to its end. `held()` is asked by the send
+    loop before every claim: a PostgreSQL lock ends with its connection, which can die while the process
+    lives; SQLite's file lock cannot be lost while the process lives. Cheap enough to ask per batch."""
+
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *_: object) -> None: ...
+    def held(self) -> bool: ...
