@@ -70,8 +70,11 @@ FORBIDDEN_HEADERS = frozenset({
 })
 #: Every fault `script()` accepts. "ok" processes the request normally; "slow" processes (and records)
 #: it at once but answers only after `slow_seconds`, so a client timeout leaves a mail that did go out;
-#: "drop_after" processes it, records it if valid, then closes without answering.
-FAULTS = ("ok", "slow", "429", "500", "503", "drop_before", "drop_after", "400", "401", "403", "413")
+#: "drop_after" processes it, records it if valid, then closes without answering. "502" and "504" are a
+#: gateway's answers after SendGrid behind it processed the request (and recorded it if valid): the
+#: gateway says nothing about whether the mail went out.
+FAULTS = ("ok", "slow", "429", "500", "503", "drop_before", "drop_after", "502", "504", "400", "401", "403", "413")
+GATEWAY = {"502": "Bad Gateway (scripted by the test)", "504": "Gateway Timeout (scripted by the test)"}
 CANNED = {
     "400": "Bad Request (scripted by the test)",
     "401": "The provided authorization grant is invalid, expired, or revoked",
@@ -583,7 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, None, CANNED["401"], drop=fault == "drop_after")
         path = urlsplit(self.path).path.rstrip("/")
         if post and path == "/v3/mail/send":
-            self._mail_send(sg, raw, length, drop=fault == "drop_after")
+            self._mail_send(sg, raw, length, drop=fault == "drop_after", gateway=fault if fault in GATEWAY else "")
         elif not post and path in SUPPRESSION_PATHS:
             self._suppressions(sg, SUPPRESSION_PATHS[path], drop=fault == "drop_after")
         else:
@@ -600,32 +603,36 @@ class _Handler(BaseHTTPRequestHandler):
             length -= len(chunk)
         return None
 
-    def _mail_send(self, sg: StandIn, raw: bytes | None, length: int, *, drop: bool) -> None:
-        if raw is None:
-            return self._error(413, None, f"The request body is {length} bytes; it must be less than "
-                               f"{MAX_BODY_BYTES}.", drop=drop)
-        with sg._busy:  # answers (which may wait: --delay, faults, gates) come after, without it
-            try:
-                if self.headers.get("Content-Encoding") == "gzip":
-                    raw = gzip.decompress(raw)
-                body = parse_json(raw)
-            except (ValueError, OSError) as exc:
-                body, errors = None, [(None, f"The request body is not valid JSON: {exc}")]
-            else:
-                errors, emails = sg._check(body) if sg.validate else sg._check_compiled(body)
-        if body is None:
-            return self._errors(400, errors, drop=drop)
-        if not errors:
-            errors = sg._batch_errors(body)
-        if errors:
-            return self._errors(400, errors, drop=drop)
-        message_id = sg._accept(body if sg.validate else None, emails)
+    def _mail_send(self, sg: StandIn, raw: bytes | None, length: int, *, drop: bool, gateway: str = "") -> None:
+        status, errors, message_id = self._process(sg, raw, length)
+        if gateway:  # SendGrid behind the gateway did its work; the client hears only the gateway
+            return self._error(int(gateway), None, GATEWAY[gateway])
+        if status != 202:
+            return self._errors(status, errors, drop=drop)
         if drop:
             return self._drop()
         self._start(202)
         self.send_header("X-Message-Id", message_id)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _process(self, sg: StandIn, raw: bytes | None, length: int) -> tuple[int, list[Error], str]:
+        """What SendGrid does with a Mail Send body: (202, [], message id) once accepted, else the refusal."""
+        if raw is None:
+            return 413, [(None, f"The request body is {length} bytes; it must be less than {MAX_BODY_BYTES}.")], ""
+        with sg._busy:  # answers (which may wait: --delay, faults, gates) come after, without it
+            try:
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                body = parse_json(raw)
+            except (ValueError, OSError) as exc:
+                return 400, [(None, f"The request body is not valid JSON: {exc}")], ""
+            errors, emails = sg._check(body) if sg.validate else sg._check_compiled(body)
+        if not errors:
+            errors = sg._batch_errors(body)
+        if errors:
+            return 400, errors, ""
+        return 202, [], sg._accept(body if sg.validate else None, emails)
 
     def _suppressions(self, sg: StandIn, key: str, *, drop: bool) -> None:
         """One page, in seeded order; start_time/end_time (epoch seconds, inclusive) filter on creation."""

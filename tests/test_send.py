@@ -102,6 +102,22 @@ def test_in_doubt_is_not_resent_without_the_flag(site: Path, standin: StandIn, e
     assert counts == {**dict.fromkeys(addresses, 1), addresses[2]: 2, addresses[3]: 2}  # documented: in doubt
 
 
+@pytest.mark.parametrize("gateway", ["502", "504"])
+def test_a_gateway_error_is_in_doubt_never_retried(site: Path, standin: StandIn, env: dict[str, str],
+                                                   gateway: str) -> None:
+    """A proxy's 502/504 may come after SendGrid sent the mail (the stand-in records it): a retry would be a
+    second copy, so those recipients are in doubt, and a plain re-run sends only the rest."""
+    addresses = write_list(site, "big", 6)
+    standin.script(["ok", gateway])
+    first = send(site, env, list_name="big")
+    assert (first.accepted, first.in_doubt) == (4, 2) and not first.finished
+    assert standin.recipients() == dict.fromkeys(addresses, 1)  # the batch behind the gateway went out, once
+    assert standin.request_count == 3  # no retry of it
+    again = send(site, env, list_name="big")
+    assert again.accepted == 0 and standin.request_count == 3
+    assert max(standin.recipients().values()) == 1
+
+
 def test_killed_process_leaves_in_flight_in_doubt(site: Path, standin: StandIn, env: dict[str, str]) -> None:
     write_list(site, "big", 4)
     config = load_config(site)

@@ -61,6 +61,15 @@ def test_retryable(site: Path, standin: StandIn, fault: str) -> None:
     assert standin.recipients() == {}
 
 
+@pytest.mark.parametrize("fault", ["502", "504"])
+def test_a_gateway_answer_is_in_doubt(site: Path, standin: StandIn, fault: str) -> None:
+    standin.script([fault])
+    result = _transport(site, standin.url).send(BATCH)
+    assert result.outcome is Outcome.IN_DOUBT and result.status == int(fault)
+    assert "may have sent" in result.error
+    assert standin.recipients() == {"ada@example.org": 1, "alan@example.org": 1}  # it did, behind the gateway
+
+
 @pytest.mark.parametrize("fault", ["400", "403", "413"])
 def test_refused(site: Path, standin: StandIn, fault: str) -> None:
     standin.script([fault])

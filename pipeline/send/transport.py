@@ -3,9 +3,10 @@
 - `SendGridTransport`: v3 Mail Send through the `sendgrid` package (imported only here, lazily).
 - `OutboxTransport`: one real, fully personalised `.eml` file per recipient (no account needed).
 
-Outcomes: ACCEPTED (202), RETRY (429/5xx, or the request never left: certainly not sent), REFUSED
-(400/401/403/413 and other 4xx: certainly not sent, retrying cannot help), IN_DOUBT (the request left
-and no answer came back: timeout, dropped connection; SendGrid may have sent it).
+Outcomes: ACCEPTED (202), RETRY (429, 500, 503 and other 5xx, or the request never left: certainly not
+sent), REFUSED (400/401/403/413 and other 4xx: certainly not sent, retrying cannot help), IN_DOUBT (the
+request left and no answer came back: timeout, dropped connection; or a gateway's 502/504: SendGrid may
+have sent it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ API_KEY_ENV = keys.API_KEY_ENV
 _ONE_LINE_HEADERS = SMTP.clone(max_line_length=998)
 _SMTPUTF8 = _ONE_LINE_HEADERS.clone(utf8=True)  # an address with a local part in Unicode (RFC 6532)
 API_HOST_ENV = "SENDGRID_API_HOST"
+# Bad Gateway and Gateway Timeout come from a proxy in front of SendGrid, which may have passed the request on
+# and lost the answer: retrying could send the mail twice, so these are in doubt, not retried.
+GATEWAY_ANSWERS = (502, 504)
 DEFAULT_HOST = "https://api.sendgrid.com"
 
 
@@ -157,6 +161,9 @@ class SendGridTransport:
         except HTTPError as exc:
             status = int(exc.status_code)
             message = self._scrub(sendgrid_errors(exc.body))
+            if status in GATEWAY_ANSWERS:
+                return Result(outcome=Outcome.IN_DOUBT, status=status,
+                              error=f"a gateway answered {status} ({message}): SendGrid behind it may have sent it")
             if status == 429 or status >= 500:
                 return Result(outcome=Outcome.RETRY, status=status, error=message,
                               retry_after=wait_hint(exc.headers))
