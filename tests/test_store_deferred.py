@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sendkit import recorded_send
 from storekit import select
 
@@ -16,9 +15,10 @@ from pipeline.store import Claim, Finish, Store
 from pipeline.store._sqlite import SQLiteStore
 
 
-def _claim(store: Store, send_id: int, size: int, after: int = 0, request_id: str = "r") -> Claim:
-    peeked = store.peek_batch(send_id, size=size, after=after)
-    claim = store.claim_peeked(send_id, peeked, request_id=request_id)
+def _claim(store: Store, send_id: int, size: int, after: int = 0, request_id: str = "r",
+           editions: tuple[str, ...] | None = None) -> Claim:
+    peeked = store.peek_batch(send_id, size=size, after=after, editions=editions)
+    claim = store.claim_peeked(send_id, peeked, request_id=request_id, editions=editions)
     assert claim is not None
     return claim
 
@@ -115,22 +115,64 @@ def test_sqlite_other_answers_are_written_into_the_rows_at_once(tmp_path: Path) 
     assert select(store, "SELECT sum(deferred) FROM batches") == [(0,)]
 
 
-@pytest.mark.parametrize("case", ["edition", "failed rows"])
-def test_sqlite_claims_that_are_not_deferred(tmp_path: Path, case: str) -> None:
+def test_sqlite_a_claim_over_rows_that_failed_before_is_not_deferred(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "send.sqlite3")
     send = recorded_send(store, 4)
-    editions = None
-    if case == "edition":  # one edition at a time: ranges of two editions would overlap
-        editions = ("",)
-    else:  # rows that failed before carry their batch: the claim writes its own into them
-        failed = store.claim_batch(send.id, size=2, request_id="old")
-        assert failed is not None
-        store.record([Finish(claim=failed, state="failed", attempts=1, http_status=400, error="bad")])
-    with store.sending():
-        peeked = store.peek_batch(send.id, size=4, editions=editions)
-        claim = store.claim_peeked(send.id, peeked, request_id="new", editions=editions)
+    failed = store.claim_batch(send.id, size=2, request_id="old")
+    assert failed is not None
+    store.record([Finish(claim=failed, state="failed", attempts=1, http_status=400, error="bad")])
+    with store.sending():  # those rows carry their batch: the claim writes its own into them
+        claim = store.claim_peeked(send.id, store.peek_batch(send.id, size=4), request_id="new")
     assert claim is not None and not claim.deferred and len(claim.rows) == 4
     assert _rows(store, send.id) == [("in_flight", claim.id)] * 4
+
+
+def _two_editions(store: Store) -> tuple[int, list[str]]:
+    """A send whose rows alternate between editions ko and en: each edition's ranges span the other's rows."""
+    send = store.create_send(issue="027", list_name="mixed", transport="sendgrid", content_hash="h", subject="s")
+    editions = ["ko", "en"] * 4
+    store.add_recipients(send.id, [(f"m{i}@example.org", "", None, e) for i, e in enumerate(editions)])
+    return send.id, editions
+
+
+def test_editions_claimed_one_at_a_time_keep_their_own_rows(store: Store) -> None:
+    send_id, editions = _two_editions(store)
+    with store.sending():
+        ko = _claim(store, send_id, 4, request_id="ko", editions=("ko",))
+        en = _claim(store, send_id, 2, request_id="en", editions=("en",))
+        store.record([_accept(ko, "K"), Finish(claim=en, state="in_doubt", attempts=1, error="timeout")])
+    log = select(store, "SELECT email, state, message_id FROM delivery_log WHERE send_id = ? ORDER BY delivery_id",
+                 (send_id,))
+    expected = []
+    seen_en = 0
+    for i, edition in enumerate(editions):
+        if edition == "ko":
+            expected.append((f"m{i}@example.org", "accepted", "K"))
+        else:
+            seen_en += 1
+            expected.append((f"m{i}@example.org", "in_doubt" if seen_en <= 2 else "pending", None))
+    assert log == expected
+    assert store.edition_counts(send_id) == {
+        "en": {**dict.fromkeys(("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed"), 0),
+               "in_doubt": 2, "pending": 2},
+        "ko": {**dict.fromkeys(("pending", "in_flight", "accepted", "in_doubt", "failed", "suppressed", "removed"), 0),
+               "accepted": 4}}
+    # the next run settles the rows: the same states, now held by the rows themselves
+    store.recover_in_flight(send_id)
+    assert select(store, "SELECT email, state, message_id FROM delivery_log WHERE send_id = ? ORDER BY delivery_id",
+                  (send_id,)) == expected
+    rest = store.claim_batch(send_id, size=10, request_id="rest", editions=("en",))
+    assert rest is not None and [r[1] for r in rest.rows] == ["m5@example.org", "m7@example.org"]
+
+
+def test_sqlite_an_edition_claim_is_deferred_and_settles_its_own_rows_only(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "send.sqlite3")
+    send_id, _ = _two_editions(store)
+    with store.sending():
+        ko = _claim(store, send_id, 4, request_id="ko", editions=("ko",))
+        assert ko.deferred
+        store.record([Finish(claim=ko, state="failed", attempts=1, http_status=400, error="bad")])
+    assert _rows(store, send_id) == [("failed", ko.id), ("pending", None)] * 4
 
 
 def test_sqlite_copy_to_postgresql_carries_the_states_deferred_batches_hold(pg_database: str,
@@ -149,4 +191,24 @@ def test_sqlite_copy_to_postgresql_carries_the_states_deferred_batches_hold(pg_d
     assert select(target, "SELECT email, state, message_id FROM delivery_log ORDER BY delivery_id") == \
         [("r0@example.org", "accepted", "M9"), ("r1@example.org", "accepted", "M9"),
          ("r2@example.org", "pending", None)]
+    target.close()
+
+
+def test_sqlite_copy_to_postgresql_of_a_send_of_two_editions(pg_database: str, tmp_path: Path) -> None:
+    from pipeline.store._copy import copy_store
+    from pipeline.store._postgres import PostgresStore
+
+    source = SQLiteStore(tmp_path / "source.sqlite3")
+    send_id, _ = _two_editions(source)
+    with source.sending():
+        ko = _claim(source, send_id, 4, request_id="ko", editions=("ko",))
+        assert ko.deferred
+        source.record([_accept(ko)])
+    target = PostgresStore(pg_database, migrate=True)
+    copy_store(source, target)
+    assert target.edition_counts(send_id) == source.edition_counts(send_id)
+    assert select(target, "SELECT email, state FROM delivery_log ORDER BY delivery_id") == \
+        select(source, "SELECT email, state FROM delivery_log ORDER BY delivery_id")
+    assert select(target, "SELECT count(*) FROM deliveries WHERE state = 'accepted' AND batch_id = %s",
+                  (ko.id,)) == [(4,)]
     target.close()

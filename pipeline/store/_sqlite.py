@@ -322,10 +322,10 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
 
     def _dump_sql(self, table: str) -> str:
         """Rows as the other engine keeps them: deliveries with the state and batch a deferred batch gives them,
-        batches without the `deferred` mark (see _sqlite_state)."""
+        batches without their `deferred` mark and editions (see _sqlite_state)."""
         names = [str(r[1]) for r in self.conn.execute(f"PRAGMA table_info({table})")]
         if table == "batches":
-            return f"SELECT {', '.join(n for n in names if n != 'deferred')} FROM batches ORDER BY id"
+            return f"SELECT {', '.join(n for n in names if n not in ('deferred', 'editions'))} FROM batches ORDER BY id"
         if table != "deliveries":
             return f"SELECT * FROM {table} ORDER BY rowid"
         special = {"state": f"CASE WHEN r.id IS NULL THEN d.state ELSE {ROW_STATE.format(b='r')} END AS state",

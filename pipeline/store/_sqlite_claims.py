@@ -5,17 +5,18 @@
 earlier requests (one commit per request), `record` writes outcomes on their own, `mark_waiting` /
 `mark_in_flight` bracket a retry. The send loop runs these inside `store.sending()`.
 
-Deferred batches. A claim of peeked rows that are all untouched (`pending`, no batch), in a send of one
-edition, writes only its batch row, marked `deferred`: its deliveries are exactly the untouched rows of its
-id range, and their state is the batch's (`waiting` reads as `in_flight`). An accepted answer then updates that one
-row too. Writing 1,000 delivery rows twice per request was most of the store's CPU in a send (2.8 of 3.5 ms)
-and most of what it wrote to disk. Answers other than 202 (rare) and `recover_in_flight` (at the start of
-every run, so deferred batches only ever belong to the run under way) write the states into the rows
-(`settle`); readers of states go through `_sqlite_state`.
+Deferred batches. A claim of peeked rows that are all untouched (`pending`, no batch) writes only its batch
+row, marked `deferred`: its deliveries are exactly the untouched rows of its id range (and of the editions
+it was claimed for), and their state is the batch's (`waiting` reads as `in_flight`). An accepted answer
+then updates that one row too. Writing 1,000 delivery rows twice per request was most of the store's CPU
+in a send (2.8 of 3.5 ms) and most of what it wrote to disk. Answers other than 202 (rare) and
+`recover_in_flight` (at the start of every run, so deferred batches only ever belong to the run under way)
+write the states into the rows (`settle`); readers of states go through `_sqlite_state`.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 
@@ -35,12 +36,14 @@ class ClaimsMixin:
     conn: sqlite3.Connection
 
     def _new_batch(self, send_id: int, request_id: str, *, size: int, first: int, last: int, stamp: str,
-                   deferred: bool = False) -> int:
-        """The batch row of a claim, `in_flight` from the start; returns its id."""
+                   deferred: bool = False, editions: Editions = None) -> int:
+        """The batch row of a claim, `in_flight` from the start; returns its id. A deferred one keeps the
+        editions it was claimed for: its rows are those editions' untouched ones in its range."""
         batch_id = self.conn.execute(
             "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at, "
-            "deferred) VALUES (?, ?, 'in_flight', ?, ?, ?, ?, ?)",
-            (send_id, request_id, size, first, last, stamp, int(deferred))).lastrowid
+            "deferred, editions) VALUES (?, ?, 'in_flight', ?, ?, ?, ?, ?, ?)",
+            (send_id, request_id, size, first, last, stamp, int(deferred),
+             json.dumps(list(editions)) if deferred and editions is not None else None)).lastrowid
         assert batch_id is not None
         return batch_id
 
@@ -129,11 +132,9 @@ class ClaimsMixin:
                 f"WHERE +send_id = ? AND id > ? AND id <= ? AND state IN ({marks}){only}", span).fetchone()
             if listed != len(rows):
                 return None
-            # One edition at a time (editions given) takes the rows' way: deferred ranges of different editions
-            # would overlap, and no reader could tell whose row is whose without a scan.
-            deferred = untouched == len(rows) and editions is None
+            deferred = untouched == len(rows)
             batch_id = self._new_batch(send_id, request_id, size=len(rows), first=rows[0][0], last=rows[-1][0],
-                                       stamp=now(), deferred=deferred)
+                                       stamp=now(), deferred=deferred, editions=editions)
             if not deferred:
                 conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND id > ? "
                              f"AND id <= ? AND state IN ({marks}){only}", (batch_id, *span))

@@ -154,3 +154,22 @@ MIGRATIONS += [
         LEFT JOIN batches b ON b.id = coalesce(d.batch_id, r.id);
     """),
 ]
+
+MIGRATIONS += [
+    # Deferred batches of one edition's loop in a send of several: the editions it took rows of (a JSON list).
+    ("claims_002_deferred_editions", """
+        ALTER TABLE batches ADD COLUMN editions TEXT;
+        DROP VIEW delivery_log;
+        CREATE VIEW delivery_log AS
+        SELECT d.send_id, s.issue, s.list, d.id AS delivery_id, d.email,
+               CASE WHEN r.id IS NULL THEN d.state WHEN r.state = 'waiting' THEN 'in_flight' ELSE r.state END
+                   AS state,
+               b.request_id, b.message_id, b.created_at AS requested_at, b.finished_at AS answered_at, d.updated_at
+        FROM deliveries d JOIN sends s ON s.id = d.send_id
+        LEFT JOIN batches r ON d.batch_id IS NULL AND d.state = 'pending' AND r.id = (
+            SELECT c.id FROM batches c WHERE c.send_id = d.send_id AND c.deferred = 1 AND c.first_delivery <= d.id
+            AND (c.editions IS NULL OR d.edition IN (SELECT value FROM json_each(c.editions)))
+            ORDER BY c.first_delivery DESC LIMIT 1) AND r.last_delivery >= d.id
+        LEFT JOIN batches b ON b.id = coalesce(d.batch_id, r.id);
+    """),
+]
