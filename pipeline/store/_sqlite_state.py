@@ -16,8 +16,9 @@ from pipeline.store._types import STATES
 
 # The state a deferred batch gives its deliveries: a batch waiting to be retried is still in flight for them.
 ROW_STATE = "CASE {b}.state WHEN 'waiting' THEN 'in_flight' ELSE {b}.state END"
-# The deliveries of deferred batch {b} (join on the batches first: rowid ranges, no scan).
+# Row {d} is of an edition batch {b} was claimed for (every edition when it has none).
 EDITION = "({b}.editions IS NULL OR {d}.edition IN (SELECT value FROM json_each({b}.editions)))"
+# The deliveries of deferred batch {b} (join on the batches first: rowid ranges, no scan).
 MEMBERS = ("+{d}.send_id = {b}.send_id AND {d}.id BETWEEN {b}.first_delivery AND {b}.last_delivery "
            "AND {d}.batch_id IS NULL AND {d}.state = 'pending' AND " + EDITION)
 # For each row {d}: the deferred batch {r} that holds it, if any. The nearest range of the row's edition
