@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 SITE = REPO / "tests" / "fixtures" / "site"
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:55432/postgres"
 GOAL_MB = 256.0
+KEY = "SG.bench"
 
 
 def make_list(root: Path, size: int) -> Path:
@@ -69,8 +70,9 @@ def make_site(root: Path, size: int, concurrency: int, timeout: float) -> Path:
 
 
 def start_standin(delay: float) -> tuple[subprocess.Popen[str], str]:
+    """The stand-in in --parse mode as its own process (answering `delay` seconds late); (process, its URL)."""
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "standin.py"), "--port", "0", "--parse",
-                             "--delay", str(delay), "--api-key", "SG.bench"], stdout=subprocess.PIPE, text=True,
+                             "--delay", str(delay), "--api-key", KEY], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
@@ -78,6 +80,12 @@ def start_standin(delay: float) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit(f"the stand-in did not start: {url!r}")
     return proc, url
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc (fields 14 and 15 of its stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -160,7 +168,7 @@ def run(size: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
     site = make_site(root, size, args.concurrency, timeout=max(60.0, 4 * args.delay))
     url_db, db_name = fresh_database(args.engine)
     standin, url = start_standin(args.delay)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SENDGRID_API_KEY": "SG.bench", "SENDGRID_API_HOST": url,
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SENDGRID_API_KEY": KEY, "SENDGRID_API_HOST": url,
            "NEWSLETTER_SECRET": "benchmark-secret-0123456789abcdef"}
     env.pop("NEWSLETTER_DATABASE_URL", None)
     if url_db:
@@ -187,8 +195,7 @@ def run(size: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
             raise SystemExit(f"send failed:\n{out.decode()}\n{err.decode()}")
         with urllib.request.urlopen(url + "/standin/tally", timeout=30) as answer:
             tally = json.loads(answer.read())
-        fields = Path(f"/proc/{standin.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        standin_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        standin_cpu = cpu_seconds(standin.pid)
     finally:
         standin.kill()
         standin.wait()

@@ -1,7 +1,6 @@
 """The stand-in's own cost: CPU per Mail Send request of `tests/standin.py --parse`, measured from outside.
 
     PYTHONPATH=. python benchmarks/standin_cpu.py [--requests 300] [--threads 4] [--batch 1000] [--repeat 3]
-        [--workers N]
 
 Why: the send benchmark (send_1m.py) runs the real sender against this stand-in, which parses and checks
 every body as SendGrid does; if the stand-in needs more than the sender to take a request, the benchmark
@@ -9,7 +8,7 @@ measures the stand-in. This starts it as its own process, builds real request bo
 `Personalizer` from the test newsletter (tests/fixtures/site, its issue rendered; addresses as send_1m.py's
 list, `readerNNNNNNNN@example.org`, "Reader N"; a batch id made by the stand-in, as a real send has), sends
 them with the product's SendGrid transport from a few threads, and reads the stand-in's CPU time
-(utime + stime of its process tree from /proc) before and after. CPU, not wall: the machine is shared.
+(utime + stime from /proc) before and after. CPU, not wall: the machine is shared.
 Bodies are built before the clock starts; the tally at the end must show every address exactly once.
 """
 
@@ -19,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,38 +35,8 @@ from pipeline.send.batches import Batch, Mailing, Personalizer  # noqa: E402
 from pipeline.send.schedule import SendGridBatches  # noqa: E402
 from pipeline.send.transport import Outcome, SendGridTransport  # noqa: E402
 
-KEY = "SG.bench"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its reaped children (fields 14-17 of /proc/<pid>/stat), plus the
-    live children's own (--workers forks them)."""
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(f) for f in fields[11:15]) / TICKS
-            for task in os.listdir(f"/proc/{p}/task"):
-                todo += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
-        except OSError:
-            continue
-    return total
-
-
-def start_standin(workers: int) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, str(REPO / "tests" / "standin.py"), "--port", "0", "--parse", "--api-key", KEY]
-    if workers:
-        command += ["--workers", str(workers)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit(f"the stand-in did not start: {url!r}")
-    return proc, url
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from send_1m import KEY, cpu_seconds, start_standin  # noqa: E402  (the send benchmark's own, shared)
 
 
 def personalizer(url: str, site: Path) -> Personalizer:
@@ -82,7 +50,7 @@ def personalizer(url: str, site: Path) -> Personalizer:
 
 def run(args: argparse.Namespace, site: Path, first: int) -> tuple[float, int]:
     """(stand-in CPU seconds per request, body bytes per request) for one run."""
-    proc, url = start_standin(args.workers)
+    proc, url = start_standin(0.0)
     try:
         p = personalizer(url, site)
         batches = []
@@ -132,7 +100,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4, help="sending threads (the product's concurrency is 4)")
     parser.add_argument("--batch", type=int, default=1000, help="recipients per request")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=0, help="pass --workers N to the stand-in (0: leave it out)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="standin-cpu-"))
     try:

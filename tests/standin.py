@@ -223,6 +223,12 @@ def _limits(body: dict[str, Any], now: float, emails: list[str]) -> list[Error]:
             errors.append((f"personalizations.{i}.custom_args", _ARGS_TOO_BIG))
         if person.get("send_at", 0) > latest:
             errors.append((f"personalizations.{i}.send_at", _TOO_LATE))
+    return errors + _message_errors(body, latest, total)
+
+
+def _message_errors(body: dict[str, Any], latest: float, total: int) -> list[Error]:
+    """The rules on the message as a whole, once per body: `total` recipients, send_at before `latest`."""
+    errors: list[Error] = []
     if total > MAX_RECIPIENTS:
         errors.append(("personalizations", f"The total number of recipients must be {MAX_RECIPIENTS} or less "
                        f"(to, cc and bcc together); this request has {total}."))

@@ -1,9 +1,10 @@
 """The stand-in's SendGrid limits: the fast `limit_errors` against a plain reference, on generated bodies.
 
 Why: the stand-in checks every body of a benchmark, so its limits are written for speed (tests/standin.py,
-`_limits`); speed must not change an answer. `reference_errors` below is the rules written plainly, one
-address and one personalization at a time, as they were before; the property test holds the fast version
-to exactly its errors, in its order, for bodies that pass and bodies that break every rule.
+`_limits`); speed must not change an answer. `reference_errors` below is the per-personalization rules
+written plainly, one address at a time, as they were before (the rules on the message as a whole are one
+function, `_message_errors`, that both call); the property test holds the fast version to exactly its
+errors, in its order, for bodies that pass and bodies that break every rule.
 """
 
 from __future__ import annotations
@@ -15,28 +16,20 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from standin import (  # pytest puts tests/ on sys.path
-    FORBIDDEN_HEADERS,
     MAX_ARGS_BYTES,
-    MAX_RECIPIENTS,
     MAX_SCHEDULE_SECONDS,
     MAX_SUBSTITUTION_BYTES,
     Error,
+    _header_errors,
+    _json_bytes,
     _limits,
+    _message_errors,
     limit_errors,
     parse_json,
 )
 
 NOW = 1_800_000_000.0
 LATEST = int(NOW) + MAX_SCHEDULE_SECONDS
-
-
-def _json_bytes(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-
-
-def _header_errors(headers: dict[str, str], field: str) -> list[Error]:
-    bad = sorted(h for h in headers if h.lower() in FORBIDDEN_HEADERS)
-    return [(field, f"The header {h!r} is reserved and cannot be set.") for h in bad]
 
 
 def reference_errors(body: dict[str, Any], now: float) -> list[Error]:
@@ -69,23 +62,7 @@ def reference_errors(body: dict[str, Any], now: float) -> list[Error]:
             errors.append((f"{where}.custom_args", f"custom_args must be less than {MAX_ARGS_BYTES} bytes."))
         if person.get("send_at", 0) > latest:
             errors.append((f"{where}.send_at", "send_at cannot be more than 72 hours in the future."))
-    if total > MAX_RECIPIENTS:
-        errors.append(("personalizations", f"The total number of recipients must be {MAX_RECIPIENTS} or less "
-                       f"(to, cc and bcc together); this request has {total}."))
-    if body.get("send_at", 0) > latest:
-        errors.append(("send_at", "send_at cannot be more than 72 hours in the future."))
-    if "reply_to" in body and "reply_to_list" in body:
-        errors.append(("reply_to_list", "reply_to and reply_to_list cannot be used together."))
-    templated = "template_id" in body
-    if "content" not in body and not templated:
-        errors.append(("content", "Unless a valid template_id is provided, the content parameter is required."))
-    types = [c["type"] for c in body.get("content", ())]
-    expected = [t for t in ("text/plain", "text/html") if t in types]
-    if types[:len(expected)] != expected:
-        errors.append(("content", "text/plain must come first, then text/html, then any other type."))
-    if not templated and "subject" not in body and any("subject" not in p for p in body["personalizations"]):
-        errors.append(("subject", "The subject is required, at the top level or in every personalization."))
-    return errors
+    return errors + _message_errors(body, latest, total)  # once per body: the same code in both
 
 
 # --- generated bodies: shaped as the schema lets through, near every limit ---------------------------------
