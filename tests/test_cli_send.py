@@ -84,6 +84,22 @@ def test_test_copy(site: Path, standin: StandIn) -> None:
     assert standin.recipients() == {"me@example.net": 1}
 
 
+@pytest.mark.parametrize(("faults", "code", "said", "received"), [
+    (["429", "ok"], 0, "test copy:  to me@example.net", 1),  # retried, then accepted
+    (["400"], 5, "SendGrid refused the test copy (400)", 0),
+    (["drop_after"], 5, "may or may not have been sent", 1),  # SendGrid took it, the answer was lost
+])
+def test_test_copy_answers(site: Path, standin: StandIn, faults: list[str], code: int, said: str,
+                           received: int) -> None:
+    standin.script(faults)
+    done = cli(site, "send", ISSUE, "--list", "sample", "--test", "me@example.net", "--yes",
+               env=environ(standin.url))
+    assert done.returncode == code, done.stderr
+    assert said in done.stdout + done.stderr
+    assert standin.request_count == len(faults)
+    assert standin.recipients().get("me@example.net", 0) == received
+
+
 def test_schedule_too_late(site: Path, standin: StandIn) -> None:
     done = cli(site, "send", ISSUE, "--list", "sample", "--yes", "--at", "2020-01-01T00:00:00Z",
                env=environ(standin.url))

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import keys, tokens
+from pipeline import tokens
 from pipeline.build.render import Email
 from pipeline.config import Config
 from pipeline.errors import Problem, SendError
@@ -38,10 +36,11 @@ from pipeline.send.batches import MAX_PERSONALIZATIONS, Batch, Mailing, Personal
 from pipeline.send.bodies import BodyBuilder, Lookahead
 from pipeline.send.brake import Brake, previous_warning
 from pipeline.send.gcpause import gc_paused
-from pipeline.send.loop import Policy, SendLoop, backoff
+from pipeline.send.loop import Policy, SendLoop
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
 from pipeline.send.status import by_edition
-from pipeline.send.transport import API_HOST_ENV, API_KEY_ENV, DEFAULT_HOST, Outcome, Transport, refusal_fix
+from pipeline.send.testcopy import send_test_copy
+from pipeline.send.transport import API_HOST_ENV, Transport, api_key_from_env
 from pipeline.store import STATES, TO_SEND, DeliveryRow, Send, SendLockHandle, Store, open_store
 
 log = logging.getLogger("pipeline.send.job")
@@ -82,7 +81,7 @@ class SendJob:
         if config.sending.batch_size > MAX_PERSONALIZATIONS or config.sending.batch_size < 1:
             raise SendError(f"{config.config_file}: sending.batch_size is {config.sending.batch_size}; SendGrid "
                             f"takes 1 to {MAX_PERSONALIZATIONS} personalizations per request — fix it in the config")
-        api_key = self._api_key = self._credentials()
+        api_key = self._api_key = None if options.outbox else api_key_from_env(self.environ)
         secret, throwaway = self._secret()
         send_at = parse_send_at(options.at) if options.at else None
         email, content_hash, warnings = self._build()
@@ -142,20 +141,6 @@ class SendJob:
                                editions=tuple(self._emails))
         self._transport = self._transport_for(api_key)
         return self.plan
-
-    def _credentials(self) -> str | None:
-        if self.options.outbox:
-            return None
-        host = self.environ.get(API_HOST_ENV, "")
-        if host and not re.fullmatch(r"https?://[^\s/?#]+/?", host):
-            raise SendError(f"{API_HOST_ENV} is {host!r}, not a base URL like https://api.eu.sendgrid.com — "
-                            f"fix it, or unset it to use {DEFAULT_HOST}")
-        key = keys.from_env(API_KEY_ENV, SendError, environ=self.environ, ascii_only=True)
-        if not key:
-            raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "
-                            f"{API_KEY_ENV}=<an API key with Mail Send permission> for a real send, or add "
-                            "--outbox DIR to write one .eml file per recipient instead (no account needed)")
-        return key
 
     def _secret(self) -> tuple[bytes, bool]:
         if self.options.outbox and not self.environ.get(tokens.SECRET_ENV):
@@ -292,8 +277,10 @@ class SendJob:
         summary = Summary()
         started = time.perf_counter()
         progress.start(self.plan.to_send)
-        if self._test_row is not None:
-            self._send_test_copy(summary)
+        if self._test_row is not None:  # not recorded: the send log does not know it
+            summary.requests = send_test_copy(self._transport, self._test_row, clock=self.clock, sleep=self.sleep,
+                                              budget=self.config.sending.retry_budget_seconds)
+            summary.accepted, summary.finished = 1, True
             progress.advance(1)
             return summary
         assert self.store is not None and self.send is not None and self._personalizer is not None
@@ -376,32 +363,6 @@ class SendJob:
         self._stop_reason = reason
         if self._loop is not None:
             self._loop.request_stop(reason)
-
-    def _send_test_copy(self, summary: Summary) -> None:
-        """One request, retried on 429/5xx within the budget; not recorded (the send log does not know it)."""
-        assert self._test_row is not None
-        batch = Batch(id=0, request_id=uuid.uuid4().hex, rows=[self._test_row])
-        budget = self.config.sending.retry_budget_seconds
-        started, attempts = self.clock(), 0
-        while True:
-            attempts += 1
-            summary.requests += 1
-            result = self._transport.send(batch)
-            if result.outcome is not Outcome.RETRY:
-                break
-            delay = backoff(attempts, result.retry_after)
-            if self.clock() - started + delay > budget:
-                raise SendError(f"gave up on the test copy after {attempts} attempt(s) within {budget:g} s "
-                                f"(sending.retry_budget_seconds); last answer: {result.status or 'no connection'} "
-                                f"{result.error}; nothing was sent — run the same command again later")
-            self.sleep(delay)
-        if result.outcome is Outcome.IN_DOUBT:
-            raise SendError(f"the test copy got no answer ({result.error}); it may or may not have been sent — "
-                            "check the inbox before sending it again")
-        if result.outcome is Outcome.REFUSED:
-            raise SendError(f"SendGrid refused the test copy ({result.status}): {result.error}; nothing was sent "
-                            f"— {refusal_fix(result.status)}")
-        summary.accepted, summary.finished = 1, True
 
     @staticmethod
     def _body(rows: list[DeliveryRow], transport: Transport, personalizer: Personalizer) -> str | None:

@@ -20,6 +20,7 @@ import os
 import re
 import time
 import urllib.error
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.policy import SMTP
@@ -29,6 +30,7 @@ from typing import Any, ClassVar, Protocol
 
 from pipeline import keys
 from pipeline.build.message import mime_message
+from pipeline.errors import SendError
 from pipeline.send.batches import Batch, Personalizer, display_name
 
 API_KEY_ENV = keys.API_KEY_ENV
@@ -66,6 +68,20 @@ class Transport(Protocol):
 
 
 # --- SendGrid -------------------------------------------------------------------------------------------
+
+
+def api_key_from_env(environ: Mapping[str, str]) -> str:
+    """The SendGrid API key for a real send, after checking SENDGRID_API_HOST; SendError says what to set."""
+    host = environ.get(API_HOST_ENV, "")
+    if host and not re.fullmatch(r"https?://[^\s/?#]+/?", host):
+        raise SendError(f"{API_HOST_ENV} is {host!r}, not a base URL like https://api.eu.sendgrid.com — "
+                        f"fix it, or unset it to use {DEFAULT_HOST}")
+    key = keys.from_env(API_KEY_ENV, SendError, environ=environ, ascii_only=True)
+    if not key:
+        raise SendError(f"{API_KEY_ENV} is not set, so nothing can go to SendGrid — either export "
+                        f"{API_KEY_ENV}=<an API key with Mail Send permission> for a real send, or add "
+                        "--outbox DIR to write one .eml file per recipient instead (no account needed)")
+    return key
 
 
 def wait_hint(headers: Any, *, now: float | None = None) -> float | None:
