@@ -12,9 +12,7 @@ subprocess. Memory is the send's whole process tree (the sender and the helpers 
 peak RSS (VmHWM, the kernel's own peak, read every 100 ms, and wait4's figure for the sender) summed, which
 over-counts pages the forked helper shares with the sender, and the largest sum of PSS seen at once (read
 once a second), which counts them once.
-The load average before each run is printed with it, and the host's speed: the CPU time of a fixed piece of
-work like the send's (`reference_ms`), because a shared virtual machine's cores run the same work up to twice
-as slowly from hour to hour, and a wall time means little without it. Traffic stays on 127.0.0.1.
+The load average before each run is printed with it: the machine is shared. Traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -82,26 +80,6 @@ def start_standin(delay: float) -> tuple[subprocess.Popen[str], str]:
         proc.kill()
         raise SystemExit(f"the stand-in did not start: {url!r}")
     return proc, url
-
-
-def reference_ms() -> float:
-    """CPU milliseconds of a fixed piece of work like the send's (1,000 personalizations signed, written as JSON
-    and parsed back), the best of five: the host's speed at the time of a run."""
-    import hashlib
-    import hmac
-
-    best = float("inf")
-    for _ in range(5):
-        started = time.process_time()
-        parts = []
-        for i in range(1000):
-            email = f"reader{i:08d}@example.org"
-            mac = hmac.new(b"reference", email.encode(), hashlib.sha256).hexdigest()
-            parts.append(json.dumps({"to": [{"email": email, "name": f"Reader {i}"}],
-                                     "substitutions": {"%%name%%": f"Reader {i}", "%%url%%": mac}}))
-        json.loads("[" + ",".join(parts) + "]")
-        best = min(best, time.process_time() - started)
-    return best * 1000
 
 
 def cpu_seconds(pid: int) -> float:
@@ -197,7 +175,7 @@ def run(size: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
         env["NEWSLETTER_DATABASE_URL"] = url_db
         subprocess.run([sys.executable, "-m", "pipeline", "db", "migrate"], cwd=site, env=env, check=True,
                        capture_output=True)
-    load, reference = os.getloadavg()[0], reference_ms()
+    load = os.getloadavg()[0]
     try:
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "pipeline", "send", "issues/001-hello", "--list", "big",
@@ -236,7 +214,6 @@ def run(size: int, root: Path, args: argparse.Namespace) -> dict[str, float]:
     for pid, kb in sorted(peaks.items()):
         print(f"    pid {pid}: peak RSS {kb / 1024:.1f} MB: {memory.names.get(pid, '?')}")
     return {"size": size, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "load": load,
-            "reference_ms": reference,
             "standin_cpu_s": standin_cpu,
             "sender_mb": peaks[proc.pid] / 1024, "tree_mb": sum(peaks.values()) / 1024,
             "pss_mb": memory.max_pss_kb / 1024, "processes": memory.max_processes,
@@ -266,8 +243,7 @@ def main() -> None:
                 print(f"{size:>10,} recipients: {r['wall_s']:6.2f} s wall, {r['cpu_s']:6.2f} s CPU (the stand-in "
                       f"{r['standin_cpu_s']:.2f} s), memory: sender "
                       f"{r['sender_mb']:5.1f} MB, tree {r['tree_mb']:5.1f} MB ({r['processes']:.0f} processes, sum of "
-                      f"peak RSS), {r['pss_mb']:5.1f} MB PSS; load {r['load']:.2f} before, host reference "
-                      f"{r['reference_ms']:.1f} ms; "
+                      f"peak RSS), {r['pss_mb']:5.1f} MB PSS; load {r['load']:.2f} before; "
                       f"{r['requests']:.0f} requests (at most {r['overlap']:.0f} at once), every address exactly once",
                       flush=True)
     finally:
