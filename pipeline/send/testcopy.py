@@ -1,4 +1,4 @@
-"""A test copy (`newsletter send --to ADDRESS`): one request, retried like a batch, never in the send log."""
+"""A test copy (`newsletter send --test ADDRESS`): one request, retried like a batch, never in the send log."""
 
 from __future__ import annotations
 
