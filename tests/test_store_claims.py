@@ -154,6 +154,62 @@ def test_a_retry_is_bracketed_and_outcomes_come_in_one_transaction(store: Store)
     assert store.in_doubt_addresses(send.id) == ["r2@example.org", "r3@example.org"]
 
 
+def test_a_retry_is_refused_once_another_run_recovered_the_send(store: Store) -> None:
+    """A run that lost its send lock while a batch waited: the run that took the send over failed that batch
+    (certainly not sent) and sends it itself, so the first run's retry must not go out."""
+    send = recorded_send(store, 4)
+    first = store.claim_batch(send.id, size=2, request_id="a")
+    assert first is not None
+    store.mark_waiting(first, attempts=1, http_status=429, error="429 Too Many Requests")
+    other = another(store)
+    try:
+        other.recover_in_flight(send.id)
+    finally:
+        other.close()
+    assert store.mark_in_flight(first) is False
+    assert select(store, "SELECT state FROM batches WHERE id = ?", (first.id,)) == [("failed",)]
+    counts = store.counts(send.id)
+    assert (counts["failed"], counts["in_flight"], counts["pending"]) == (2, 0, 2)
+
+
+@pytest.mark.parametrize("peeked", [False, True])  # on SQLite a peeked claim of untouched rows is deferred
+def test_an_answer_after_another_run_put_the_batch_in_doubt_is_kept(store: Store, peeked: bool) -> None:
+    """The answer to a request that was out when the send was taken over comes after the other run's
+    recovery put it in doubt: the batch and its rows take the answer together."""
+    send = recorded_send(store, 4)
+    claim = (store.claim_peeked(send.id, store.peek_batch(send.id, size=2), request_id="a") if peeked
+             else store.claim_batch(send.id, size=2, request_id="a"))
+    assert claim is not None
+    other = another(store)
+    try:
+        assert other.recover_in_flight(send.id) == 1
+    finally:
+        other.close()
+    assert store.counts(send.id)["in_doubt"] == 2
+    store.record([Finish(claim=claim, state="accepted", attempts=1, http_status=202, message_id="M1")])
+    assert select(store, "SELECT state, message_id FROM batches WHERE id = ?", (claim.id,)) == [("accepted", "M1")]
+    counts = store.counts(send.id)
+    assert (counts["accepted"], counts["in_doubt"], counts["pending"]) == (2, 0, 2)
+    assert store.in_doubt_addresses(send.id) == []
+
+
+def test_an_answer_leaves_rows_that_another_run_sent_again(store: Store) -> None:
+    """With --resend-in-doubt, the run that took over claims the in-doubt rows under its own batch: a late
+    answer to the first request changes that batch's row, not the rows now in the other run's request."""
+    send = recorded_send(store, 2)
+    claim = store.claim_batch(send.id, size=2, request_id="a")
+    assert claim is not None
+    other = another(store)
+    try:
+        other.recover_in_flight(send.id)
+        again = other.claim_batch(send.id, size=2, states=("pending", "failed", "in_doubt"), request_id="b")
+        assert again is not None and again.rows == claim.rows
+    finally:
+        other.close()
+    store.record([Finish(claim=claim, state="accepted", attempts=1, http_status=202, message_id="M1")])
+    assert store.counts(send.id)["in_flight"] == 2  # the other run's request decides them
+
+
 def test_postgresql_honours_a_suppression_committed_between_peek_and_claim(pg_database: str) -> None:
     """Only the suppression of an address the claim would take makes it fall back; the slow claim then marks
     it and mails the rest. A suppression of an address later in the list changes nothing now."""

@@ -84,6 +84,19 @@ def _start_send(site: Path, env: dict[str, str]) -> subprocess.Popen[str]:
                             text=True)
 
 
+def _cut_the_lock(shared_url: str, sender: subprocess.Popen[str]) -> None:
+    """End the session that holds the send's advisory lock (pg_terminate_backend), as a cut network would."""
+    import psycopg
+
+    with psycopg.connect(shared_url, autocommit=True) as admin:
+        holders = admin.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
+        assert len(holders) == 1
+        admin.execute("SELECT pg_terminate_backend(%s)", holders[0])
+        _wait_for(lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", holders[0]).fetchone()
+                  is None, "the lock's session to end", sender)
+
+
 def _kill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -181,19 +194,11 @@ def test_a_send_that_lost_its_lock_stops_and_the_rerun_finishes_it(copies: tuple
     while the first request is out: another machine could take the lock now, so the send records that
     request's answer, claims nothing more and stops with exit code 6 and a message saying so; the re-run
     finishes the send, and nobody is mailed twice."""
-    import psycopg
-
     laptop, _ = copies  # 12 addresses, 2 a request, 1 request at a time
     standin.answers_open.clear()
     sender = _start_send(laptop, env)
     _wait_for(lambda: standin.request_count == 1, "the send's first request", sender)
-    with psycopg.connect(shared_url, autocommit=True) as admin:
-        holders = admin.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
-                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
-        assert len(holders) == 1
-        admin.execute("SELECT pg_terminate_backend(%s)", holders[0])
-        _wait_for(lambda: admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", holders[0]).fetchone()
-                  is None, "the lock's session to end", sender)
+    _cut_the_lock(shared_url, sender)
     standin.answers_open.set()
     out, err = sender.communicate(timeout=120)
     assert sender.returncode == 6 and "Traceback" not in err, err
@@ -209,6 +214,33 @@ def test_a_send_that_lost_its_lock_stops_and_the_rerun_finishes_it(copies: tuple
     again = cli(laptop, "send", ISSUE, "--list", "big", "--yes", env=env)
     assert again.returncode == 0, again.stderr
     assert standin.recipients() == dict.fromkeys(ADDRESSES, 1)  # everyone once: nobody twice
+
+
+def test_a_send_that_lost_its_lock_while_a_batch_waits_does_not_retry_it(
+        copies: tuple[Path, Path], standin: StandIn, env: dict[str, str], shared_url: str) -> None:
+    """The first request is answered 429 (Retry-After 8 s), and while it waits the send lock's connection is
+    cut and the other copy takes the send over: its recovery marks the waiting batch failed and sends it.
+    When the retry comes due, the first copy must not send it again: it stops (exit code 6)."""
+    laptop, ci = copies
+    config = laptop / "newsletter.yaml"
+    config.write_text(config.read_text("utf-8").replace("retry_budget_seconds: 5", "retry_budget_seconds: 60"),
+                      "utf-8")
+    standin.retry_after = 8
+    standin.script(["429"])
+    sender = _start_send(laptop, env)
+    store = site_store(laptop, env)
+    try:
+        _wait_for(lambda: select(store, "SELECT count(*) FROM batches WHERE state = 'waiting'") == [(1,)],
+                  "the first batch to wait for its retry", sender)
+    finally:
+        store.close()
+    _cut_the_lock(shared_url, sender)
+    other = cli(ci, "send", ISSUE, "--list", "big", "--yes", env=env)
+    assert other.returncode == 0, other.stderr
+    out, err = sender.communicate(timeout=120)
+    assert sender.returncode == 6 and "Traceback" not in err, err
+    assert "was lost (its connection ended)" in err, err
+    assert standin.recipients() == dict.fromkeys(ADDRESSES, 1)  # the waiting batch went once, from the other copy
 
 
 def _answers(url: str) -> bool:

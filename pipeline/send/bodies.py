@@ -75,8 +75,12 @@ class BodyBuilder:
         return body.decode("ascii") if body else None
 
     def close(self) -> None:
-        """Ends the worker: whatever is still queued is cancelled; a body being built is not waited for."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Ends the worker: whatever is still queued is cancelled, a body being built (a few ms) is waited
+        for. Not waiting left the executor's manager thread closing its wakeup pipe while the interpreter's
+        exit hook wrote to it: "OSError: [Errno 9] Bad file descriptor" printed at exit (seen once, a send
+        that stopped as another process took its machine's CPU; CPython 3.11). The exit hook joins that
+        thread anyway, so waiting here adds no wait to the process's end."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
 
 

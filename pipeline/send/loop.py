@@ -139,18 +139,22 @@ class SendLoop:
             if now < self._paused_until:
                 return
             ready = next((r for r in self._retries if r.ready <= now), None)
+            if ready is None and self._exhausted:
+                return
+            if self.lock is not None and not self.lock.held():  # before a retry too: another run may send it
+                self._stop, self._stop_error = self._lock_lost(), StoreError
+                return
             if ready is not None:
                 self._pace()
                 self._retries.remove(ready)
-                self.store.mark_in_flight(ready.claim)  # from here an interruption leaves it in doubt again
+                # From here an interruption leaves it in doubt again. Refused when another run recovered the
+                # send after the check above (the lock was lost in between) and will send this batch itself.
+                if not self.store.mark_in_flight(ready.claim):
+                    self._stop, self._stop_error = self._lock_lost(), StoreError
+                    return
                 ready.attempts += 1
                 self._submit(pool, ready)
                 continue
-            if self._exhausted:
-                return
-            if self.lock is not None and not self.lock.held():
-                self._stop, self._stop_error = self._lock_lost(), StoreError
-                return
             if self.brake is not None:
                 self._stop = self._stop or self.brake.check()
                 if self._stop:

@@ -128,13 +128,16 @@ class PgClaimsMixin:
 
     def _finish_all(self, conn: psycopg.Connection[Any], finished: Sequence[Finish]) -> None:
         """Each outcome in one statement: the batch row, then its deliveries (found by the batch's send). Only
-        the state changes, no indexed column: PostgreSQL updates the rows in place (HOT, fillfactor 50)."""
+        the state changes, no indexed column: PostgreSQL updates the rows in place (HOT, fillfactor 50).
+        A batch that a run on another machine put in doubt meanwhile (it took the send over) takes the answer,
+        with its rows unless that run claimed them again; one it failed (it was waiting) stays failed."""
         for f in finished:
             assert f.state in ("accepted", "in_doubt", "failed")
             conn.execute("WITH b AS (UPDATE batches SET state = %s, attempts = %s, http_status = %s, "
-                         "message_id = %s, error = %s, finished_at = %s WHERE id = %s RETURNING send_id) "
+                         "message_id = %s, error = %s, finished_at = %s WHERE id = %s AND state IN ('in_flight', "
+                         "'waiting', 'in_doubt') RETURNING send_id) "
                          "UPDATE deliveries SET state = %s WHERE send_id = (SELECT send_id FROM b) AND id BETWEEN "
-                         "%s AND %s AND batch_id = %s AND state = 'in_flight'",
+                         "%s AND %s AND batch_id = %s AND state IN ('in_flight', 'in_doubt')",
                          (f.state, f.attempts, f.http_status, f.message_id, f.error, now(), f.claim.id,
                           f.state, f.claim.first, f.claim.last, f.claim.id))
 
@@ -144,8 +147,11 @@ class PgClaimsMixin:
             conn.execute("UPDATE batches SET state = 'waiting', attempts = %s, http_status = %s, error = %s "
                          "WHERE id = %s", (attempts, http_status, error, claim.id))
 
-    def mark_in_flight(self, claim: Claim) -> None:
-        """Before the retry's request: from here on an interruption leaves the batch in doubt again."""
+    def mark_in_flight(self, claim: Claim) -> bool:
+        """Before the retry's request: from here on an interruption leaves the batch in doubt again. False
+        (and nothing changed) when the batch no longer waits: a run on another machine took the send over
+        (its lock was lost here), recovered it and failed the batch, to be sent by that run."""
         with self._tx() as conn:
-            conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = %s", (claim.id,))
+            return conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = %s AND state = 'waiting'",
+                                (claim.id,)).rowcount == 1
 
