@@ -1,8 +1,9 @@
 """Build speed: a cold `newsletter build` of the sample issue against the MJML reference CLI, and a warm rebuild.
 
 Run by hand from the repository root: `.venv/bin/python benchmarks/build_speed.py [--runs N]`.
-The MJML CLI (npm package `mjml`) is installed into benchmarks/.node on first use. Both cold commands run
-alternately in one process of this script, so a busy machine slows both alike. Prints figures; asserts nothing.
+The MJML CLI (npm package `mjml`, 5.4.1 as in the README's figures) is installed into benchmarks/.node on
+first use (npm and the network needed). Both cold commands run alternately in one process of this script,
+so a busy machine slows both alike. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MJML_CLI = NODE_DIR / "node_modules" / ".bin" / "mjml"
 def ensure_mjml_cli() -> None:
     if not MJML_CLI.exists():
         NODE_DIR.mkdir(exist_ok=True)
-        subprocess.run(["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "mjml"],
+        subprocess.run(["npm", "install", "--prefix", str(NODE_DIR), "--no-audit", "--no-fund", "mjml@5.4.1"],
                        check=True, stdout=subprocess.DEVNULL)
 
 

@@ -80,3 +80,10 @@ def test_nothing_sent_means_an_empty_archive_unless_all_issues(site: Path, tmp_p
     result = run_cli(site, "archive", "--out", str(tmp_path / "b"), "--all-issues")
     assert result.returncode == 0 and "(1 issue(s))" in result.stdout
     assert (tmp_path / "b/001-hello/images/square.png").is_file()
+
+
+def test_an_issue_in_two_editions_counts_once(sample_root: Path, tmp_path: Path) -> None:
+    result = run_cli(sample_root, "archive", "--out", str(tmp_path / "a"), "--all-issues")
+    assert result.returncode == 0 and "(1 issue(s))" in result.stdout, result.stdout + result.stderr
+    issue = tmp_path / "a" / "027-2022-04-01"
+    assert (issue / "index.html").is_file() and (issue / "ko" / "index.html").is_file()

@@ -72,11 +72,12 @@ def archive(out: Path, all_issues: bool) -> None:
             return None if all_issues else set()
         return open_store(config).sent_issues()
 
-    written, problems = Archive(config, published=published).write(out)
+    archive = Archive(config, published=published)
+    written, problems = archive.write(out)
     print_problems(problems)
-    pages = sum(p.name == "index.html" for p in written) - 2  # the index and the unsubscribe page
-    click.echo(f"wrote {len(written)} files to {out} ({pages} issue(s))")
-    if pages == 0 and not all_issues:
+    issues = len(archive.editions()[0])  # what the write published (read once, kept)
+    click.echo(f"wrote {len(written)} files to {out} ({issues} issue(s))")
+    if issues == 0 and not all_issues:
         click.secho("no issue has been sent yet: pass --all-issues to publish every valid issue", fg="yellow",
                     err=True)
 
