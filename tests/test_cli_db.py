@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline.store._sqlite import SQLiteStore
 from tests.conftest import PG_URL_ENV, run_cli
-from tests.storekit import seed_send
+from tests.sendkit import ISSUE, cli, environ, write_list
+from tests.standin import StandIn
+from tests.storekit import seed_send, select
 
 
 def test_copy_refuses_what_is_not_a_postgresql_url(site: Path) -> None:
@@ -38,3 +43,45 @@ def test_migrate_then_copy_the_sqlite_history_into_postgresql(site: Path) -> Non
         assert again.returncode != 0 and "already holds data" in again.stderr
         status = run_cli(site, "status", "issues/001-hello", "--json", env={"NEWSLETTER_DATABASE_URL": url})
         assert status.returncode == 0 and '"accepted": 3' in status.stdout, status.stderr
+
+
+def test_copy_while_a_send_runs_does_not_lead_to_a_second_copy(site: Path, standin: StandIn) -> None:
+    """`db copy` taken while a SQLite send waits for a retry (a 429 with Retry-After): the send then goes on and
+    finishes on SQLite, after the copy was verified. Resumed on PostgreSQL, as the copy's message says to, the
+    copy must not send again what the SQLite run sent after it: the copy refuses while the send runs (it holds
+    the send lock), or the history it copied leaves nothing to send twice."""
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
+    from tests.pg_support import fresh_database
+
+    config = site / "newsletter.yaml"
+    config.write_text(config.read_text("utf-8").replace("retry_budget_seconds: 5", "retry_budget_seconds: 60"),
+                      "utf-8")
+    addresses = write_list(site, "big", 6)
+    standin.retry_after = 10
+    standin.script(["ok", "429"])  # batch_size 2: the second batch waits 10 s for its retry
+    env = environ(standin.url)
+    sender = subprocess.Popen([sys.executable, "-m", "pipeline", "send", ISSUE, "--list", "big", "--yes"], cwd=site,
+                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    store = SQLiteStore(site / ".newsletter" / "sendlog.sqlite3")
+    try:
+        deadline = time.monotonic() + 60
+        while select(store, "SELECT count(*) FROM batches WHERE state = 'waiting'") != [(1,)]:
+            assert time.monotonic() < deadline and sender.poll() is None, "the send never waited for a retry"
+            time.sleep(0.02)
+    finally:
+        store.close()
+    with fresh_database(base) as url:
+        assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
+        copied = run_cli(site, "db", "copy", "--to", url)
+        _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        assert standin.recipients() == dict.fromkeys(addresses, 1)
+        if copied.returncode != 0:  # refused: the send was running
+            assert "Traceback" not in copied.stderr and "running" in copied.stderr, copied.stderr
+            return
+        resumed = cli(site, "send", ISSUE, "--list", "big", "--yes", env={**env, "NEWSLETTER_DATABASE_URL": url})
+        assert resumed.returncode == 0, resumed.stderr
+    assert standin.recipients() == dict.fromkeys(addresses, 1)  # nobody twice

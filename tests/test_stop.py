@@ -170,6 +170,53 @@ def test_cancel_refuses_a_send_not_scheduled(site: Path, standin: StandIn) -> No
     assert unknown.returncode == 5 and "never sent to list nosuch" in unknown.stderr
 
 
+def test_resend_cancelled_does_not_send_again_what_went_out_unscheduled(site: Path, standin: StandIn,
+                                                                       store_env: dict[str, str]) -> None:
+    """A send begun without --at (its mail goes out as it is accepted) and resumed with --at: the cancel
+    holds back only the scheduled part, so --resend-cancelled must not mail the first part a second time."""
+    env = environ(standin.url, **store_env)
+    migrate(env)
+    addresses = write_list(site, "big", 6)
+    standin.script(["ok", "400"])  # batch_size 2: the first request is accepted, the second refused
+    first = cli(site, "send", ISSUE, "--list", "big", "--yes", env=env)
+    assert first.returncode == 5 and "2 accepted" in first.stderr, first.stderr
+    unscheduled = {p["to"][0]["email"] for r in standin.accepted if r.body and "send_at" not in r.body
+                   for p in r.body["personalizations"]}
+    assert unscheduled == set(addresses[:2])  # delivered now: nothing can hold them back any more
+    rest = cli(site, "send", ISSUE, "--list", "big", "--yes", "--at", _at(120), env=env)
+    assert rest.returncode == 0, rest.stderr
+    done = cli(site, "cancel", ISSUE, "--list", "big", env=env)
+    assert done.returncode == 0, done.stderr  # SendGrid discards the 4 scheduled messages
+    resent = cli(site, "send", ISSUE, "--list", "big", "--yes", "--resend-cancelled", env=env)
+    assert resent.returncode == 0, resent.stderr
+    assert standin.recipients() == dict.fromkeys(addresses[:2], 1) | dict.fromkeys(addresses[2:], 2)
+
+
+def test_a_pause_kept_past_72_hours_is_sent_again_as_the_refusal_to_resume_says(
+        site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
+    """SendGrid discards paused mail 72 hours after its time. `resume` then refuses and names
+    `send --resend-cancelled` as the way forward: that must send the discarded mail again, not find nothing
+    to send while the send log counts it as accepted."""
+    env = environ(standin.url, **store_env)
+    migrate(env)
+    _scheduled(site, standin, env)
+    assert cli(site, "pause", ISSUE, "--list", "big", env=env).returncode == 0
+    store = site_store(site, env)
+    try:  # the time comes and goes 73 hours ago while the batch is paused: SendGrid discarded it
+        send = store.find_send(issue="001-hello", list_name="big", transport="sendgrid")
+        assert send is not None
+        long_ago = str(int(time.time()) - 73 * 3600)
+        store.update_send(send.id, content_hash=send.content_hash, subject=send.subject, send_at=long_ago)
+    finally:
+        store.close()
+    refused = cli(site, "resume", ISSUE, "--list", "big", env=env)
+    assert refused.returncode == 5 and "--resend-cancelled" in refused.stderr, refused.stderr
+    before = len(standin.accepted)
+    resent = cli(site, "send", ISSUE, "--list", "big", "--yes", "--resend-cancelled", env=env)
+    assert resent.returncode == 0, resent.stderr
+    assert len(standin.accepted) - before == 3, resent.stdout  # the 6 recipients again, 2 a request
+
+
 def test_standin_batch_ids(standin: StandIn) -> None:
     from pipeline.send.schedule import BatchError, SendGridBatches
 

@@ -193,6 +193,24 @@ def test_an_answer_after_another_run_put_the_batch_in_doubt_is_kept(store: Store
     assert store.in_doubt_addresses(send.id) == []
 
 
+def test_a_429_after_another_run_put_the_batch_in_doubt_does_not_make_it_wait_again(store: Store) -> None:
+    """The send was taken over while a request was out; the other run put its batch in doubt and, with
+    --resend-in-doubt, sent its rows itself. The late 429 certainly sent nothing, but it must not make the
+    batch wait again: a retry of it would mail those rows a second time."""
+    send = recorded_send(store, 4)
+    claim = store.claim_batch(send.id, size=2, request_id="a")
+    assert claim is not None
+    other = another(store)
+    try:
+        assert other.recover_in_flight(send.id) == 1
+        again = other.claim_batch(send.id, size=2, states=("pending", "failed", "in_doubt"), request_id="b")
+        assert again is not None and again.rows == claim.rows
+    finally:
+        other.close()
+    store.mark_waiting(claim, attempts=1, http_status=429, error="429 Too Many Requests")
+    assert store.mark_in_flight(claim) is False
+
+
 def test_an_answer_leaves_rows_that_another_run_sent_again(store: Store) -> None:
     """With --resend-in-doubt, the run that took over claims the in-doubt rows under its own batch: a late
     answer to the first request changes that batch's row, not the rows now in the other run's request."""

@@ -142,10 +142,11 @@ class PgClaimsMixin:
                           f.state, f.claim.first, f.claim.last, f.claim.id))
 
     def mark_waiting(self, claim: Claim, *, attempts: int, http_status: int | None, error: str) -> None:
-        """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried."""
+        """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried.
+        Only a batch still in flight (see the SQLite engine's)."""
         with self._tx() as conn:
             conn.execute("UPDATE batches SET state = 'waiting', attempts = %s, http_status = %s, error = %s "
-                         "WHERE id = %s", (attempts, http_status, error, claim.id))
+                         "WHERE id = %s AND state = 'in_flight'", (attempts, http_status, error, claim.id))
 
     def mark_in_flight(self, claim: Claim) -> bool:
         """Before the retry's request: from here on an interruption leaves the batch in doubt again. False

@@ -168,9 +168,11 @@ class ClaimsMixin:
                                                                           f.claim.id))
 
     def mark_waiting(self, claim: Claim, *, attempts: int, http_status: int | None, error: str) -> None:
-        """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried."""
-        self._one("UPDATE batches SET state = 'waiting', attempts = ?, http_status = ?, error = ? WHERE id = ?",
-                  (attempts, http_status, error, claim.id))
+        """A retryable answer (429, 5xx, no connection): certainly not sent; the batch waits to be retried.
+        Only a batch still in flight: one that another run's recovery put in doubt meanwhile stays so (that run
+        may send its rows again), and `mark_in_flight` then refuses its retry."""
+        self._one("UPDATE batches SET state = 'waiting', attempts = ?, http_status = ?, error = ? WHERE id = ? "
+                  "AND state = 'in_flight'", (attempts, http_status, error, claim.id))
 
     def mark_in_flight(self, claim: Claim) -> bool:
         """Before the retry's request: from here on an interruption leaves the batch in doubt again. False
