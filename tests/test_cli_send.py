@@ -123,11 +123,11 @@ def test_help_imports_no_sendgrid() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def _on_terminal(site: Path, env: dict[str, str], answer: bytes) -> str:
+def _on_terminal(site: Path, env: dict[str, str], answer: bytes, *options: str) -> str:
     """Run the send on a pseudo-terminal, answer the question, return everything it wrote."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "send", ISSUE, "--list", "sample"], cwd=site,
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "send", ISSUE, "--list", "sample", *options], cwd=site,
                             env=env, stdin=follower, stdout=follower, stderr=follower)
     os.close(follower)
     out = b""
@@ -146,6 +146,22 @@ def _on_terminal(site: Path, env: dict[str, str], answer: bytes) -> str:
     proc.wait(timeout=60)
     os.close(leader)
     return out.decode("utf-8", "replace")
+
+
+def test_a_declined_run_records_nothing_of_itself(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:
+    """A resumed send with changed content, allowed but declined at the question: the next run without
+    --allow-changed-content is still refused (the decline did not record the new content as the send's)."""
+    env = environ(standin.url, **store_env)
+    migrate(env)
+    standin.script(["ok", "400"])  # 3 recipients, 2 a request: the first request accepted, the second refused
+    assert cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env).returncode == 5
+    issue = site / ISSUE / "issue.yaml"
+    issue.write_text(issue.read_text("utf-8").replace("A tiny issue", "A changed issue"), "utf-8")
+    said_no = _on_terminal(site, env, b"n\n", "--allow-changed-content")
+    assert "nothing sent" in said_no, said_no
+    again = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env)
+    assert again.returncode == 5 and "--allow-changed-content" in again.stderr, again.stderr
+    assert standin.request_count == 2
 
 
 def test_confirmation_on_a_terminal(site: Path, standin: StandIn, store_env: dict[str, str]) -> None:

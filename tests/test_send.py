@@ -277,6 +277,36 @@ def test_oversized_substitutions_refused(site: Path, standin: StandIn, env: dict
     assert standin.request_count == 0
 
 
+def test_a_stop_during_the_pause_before_a_request_sends_nothing_more(site: Path, standin: StandIn,
+                                                                    env: dict[str, str]) -> None:
+    """Ctrl-C (here: request_stop) arriving while the loop waits out the requests-per-second pause: the
+    request it was pausing for is not made, and what was sent is counted."""
+    write_list(site, "big", 6)
+
+    class StopInPause(Sleeps):
+        job: SendJob | None = None
+
+        def __call__(self, seconds: float) -> None:
+            super().__call__(seconds)
+            if standin.request_count == 1 and self.job is not None:
+                self.job.request_stop("Ctrl-C")
+
+    sleeps = StopInPause()
+    with SendJob(site / ISSUE, load_config(site), SendOptions(list_name="big"), environ=env, sleep=sleeps,
+                 clock=sleeps.clock) as job:
+        sleeps.job = job
+        job.prepare()
+        with pytest.raises(KeyboardInterrupt):
+            job.run(Quiet())
+    assert standin.request_count == 1  # 2 of the 6 accepted; the pause before the second request ended it
+    store = site_store(site, env)
+    try:
+        assert dict(select(store, "SELECT state, count(*) FROM delivery_log GROUP BY state")) == \
+            {"accepted": 2, "pending": 4}
+    finally:
+        store.close()
+
+
 def test_test_copy_is_not_a_delivery(site: Path, standin: StandIn, env: dict[str, str]) -> None:
     summary = send(site, env, test_address="me@example.net")
     assert summary.accepted == 1 and standin.request_count == 1

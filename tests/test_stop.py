@@ -69,11 +69,16 @@ def test_store_keeps_batch_id_schedule_and_counts_outcomes(store: Store) -> None
     store.set_schedule_state(send.id, "cancelled")
     schedule = store.schedule(send.id)
     assert (schedule.batch_id, schedule.state) == ("batch-1", "cancelled") and schedule.changed_at
-    claim = store.claim_batch(send.id, size=4, request_id="r1")
-    assert claim is not None
     from pipeline.store import Finish
 
-    store.record([Finish(claim=claim, state="accepted", attempts=1, http_status=202, message_id="m")])
+    # One request each: sent at once, due before the cancel, due less than 10 minutes after it (SendGrid may
+    # have sent it), due an hour after it (surely held, so discarded).
+    stopped, after = 1_800_000_000, 0
+    for i, send_at in enumerate((None, stopped - 100, stopped + 300, stopped + 3600)):
+        claim = store.claim_batch(send.id, size=1, after=after, request_id=f"r{i}", send_at=send_at)
+        assert claim is not None
+        after = claim.last
+        store.record([Finish(claim=claim, state="accepted", attempts=1, http_status=202, message_id="m")])
     events = [{"email": f"r{i}@example.org", "event": kind, "timestamp": 1_768_500_000 + i, "sg_event_id": f"{kind}{i}",
                "sg_message_id": "m.x", "nl_send_id": str(send.id), "nl_issue": "001", "nl_list": "big"}
               for i, kind in enumerate(["delivered", "delivered", "bounce", "spamreport"])]
@@ -81,8 +86,11 @@ def test_store_keeps_batch_id_schedule_and_counts_outcomes(store: Store) -> None
     counted = store.outcomes(send)
     assert (counted.delivered, counted.bounced, counted.complaints) == (2, 1, 1)
     assert store.outcomes(send, after_event=counted.last_event).delivered == 0  # only what came since
-    assert store.reopen_cancelled(send.id) == 4
-    assert store.counts(send.id)["pending"] == 4
+    assert store.held_counts(send.id, stopped_at=stopped, margin=600) == (1, 0, 1)
+    store.reopen_cancelled(send.id, stopped_at=stopped, margin=600)
+    counts = store.counts(send.id)
+    assert (counts["accepted"], counts["in_doubt"], counts["pending"]) == (2, 1, 1)
+    assert store.in_doubt_addresses(send.id) == ["r2@example.org"]
     assert store.schedule(send.id).state is None and store.schedule(send.id).batch_id is None
 
 

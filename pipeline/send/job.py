@@ -38,6 +38,7 @@ from pipeline.send.brake import Brake, previous_warning
 from pipeline.send.gcpause import gc_paused
 from pipeline.send.loop import Policy, SendLoop
 from pipeline.send.plan import Plan, Progress, SendOptions, Summary
+from pipeline.send.schedule import LAST_CHANGE_SECONDS, resumed_schedule
 from pipeline.send.status import by_edition
 from pipeline.send.testcopy import send_test_copy
 from pipeline.send.transport import API_HOST_ENV, Transport, api_key_from_env
@@ -71,7 +72,9 @@ class SendJob:
         self._orphans: tuple[str, ...] = ()  # editions recorded earlier that the issue no longer has
         self._batch_id: str | None = None  # SendGrid's, for every request of a real send
         self._loop: SendLoop | None = None
-        self._reopen = False  # --resend-cancelled of a cancelled send
+        self._reopen = False  # --resend-cancelled of a cancelled send (or one paused past SendGrid's 72 hours)
+        self._stopped_at, self._reopened = 0, 0  # when it was stopped (epoch s); deliveries it sends again
+        self._update: tuple[str, str, str | None] | None = None  # a resumed send's hash, subject, send_at
         self._stop_reason: str | None = None
 
     # --- preparing: every check, no request -------------------------------------------------------------
@@ -132,10 +135,13 @@ class SendJob:
                     message=f"recipients recorded for edition(s) {', '.join(self._orphans)} that the issue no longer "
                     f"has get the default edition ({self._default})", blocking=False,
                     fix="restore the edition's issue.<language>.yaml to send it to them instead"))
+        if self._reopen:  # what SendGrid discarded goes again (see Store.reopen_cancelled), counted before it asks
+            held, held_in_doubt, maybe = self.store.held_counts(self.send.id, stopped_at=self._stopped_at,
+                                                                margin=LAST_CHANGE_SECONDS)
+            self._reopened = held + held_in_doubt
+            counts = {**counts, "pending": counts["pending"] + held + held_in_doubt, "accepted": counts["accepted"]
+                      - held - maybe, "in_doubt": counts["in_doubt"] - held_in_doubt + maybe}
         to_send = counts["pending"] + counts["failed"] + (counts["in_doubt"] if options.resend_in_doubt else 0)
-        if self._reopen:  # what the cancelled batch held goes again
-            to_send += counts["accepted"] + (0 if options.resend_in_doubt else counts["in_doubt"])
-            counts = {**counts, "accepted": 0, "in_doubt": 0}
         self.plan = self._plan(mailing, kind, content_hash, (*warnings, *recorded.skipped), listed=recorded.listed,
                                to_send=to_send, accepted=counts["accepted"], in_doubt=counts["in_doubt"],
                                editions=tuple(self._emails))
@@ -189,23 +195,13 @@ class SendJob:
         assert self.store is not None and self.send is not None
         if kind != "sendgrid":
             return None, ()
-        schedule = self.store.schedule(self.send.id)
-        warnings: list[Problem] = []
-        if schedule.state == "cancelled":
-            if not self.options.resend_cancelled:
-                raise SendError(f"this send of {self.send.issue} to list {self.send.list_name} was cancelled on "
-                                f"{schedule.changed_at} (`newsletter cancel`); nothing was sent now — to send it again "
-                                "to everyone (SendGrid discarded the cancelled mail), add --resend-cancelled, "
-                                "with --at for a new time or without it to send at once")
-            self._reopen = True  # done in run(), after the confirmation
+        state = resumed_schedule(self.store, self.send, resend_cancelled=self.options.resend_cancelled,
+                                 issue_dir=self.issue_dir)
+        if state.discarded_at is not None:
+            self._reopen, self._stopped_at = True, state.discarded_at  # done in run(), after the confirmation
             return None, ()
-        if schedule.state == "paused":
-            warnings.append(Problem(message=f"this send is paused (since {schedule.changed_at}): what it sends now "
-                                    "is held by SendGrid too", blocking=False,
-                                    fix=f"`newsletter resume {self.issue_dir} --list {self.send.list_name}` "
-                                    "releases it"))
         found = previous_warning(self.store, self.send, self.config.sending.stop_when)
-        return schedule.batch_id, (*warnings, *([found] if found else []))
+        return state.batch_id, (*state.warnings, *([found] if found else []))
 
     def _mailing(self, language: str, send_id: int) -> Mailing:
         secret, throwaway, send_at = self._secrets
@@ -244,7 +240,7 @@ class SendJob:
                     "sent so far got the old version — restore the issue as it was, or re-run with "
                     "--allow-changed-content to send the new version to the rest")
             log.warning("content changed since the send began; the rest gets the new version (as allowed)")
-        self.store.update_send(found.id, content_hash=content_hash, subject=email.subject, send_at=at)
+        self._update = (content_hash, email.subject, at)
         return found
 
     def _plan(self, mailing: Mailing, kind: str, content_hash: str, problems: tuple[Problem, ...], *,
@@ -284,9 +280,13 @@ class SendJob:
             progress.advance(1)
             return summary
         assert self.store is not None and self.send is not None and self._personalizer is not None
+        if self._update is not None:  # recorded only now that the send goes ahead
+            content_hash, subject, at = self._update
+            self.store.update_send(self.send.id, content_hash=content_hash, subject=subject, send_at=at)
         if self._reopen:
-            moved = self.store.reopen_cancelled(self.send.id)
-            log.warning("resending a cancelled send: %d recipient(s) sent again, under a new batch id", moved)
+            self.store.reopen_cancelled(self.send.id, stopped_at=self._stopped_at, margin=LAST_CHANGE_SECONDS)
+            log.warning("resending a cancelled send: %d recipient(s) sent again, under a new batch id",
+                        self._reopened)
             self._batch_id = None
         self._ensure_batch_id()
         for i, (_, personalizer, only) in enumerate(self._editions_to_send()):

@@ -146,6 +146,8 @@ class SendLoop:
                 return
             if ready is not None:
                 self._pace()
+                if self._stop:  # Ctrl-C or SIGTERM during the pause: no new request (the batch is given up)
+                    return
                 self._retries.remove(ready)
                 # From here an interruption leaves it in doubt again. Refused when another run recovered the
                 # send after the check above (the lock was lost in between) and will send this batch itself.
@@ -162,6 +164,8 @@ class SendLoop:
             peeked = self.ahead.head is not None
             if peeked:  # pause before the claim, so that a kill while pausing leaves nothing in doubt
                 self._pace()
+                if self._stop:  # Ctrl-C or SIGTERM during the pause: no new request
+                    return
             claim = self._claim()
             if claim is None:
                 self._exhausted = True
@@ -181,12 +185,12 @@ class SendLoop:
         head = self.ahead.head
         if head is not None:  # the last answers and the next intent in one commit
             claim = self.store.claim_peeked(self.send_id, head, states=self.states, request_id=request_id,
-                                            finished=finished, editions=self.editions)
+                                            finished=finished, editions=self.editions, send_at=self.policy.send_at)
             finished = []
         if claim is None:
             claim = self.store.claim_batch(self.send_id, size=self.policy.batch_size, after=self._after,
                                            states=self.states, request_id=request_id, finished=finished,
-                                           editions=self.editions)
+                                           editions=self.editions, send_at=self.policy.send_at)
         if claim is not None:
             self._after = claim.last
         return claim

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.errors import SendError
+from pipeline.errors import Problem, SendError
 from pipeline.send.transport import API_HOST_ENV, API_KEY_ENV, refusal_fix, sendgrid_errors
 from pipeline.store import Send, Store, open_store
 
@@ -180,6 +180,41 @@ def change_schedule(config: Config, issue_dir: Path, list_name: str, action: str
         return Changed(send=send, batch_id=batch_id, state=wanted, send_at=send_at, message=message)
     finally:
         store.close()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed:
+    """What a new run of a send takes over from `cancel` / `pause`."""
+
+    batch_id: str | None  # the SendGrid batch id its requests go on carrying
+    discarded_at: int | None  # --resend-cancelled: when the mail SendGrid discarded was stopped (epoch s)
+    warnings: tuple[Problem, ...]
+
+
+def resumed_schedule(store: Store, send: Send, *, resend_cancelled: bool, issue_dir: Path,
+                     now: float | None = None) -> Resumed:
+    """A cancelled send, or one paused past SendGrid's 72 hours (its mail discarded), goes on only with
+    --resend-cancelled, which sends the discarded mail again; a paused one goes on held (a warning)."""
+    schedule = store.schedule(send.id)
+    current = time.time() if now is None else now
+    expired = schedule.state == "paused" and send.send_at is not None and \
+        int(send.send_at) + PAUSE_KEPT_SECONDS <= current
+    if schedule.state == "cancelled" or expired:
+        if not resend_cancelled:
+            why = (f"was paused on {schedule.changed_at} and its time passed more than 72 hours ago, so SendGrid "
+                   "discarded the paused mail" if expired else f"was cancelled on {schedule.changed_at} "
+                   "(`newsletter cancel`), so SendGrid discarded the mail it held")
+            raise SendError(f"this send of {send.issue} to list {send.list_name} {why}; nothing was sent now — to "
+                            "send that mail again, add --resend-cancelled, with --at for a new time or without it "
+                            "to send at once")
+        stopped = int(dt.datetime.fromisoformat(str(schedule.changed_at)).timestamp())
+        return Resumed(batch_id=None, discarded_at=stopped, warnings=())
+    warnings: tuple[Problem, ...] = ()
+    if schedule.state == "paused":
+        warnings = (Problem(message=f"this send is paused (since {schedule.changed_at}): what it sends now is held "
+                            "by SendGrid too", blocking=False,
+                            fix=f"`newsletter resume {issue_dir} --list {send.list_name}` releases it"),)
+    return Resumed(batch_id=schedule.batch_id, discarded_at=None, warnings=warnings)
 
 
 def _resume(store: Store, send: Send, batch_id: str, state: str | None, send_at: int, left: float,

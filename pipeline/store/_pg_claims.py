@@ -21,8 +21,8 @@ _SUPPRESSED = f"EXISTS (SELECT 1 FROM suppressions s WHERE {key('s.email')} = {k
 # The intent of a peeked batch in one statement: its batch row, its deliveries in flight under it, and what
 # the caller checks (the ids taken; whether any of them is suppressed now).
 _CLAIM_PEEKED = (  # {only}: an edition filter, or nothing
-    "WITH b AS (INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-    "VALUES (%s, %s, 'in_flight', %s, %s, %s, %s) RETURNING id), "
+    "WITH b AS (INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at, "
+    "send_at) VALUES (%s, %s, 'in_flight', %s, %s, %s, %s, %s) RETURNING id), "
     "d AS (UPDATE deliveries SET state = 'in_flight', batch_id = (SELECT id FROM b) WHERE send_id = %s AND id > %s "
     "AND id <= %s AND state = ANY(%s){only} RETURNING id, email) "
     f"SELECT (SELECT id FROM b), (SELECT array_agg(id ORDER BY id) FROM d), (SELECT bool_or({_SUPPRESSED}) FROM d)")
@@ -38,12 +38,12 @@ class PgClaimsMixin:
         raise NotImplementedError
 
     def _new_batch(self, conn: psycopg.Connection[Any], send_id: int, request_id: str, *, size: int, first: int,
-                   last: int) -> int:
+                   last: int, send_at: int | None) -> int:
         """The batch row of a claim, `in_flight` from the start; returns its id."""
         row = conn.execute(
-            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at) "
-            "VALUES (%s, %s, 'in_flight', %s, %s, %s, %s) RETURNING id",
-            (send_id, request_id, size, first, last, now())).fetchone()
+            "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at, "
+            "send_at) VALUES (%s, %s, 'in_flight', %s, %s, %s, %s, %s) RETURNING id",
+            (send_id, request_id, size, first, last, now(), send_at)).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -59,7 +59,8 @@ class PgClaimsMixin:
         return Peeked(rows, after, 0)
 
     def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
-                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
+                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None,
+                    send_at: int | None = None) -> Claim | None:
         """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
         mark them in flight under a new batch row, commit, and return them; None when nothing is left.
         `editions`: only deliveries of these editions (a request has one content)."""
@@ -78,7 +79,7 @@ class PgClaimsMixin:
                 span = (send_id, lo, hi, wanted, *langs)
                 conn.execute(f"UPDATE deliveries d SET state = 'suppressed', updated_at = %s WHERE send_id = %s "
                              f"AND id BETWEEN %s AND %s AND state = ANY(%s){only} AND {_SUPPRESSED}", (now(), *span))
-                batch_id = self._new_batch(conn, send_id, request_id, size=0, first=lo, last=hi)
+                batch_id = self._new_batch(conn, send_id, request_id, size=0, first=lo, last=hi, send_at=send_at)
                 rows: list[DeliveryRow] = conn.execute(
                     f"UPDATE deliveries SET state = 'in_flight', batch_id = %s WHERE send_id = %s AND id "
                     f"BETWEEN %s AND %s AND state = ANY(%s){only} RETURNING id, email, name, fields",
@@ -92,7 +93,8 @@ class PgClaimsMixin:
         return Claim(id=batch_id, request_id=request_id, rows=rows)
 
     def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
-                     finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
+                     finished: Sequence[Finish] = (), editions: Editions = None,
+                     send_at: int | None = None) -> Claim | None:
         """`claim_batch` of rows that `peek_batch` read, without reading them again: one UPDATE of the ids
         after `peeked.after` up to their last, kept only if it took exactly the peeked ids (none suppressed
         before or between them: `claim_batch` marks those) and none of them is suppressed now. Otherwise it
@@ -111,7 +113,7 @@ class PgClaimsMixin:
             with conn.pipeline():
                 self._finish_all(conn, finished)
                 cursor = conn.execute(_CLAIM_PEEKED.replace("{only}", only),
-                                      (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now(), send_id,
+                                      (send_id, request_id, len(rows), rows[0][0], rows[-1][0], now(), send_at, send_id,
                                        peeked.after, rows[-1][0], list(states), *langs))
             batch_id, taken, suppressed = cursor.fetchone() or (None, None, None)
             if batch_id is not None and taken == [r[0] for r in rows] and not suppressed:

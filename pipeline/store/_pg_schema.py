@@ -138,6 +138,14 @@ MIGRATIONS += [
     """),
 ]
 
+MIGRATIONS += [
+    # As SQLite's stop_002_batch_send_at: the send_at each request carried.
+    ("pg_stop_002_batch_send_at", """
+        ALTER TABLE batches ADD COLUMN send_at bigint;
+        UPDATE batches b SET send_at = s.send_at::bigint FROM sends s WHERE s.id = b.send_id AND s.send_at IS NOT NULL;
+    """),
+]
+
 # Tables `newsletter db copy` moves, in an order that keeps references valid, with the column that orders them.
 TABLES = {"sends": "id", "batches": "id", "deliveries": "id", "suppressions": "email", "events": "id",
           "delivery_status": "delivery_id", "webhook_rejects": "body_sha256"}

@@ -8,7 +8,16 @@ from typing import Any
 
 import psycopg
 
-from pipeline.store._sqlite_stop import OUTCOMES_SQL, PREVIOUS_SQL, SEND_SQL, outcomes_of, send_of
+from pipeline.store._sqlite_stop import (
+    HELD_COUNTS_SQL,
+    OUTCOMES_SQL,
+    PREVIOUS_SQL,
+    REOPEN_SQL,
+    SEND_SQL,
+    held_bands,
+    outcomes_of,
+    send_of,
+)
 from pipeline.store._types import Outcomes, Schedule, Send, now
 
 
@@ -37,15 +46,21 @@ class PgStopMixin:
             conn.execute("UPDATE sends SET schedule_state = %s, schedule_changed_at = %s WHERE id = %s",
                          (state, now(), send_id))
 
-    def reopen_cancelled(self, send_id: int) -> int:
-        """As SQLite's: deliveries accepted under a cancelled batch go back to pending; the batch id is dropped."""
+    def held_counts(self, send_id: int, *, stopped_at: int, margin: int) -> tuple[int, int, int]:
+        surely, maybe = held_bands(send_id, stopped_at, margin)
+        with self._tx() as conn:
+            row = conn.execute(HELD_COUNTS_SQL.format(p="%s"), (*surely, *maybe)).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def reopen_cancelled(self, send_id: int, *, stopped_at: int, margin: int) -> None:
+        """As SQLite's: the deliveries of mail the cancel discarded go back to pending; the batch id is dropped."""
         stamp = now()
         with self._tx() as conn:
-            moved = conn.execute("UPDATE deliveries SET state = 'pending', updated_at = %s WHERE send_id = %s "
-                                 "AND state IN ('accepted', 'in_doubt')", (stamp, send_id)).rowcount
+            for sql, band in zip(REOPEN_SQL, held_bands(send_id, stopped_at, margin), strict=True):
+                conn.execute(sql.format(p="%s"), (stamp, *band))
             conn.execute("UPDATE sends SET batch_id = NULL, schedule_state = NULL, schedule_changed_at = %s, "
                          "finished_at = NULL WHERE id = %s", (stamp, send_id))
-        return int(moved)
 
     def outcomes(self, send: Send, *, after_event: int = 0) -> Outcomes:
         with self._tx() as conn:

@@ -36,13 +36,13 @@ class ClaimsMixin:
     conn: sqlite3.Connection
 
     def _new_batch(self, send_id: int, request_id: str, *, size: int, first: int, last: int, stamp: str,
-                   deferred: bool = False, editions: Editions = None) -> int:
+                   send_at: int | None, deferred: bool = False, editions: Editions = None) -> int:
         """The batch row of a claim, `in_flight` from the start; returns its id. A deferred one keeps the
         editions it was claimed for: its rows are those editions' untouched ones in its range."""
         batch_id = self.conn.execute(
             "INSERT INTO batches (send_id, request_id, state, size, first_delivery, last_delivery, created_at, "
-            "deferred, editions) VALUES (?, ?, 'in_flight', ?, ?, ?, ?, ?, ?)",
-            (send_id, request_id, size, first, last, stamp, int(deferred),
+            "send_at, deferred, editions) VALUES (?, ?, 'in_flight', ?, ?, ?, ?, ?, ?, ?)",
+            (send_id, request_id, size, first, last, stamp, send_at, int(deferred),
              json.dumps(list(editions)) if deferred and editions is not None else None)).lastrowid
         assert batch_id is not None
         return batch_id
@@ -67,7 +67,8 @@ class ClaimsMixin:
         return Peeked(rows, after, version)
 
     def claim_batch(self, send_id: int, *, size: int, after: int = 0, states: Sequence[str] = TO_SEND,
-                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
+                    request_id: str, finished: Sequence[Finish] = (), editions: Editions = None,
+                    send_at: int | None = None) -> Claim | None:
         """Take up to `size` deliveries in `states` with id > after (marking suppressed ones `suppressed`),
         mark them in flight under a new batch row, commit, and return them; None when nothing is left.
         `editions`: only deliveries of these editions (a request has one content).
@@ -94,7 +95,8 @@ class ClaimsMixin:
                     conn.execute(f"UPDATE deliveries SET state = 'suppressed', updated_at = ? WHERE +send_id = ? AND "
                                  f"id BETWEEN ? AND ? AND state IN ({marks}){only} AND email IN (SELECT email "
                                  f"FROM suppressions)", (stamp, *span))
-                batch_id = self._new_batch(send_id, request_id, size=0, first=lo, last=hi, stamp=stamp)
+                batch_id = self._new_batch(send_id, request_id, size=0, first=lo, last=hi, stamp=stamp,
+                                           send_at=send_at)
                 rows: list[DeliveryRow] = conn.execute(
                     f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND id "
                     f"BETWEEN ? AND ? AND state IN ({marks}){only} RETURNING id, email, name, fields",
@@ -108,7 +110,8 @@ class ClaimsMixin:
         return Claim(id=batch_id, request_id=request_id, rows=rows)
 
     def claim_peeked(self, send_id: int, peeked: Peeked, *, states: Sequence[str] = TO_SEND, request_id: str,
-                     finished: Sequence[Finish] = (), editions: Editions = None) -> Claim | None:
+                     finished: Sequence[Finish] = (), editions: Editions = None,
+                     send_at: int | None = None) -> Claim | None:
         """`claim_batch` of rows that `peek_batch` read, without reading them again: one UPDATE of the ids
         after `peeked.after` up to their last. Only if nothing can have changed: no other connection
         committed since (so no suppression arrived) and that range holds exactly these rows to send (none
@@ -134,7 +137,7 @@ class ClaimsMixin:
                 return None
             deferred = untouched == len(rows)
             batch_id = self._new_batch(send_id, request_id, size=len(rows), first=rows[0][0], last=rows[-1][0],
-                                       stamp=now(), deferred=deferred, editions=editions)
+                                       stamp=now(), send_at=send_at, deferred=deferred, editions=editions)
             if not deferred:
                 conn.execute(f"UPDATE deliveries SET state = 'in_flight', batch_id = ? WHERE +send_id = ? AND id > ? "
                              f"AND id <= ? AND state IN ({marks}){only}", (batch_id, *span))

@@ -173,3 +173,13 @@ MIGRATIONS += [
         LEFT JOIN batches b ON b.id = coalesce(d.batch_id, r.id);
     """),
 ]
+
+MIGRATIONS += [
+    # The send_at each request carried (epoch seconds; NULL: sent at once). A send resumed with another --at
+    # holds mail under two schedules; a cancel discards only what was still scheduled, and only that is sent
+    # again (`reopen_cancelled`). Batches recorded before this carried their send's send_at.
+    ("stop_002_batch_send_at", """
+        ALTER TABLE batches ADD COLUMN send_at INTEGER;
+        UPDATE batches SET send_at = (SELECT CAST(s.send_at AS INTEGER) FROM sends s WHERE s.id = batches.send_id);
+    """),
+]

@@ -17,6 +17,27 @@ OUTCOMES_SQL = ("SELECT event, count(*), max(id) FROM events WHERE issue = {p} A
                 f"({_PLACES}) AND id > {{p}} AND status = 'applied' AND send_id = {{p}} GROUP BY event")
 PREVIOUS_SQL = "SELECT max(id) FROM sends WHERE list = {p} AND transport = 'sendgrid' AND id < {p}"
 
+# What a cancel (or a pause kept past SendGrid's 72 hours) at a time T discarded is the mail still held then:
+# that of batches due after T. SendGrid takes a cancel no later than 10 minutes ahead (the margin): mail due more
+# than that after T was surely held, mail due sooner may have gone out, earlier mail went out. {p}: placeholder.
+_BAND = ("FROM deliveries WHERE send_id = {p} AND batch_id IN (SELECT id FROM batches WHERE send_id = {p} "
+         "AND send_at > {p} AND send_at <= {p})")
+HELD_COUNTS_SQL = ("SELECT count(*) FILTER (WHERE state = 'accepted' AND band = 1), "
+                   "count(*) FILTER (WHERE state = 'in_doubt' AND band = 1), "
+                   "count(*) FILTER (WHERE state = 'accepted' AND band = 2) FROM (SELECT state, 1 AS band "
+                   + _BAND + " UNION ALL SELECT state, 2 AS band " + _BAND + ") AS held")
+REOPEN_SQL = ("UPDATE deliveries SET state = 'pending', updated_at = {p} WHERE state IN ('accepted', 'in_doubt') "
+              "AND id IN (SELECT id " + _BAND + ")",
+              "UPDATE deliveries SET state = 'in_doubt', updated_at = {p} WHERE state = 'accepted' "
+              "AND id IN (SELECT id " + _BAND + ")")
+NEVER = 2**62  # a send_at no batch has: no upper bound
+
+
+def held_bands(send_id: int, stopped_at: int, margin: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The parameters of `_BAND` for mail surely held (1) and maybe held (2) when the send stopped."""
+    return (send_id, send_id, stopped_at + margin, NEVER), (send_id, send_id, stopped_at, stopped_at + margin)
+
+
 SEND_SQL = "SELECT id, issue, list, transport, content_hash, subject, send_at, created_at, finished_at FROM sends " \
            "WHERE id = {p}"
 
@@ -59,15 +80,23 @@ class StopMixin:
             self.conn.execute("UPDATE sends SET schedule_state = ?, schedule_changed_at = ? WHERE id = ?",
                               (state, now(), send_id))
 
-    def reopen_cancelled(self, send_id: int) -> int:
-        """`send --resend-cancelled`: what SendGrid accepted under the cancelled batch was discarded, so it is
-        to be sent again (under a new batch id). Returns how many deliveries went back to pending."""
+    def held_counts(self, send_id: int, *, stopped_at: int, margin: int) -> tuple[int, int, int]:
+        """For `send --resend-cancelled`, before it asks: (accepted, in doubt) deliveries of mail surely held when
+        the send was cancelled at `stopped_at` (epoch seconds), and accepted ones of mail maybe held."""
+        surely, maybe = held_bands(send_id, stopped_at, margin)
+        row = self.conn.execute(HELD_COUNTS_SQL.format(p="?"), (*surely, *maybe)).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def reopen_cancelled(self, send_id: int, *, stopped_at: int, margin: int) -> None:
+        """`send --resend-cancelled`: the deliveries of mail surely held when the send was cancelled (or paused
+        too long) go back to pending, to be sent again under a new batch id; accepted ones of mail maybe held
+        become in doubt; the batch id and the stop are dropped."""
+        stamp = now()
         with transaction(self.conn):
-            moved = self.conn.execute("UPDATE deliveries SET state = 'pending', updated_at = ? WHERE send_id = ? "
-                                      "AND state IN ('accepted', 'in_doubt')", (now(), send_id)).rowcount
+            for sql, band in zip(REOPEN_SQL, held_bands(send_id, stopped_at, margin), strict=True):
+                self.conn.execute(sql.format(p="?"), (stamp, *band))
             self.conn.execute("UPDATE sends SET batch_id = NULL, schedule_state = NULL, schedule_changed_at = ?, "
-                              "finished_at = NULL WHERE id = ?", (now(), send_id))
-        return int(moved)
+                              "finished_at = NULL WHERE id = ?", (stamp, send_id))
 
     def outcomes(self, send: Send, *, after_event: int = 0) -> Outcomes:
         """Delivered, bounce and spam-report events of this send stored after event id `after_event`."""
