@@ -6,10 +6,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from pipeline.errors import StoreError
+from pipeline.store._copy import copy_store
+from pipeline.store._lock import SendLock
 from pipeline.store._sqlite import SQLiteStore
 from tests.conftest import PG_URL_ENV, run_cli
 from tests.sendkit import ISSUE, cli, environ, write_list
@@ -55,6 +59,95 @@ def test_copy_while_a_send_runs_does_not_lead_to_a_second_copy(site: Path, stand
         pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
     from tests.pg_support import fresh_database
 
+    sender, addresses, env = _send_waiting_for_a_retry(site, standin)
+    with fresh_database(base) as url:
+        assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
+        copied = run_cli(site, "db", "copy", "--to", url)
+        _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        assert standin.recipients() == dict.fromkeys(addresses, 1)
+        if copied.returncode != 0:  # refused: the send was running
+            assert "Traceback" not in copied.stderr and "running" in copied.stderr, copied.stderr
+            return
+        resumed = cli(site, "send", ISSUE, "--list", "big", "--yes", env={**env, "NEWSLETTER_DATABASE_URL": url})
+        assert resumed.returncode == 0, resumed.stderr
+    assert standin.recipients() == dict.fromkeys(addresses, 1)  # nobody twice
+
+
+
+def test_copy_refused_while_a_send_runs_copies_nothing_and_names_the_send(site: Path, standin: StandIn) -> None:
+    """The refusal names the send and its process, copies nothing (the target stays empty, so the same copy can
+    be run again), and once the send has ended the copy goes through."""
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
+    from pipeline.store._postgres import PostgresStore
+    from tests.pg_support import fresh_database
+
+    sender, _, _ = _send_waiting_for_a_retry(site, standin)
+    with fresh_database(base) as url:
+        try:
+            assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
+            copied = run_cli(site, "db", "copy", "--to", url)
+            assert copied.returncode == 6, copied.stderr
+            assert f"issue 001-hello to list big (pid {sender.pid})" in copied.stderr, copied.stderr
+            assert copied.stderr.rstrip().endswith("wait for it to end, or stop it, then run the copy again")
+            assert "Traceback" not in copied.stderr and copied.stdout == ""
+            target = PostgresStore(url, migrate=False)
+            try:
+                assert not any(target.table_counts().values())
+            finally:
+                target.close()
+        finally:
+            _, err = sender.communicate(timeout=120)
+        assert sender.returncode == 0, err
+        again = run_cli(site, "db", "copy", "--to", url)
+        assert again.returncode == 0 and "6 deliveries" in again.stdout, again.stderr
+
+
+class _Target(SQLiteStore):
+    """A SQLite target (the copy reads the Store interface only) that runs `during` at its first load."""
+
+    during: Callable[[], None] = staticmethod(lambda: None)
+
+    def load(self, table: str, columns: list[str], rows: list[tuple[object, ...]]) -> None:
+        during, self.during = self.during, lambda: None
+        during()
+        super().load(table, columns, rows)
+
+
+def test_copy_holds_the_lock_of_every_send_until_it_is_done(tmp_path: Path) -> None:
+    source = SQLiteStore(tmp_path / "source" / "sendlog.sqlite3")
+    seed_send(source)
+    seed_send(source, list_name="other")
+    target = _Target(tmp_path / "target" / "sendlog.sqlite3")
+    holders: list[str | None] = []
+    target.during = lambda: holders.extend(SendLock(tmp_path / "source", issue="001-hello", list_name=name).take()
+                                           for name in ("sample", "other"))
+    assert copy_store(source, target)["deliveries"] == 6
+    assert holders == [str(os.getpid())] * 2  # held by the copy: a send would have been refused
+    assert SendLock(tmp_path / "source", issue="001-hello", list_name="sample").take() is None  # released after
+
+
+def test_a_send_begun_during_the_copy_is_not_in_it_and_is_named(tmp_path: Path) -> None:
+    """The copy reads one snapshot, so the new send's rows are not in it; run on PostgreSQL it would mail its
+    list again: the copy says so instead of reporting success."""
+    source = SQLiteStore(tmp_path / "source" / "sendlog.sqlite3")
+    seed_send(source)
+    other = SQLiteStore(source.path)  # another process's connection
+    target = _Target(tmp_path / "target" / "sendlog.sqlite3")
+
+    def send_later() -> None:
+        seed_send(other, issue="002-later")
+
+    target.during = send_later
+    with pytest.raises(StoreError, match="during the copy .*issue 002-later to list sample"):
+        copy_store(source, target)
+    assert target.table_counts()["sends"] == 1 and target.table_counts()["deliveries"] == 3  # the snapshot's
+
+
+def _send_waiting_for_a_retry(site: Path, standin: StandIn) -> tuple[subprocess.Popen[str], list[str], dict[str, str]]:
+    """`send --list big` (6 readers) as a process of its own, returned once it waits 10 s to retry a 429."""
     config = site / "newsletter.yaml"
     config.write_text(config.read_text("utf-8").replace("retry_budget_seconds: 5", "retry_budget_seconds: 60"),
                       "utf-8")
@@ -73,15 +166,4 @@ def test_copy_while_a_send_runs_does_not_lead_to_a_second_copy(site: Path, stand
             time.sleep(0.02)
     finally:
         store.close()
-    with fresh_database(base) as url:
-        assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
-        copied = run_cli(site, "db", "copy", "--to", url)
-        _, err = sender.communicate(timeout=120)
-        assert sender.returncode == 0, err
-        assert standin.recipients() == dict.fromkeys(addresses, 1)
-        if copied.returncode != 0:  # refused: the send was running
-            assert "Traceback" not in copied.stderr and "running" in copied.stderr, copied.stderr
-            return
-        resumed = cli(site, "send", ISSUE, "--list", "big", "--yes", env={**env, "NEWSLETTER_DATABASE_URL": url})
-        assert resumed.returncode == 0, resumed.stderr
-    assert standin.recipients() == dict.fromkeys(addresses, 1)  # nobody twice
+    return sender, addresses, env

@@ -138,7 +138,9 @@ def db_migrate() -> None:
               help="PostgreSQL URL of the new, empty database, e.g. postgresql://newsletter@db.example.org/newsletter.")
 @report_errors
 def db_copy(url: str) -> None:
-    """Move this machine's SQLite send log, suppressions and events into PostgreSQL, and verify the counts."""
+    """Move this machine's SQLite send log, suppressions and events into PostgreSQL, and verify the counts.
+
+    Refused while a send runs here; the sends copied are locked until it is done."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
     from pipeline.store import open_store
@@ -156,5 +158,7 @@ def db_copy(url: str) -> None:
     target = open_store(config, url=url, migrate=True)
     counts = copy_store(source, target)
     click.echo(f"copied to {target.where}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
-    click.echo("set NEWSLETTER_DATABASE_URL to that URL (with its password) wherever the newsletter sends or "
-               "serves; keep the SQLite file as a backup")
+    click.echo("the copy holds the SQLite send log as it was when the copy began: what is written to the SQLite "
+               "file from now on (a send, an unsubscribe) is not in it — set NEWSLETTER_DATABASE_URL to that URL "
+               "(with its password) wherever the newsletter sends or serves before the next send; keep the SQLite "
+               "file as a backup")

@@ -24,6 +24,14 @@ class SendLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        owner = self.take()
+        if owner is not None:
+            raise SendError(f"another send of {self.label} is running (pid {owner}); "
+                            f"wait for it to end, or stop that process, then run this command again "
+                            f"(the lock is {self.path})")
+
+    def take(self) -> str | None:
+        """Without waiting: None once held, else the holder's pid (for callers with their own message)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -31,12 +39,11 @@ class SendLock:
         except BlockingIOError:
             owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise SendError(f"another send of {self.label} is running (pid {owner}); "
-                            f"wait for it to end, or stop that process, then run this command again "
-                            f"(the lock is {self.path})") from None
+            return owner
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         self._fd = fd
+        return None
 
     def release(self) -> None:
         if self._fd is not None:

@@ -309,8 +309,18 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
 
     # --- copying to another store -----------------------------------------------------------------------
 
+    def snapshot(self) -> snapshot:
+        """One read transaction around several reads (`db copy`: its dumps and counts see one moment)."""
+        return snapshot(self.conn)
+
+    def send_lists(self) -> list[tuple[str, str]]:
+        """The (issue, list) of every send recorded: the send locks `db copy` holds."""
+        return [(str(i), str(n)) for i, n in self.conn.execute("SELECT DISTINCT issue, list FROM sends "
+                                                              "ORDER BY issue, list")]
+
     def table_counts(self) -> dict[str, int]:
-        return {t: int(self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
+        with snapshot(self.conn):  # the counts of one moment (inside `db copy`'s snapshot: the copied rows)
+            return {t: int(self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in TABLES}
 
     def dump(self, table: str) -> Iterator[tuple[list[str], list[tuple[object, ...]]]]:
         """A table's rows in primary-key order, 10,000 at a time, with their column names."""
