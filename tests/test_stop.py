@@ -257,6 +257,19 @@ def _wait_for_requests(standin: StandIn, proc: subprocess.Popen[str], count: int
         time.sleep(0.02)
 
 
+def test_a_signal_during_the_last_request_says_nothing_is_left(site: Path) -> None:
+    addresses = write_list(site, "big", 4)
+    with StandIn(api_key=KEY, retry_after=0, slow_seconds=1.5) as standin:
+        standin.script(["ok", "slow"])  # the second and last request is answered after 1.5 s
+        proc = _popen_send(site, environ(standin.url))
+        _wait_for_requests(standin, proc, 2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, err
+        assert "4 recipient(s) accepted by SendGrid in this run, 4 of 4 in all. Nothing is left to send" in err
+        assert "resume" not in err and standin.recipients() == dict.fromkeys(addresses, 1)
+
+
 @pytest.mark.parametrize(("signum", "name", "code"), [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143)])
 def test_signal_lets_the_request_in_flight_finish_then_the_same_command_resumes(
         site: Path, signum: int, name: str, code: int) -> None:

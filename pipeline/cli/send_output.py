@@ -116,6 +116,8 @@ def interrupted(config: Config, plan: Plan, issue_dir: Path, outbox: Path | None
             f"{entry.get('accepted', 0)} of {plan.listed} in all")
     if entry.get("in_doubt", 0):
         text += f", {entry['in_doubt']} in doubt (a request got no answer; never sent twice)"
+    elif not entry.get("pending", 0) and not entry.get("failed", 0):  # the stop came with the last answer
+        return text + ". Nothing is left to send"
     text += ". Run the same command again to resume: it sends only to recipients not accepted yet"
     if entry.get("pending", 0) and this_run < plan.to_send:
         text += (" (if a request was under way, its recipients are put in doubt then, never sent twice; "
