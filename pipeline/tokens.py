@@ -38,7 +38,7 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 # Only for `send --outbox` without NEWSLETTER_SECRET: links it signs are marked and useless for real mail.
 THROWAWAY_SECRET = b"outbox-throwaway-secret-not-for-real-mail"
 CREATE_SECRET_HINT = (
-    f'create one with `python -c "import secrets; print(secrets.token_urlsafe(32))"`, '
+    f'create one with `python3 -c "import secrets; print(secrets.token_urlsafe(32))"`, '
     f"keep it in your password manager and export {SECRET_ENV}=<that value> before sending"
 )
 
