@@ -219,6 +219,9 @@ def test_a_pause_kept_past_72_hours_is_sent_again_as_the_refusal_to_resume_says(
         store.close()
     refused = cli(site, "resume", ISSUE, "--list", "big", env=env)
     assert refused.returncode == 5 and "--resend-cancelled" in refused.stderr, refused.stderr
+    status = cli(site, "status", ISSUE, env=env)
+    assert "SendGrid discarded the mail it held (paused more than 72 hours past its time)" in status.stdout
+    assert "--list big --resend-cancelled` sends it" in status.stdout, status.stdout
     before = len(standin.accepted)
     resent = cli(site, "send", ISSUE, "--list", "big", "--yes", "--resend-cancelled", env=env)
     assert resent.returncode == 0, resent.stderr

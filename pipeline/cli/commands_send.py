@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -132,10 +133,16 @@ def status(issue_dir: Path, as_json: bool) -> None:
             click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
                        f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
             if entry.get("schedule_state"):
-                undo = "resume" if entry["schedule_state"] == "paused" else "send"
-                extra = "" if undo == "resume" else " --resend-cancelled"
-                click.echo(f"  {entry['schedule_state']} on {entry['schedule_changed_at']} (SendGrid batch "
-                           f"{entry['batch_id']}); `newsletter {undo} {issue_dir} --list {name}{extra}` sends it")
+                from pipeline.send.schedule import PAUSE_KEPT_SECONDS
+
+                state, at = entry["schedule_state"], entry["send_at"]
+                kept = state == "paused" and not (at and at + PAUSE_KEPT_SECONDS <= time.time())
+                gone = "" if kept else ", and SendGrid discarded the mail it held" + (
+                    " (paused more than 72 hours past its time)" if state == "paused" else "")
+                undo = "resume" if kept else "send"
+                extra = "" if kept else " --resend-cancelled"
+                click.echo(f"  {state} on {entry['schedule_changed_at']} (SendGrid batch {entry['batch_id']}){gone}; "
+                           f"`newsletter {undo} {issue_dir} --list {name}{extra}` sends it")
             if entry["in_doubt_recipients"]:
                 click.echo(f"  in doubt ({entry['in_doubt']}): their request got no answer (a crash leaves at most "
                            "sending.concurrency requests so); they may have received "
