@@ -27,6 +27,14 @@ def test_copy_refuses_what_is_not_a_postgresql_url(site: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_copy_to_a_malformed_postgresql_url_names_the_option(site: Path) -> None:
+    assert run_cli(site, "db", "migrate").returncode == 0  # the SQLite send log to copy
+    for url in ("postgresql://newsletter@127.0.0.1:1/news?colour=blue", "postgresql://newsletter@[::1/news"):
+        result = run_cli(site, "db", "copy", "--to", url)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "--to" in result.stderr and "NEWSLETTER_DATABASE_URL" not in result.stderr
+
+
 def test_migrate_then_copy_the_sqlite_history_into_postgresql(site: Path) -> None:
     base = os.environ.get(PG_URL_ENV)
     if not base:
