@@ -127,4 +127,7 @@ def read_yaml(path: Path, *, schema: str) -> tuple[Any, list[Problem]]:
     except UnicodeDecodeError as exc:
         return None, [Problem(message=f"not valid UTF-8 (byte {exc.start})", file=path,
                               fix="save the file as UTF-8")]
+    except OSError as exc:  # a folder where the file should be, no permission
+        return None, [Problem(message=f"not a file that can be read ({exc.strerror})", file=path,
+                              fix=f"make {path.name} a readable file")]
     return parse_yaml(text, file=path, schema=schema)

@@ -27,6 +27,21 @@ def test_copy_refuses_what_is_not_a_postgresql_url(site: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_copy_to_a_malformed_postgresql_url_names_the_option(site: Path) -> None:
+    assert run_cli(site, "db", "migrate").returncode == 0  # the SQLite send log to copy
+    for url in ("postgresql://newsletter@127.0.0.1:1/news?colour=blue", "postgresql://newsletter@[::1/news"):
+        result = run_cli(site, "db", "copy", "--to", url)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "--to" in result.stderr and "NEWSLETTER_DATABASE_URL" not in result.stderr
+
+
+def test_an_unreadable_database_url_never_shows_its_password(site: Path) -> None:
+    for url in ("postgresql://newsletter:pw-s3cr3t%zz@127.0.0.1:1/news", "postgresql://newsletter:pw-s3cr3t@[::1/news"):
+        result = run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url})
+        assert result.returncode == 6 and "Traceback" not in result.stderr, result.stderr
+        assert "NEWSLETTER_DATABASE_URL" in result.stderr and "s3cr3t" not in result.stderr
+
+
 def test_migrate_then_copy_the_sqlite_history_into_postgresql(site: Path) -> None:
     base = os.environ.get(PG_URL_ENV)
     if not base:

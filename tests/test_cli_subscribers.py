@@ -103,3 +103,19 @@ def test_check_json(site: Path) -> None:
     data = json.loads(done.stdout)
     assert (data["list"], data["rows"], data["valid"], data["invalid"], data["duplicates"]) == ("mixed", 3, 1, 1, 1)
     assert data["problems"][0]["line"] == 3 and data["problems"][0]["severity"] == "error"
+
+
+def test_import_does_not_add_rows_the_list_check_would_refuse(site: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    export = tmp_path / "export.csv"
+    export.write_text("Email Address,First Name,City\n"
+                      "ok@example.org,Ok,Seoul\n"
+                      "esc@example.org,Evil\x1b[31m,Seoul\n"
+                      f"big@example.org,Big,{'Ω' * 6000}\n", "utf-8")
+    imported = run(site, monkeypatch, "import", str(export), "--list", "weekly")
+    assert imported.exit_code == 0, imported.output
+    assert "1 added, 0 already present, 2 invalid" in imported.stdout
+    assert "export.csv:3: error: the name holds a control character" in imported.stderr
+    assert "export.csv:4: error: the name and merge fields of this row" in imported.stderr
+    checked = run(site, monkeypatch, "check", "weekly")
+    assert checked.exit_code == 0, checked.output

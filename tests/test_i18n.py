@@ -170,3 +170,35 @@ def test_a_translation_that_breaks_its_placeholders_shows_in_english_and_check_s
     [problem] = missing_messages(theme, "ko")
     assert "the translation of 'No. %(number)s' does not fit its placeholders" in problem.message
     assert problem.file == po and not problem.blocking
+
+
+def test_a_catalogue_that_is_not_utf8_is_named_by_check_and_build_without_a_traceback(sample_root: Path) -> None:
+    po = catalogue_path(sample_root / "templates" / "default", "ko")
+    po.write_bytes(po.read_bytes() + b'\nmsgid "x"\nmsgstr "\xff"\n')
+    for command in ("check", "build"):
+        done = run_cli(sample_root, command, SAMPLE)
+        assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+        assert "ko/LC_MESSAGES/messages.po" in done.stderr and "UTF-8" in done.stderr
+
+
+def test_serve_answers_with_a_catalogue_that_is_not_utf8(sample_root: Path) -> None:
+    from loop_support import SECRET, request, running
+
+    from pipeline import tokens
+    from pipeline.store._sqlite import SQLiteStore
+    from pipeline.web.app import Settings, create_app
+
+    config = load_config(sample_root)
+    po = catalogue_path(config.theme_dir, config.language)
+    po.write_bytes(po.read_bytes() + b'\nmsgid "x"\nmsgstr "\xff"\n')
+    settings = Settings(config=config, secret=SECRET, webhook_key=None,
+                        open_store=lambda: SQLiteStore(config.sendlog_path))
+    token = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue="027-2022-04-01")
+    with running(create_app(settings)) as url:
+        status, _, _ = request("GET", f"{url}/unsubscribe/{token}")
+        assert status == 200
+        status, _, body = request("POST", f"{url}/unsubscribe/{token}", data=b"List-Unsubscribe=One-Click",
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200 and body == b"Unsubscribed.\n"
+        status, _, _ = request("GET", f"{url}/archive/nope/")
+        assert status == 404

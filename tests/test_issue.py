@@ -84,3 +84,22 @@ def test_article_without_front_matter(site: Path) -> None:
 def test_not_a_folder(site: Path) -> None:
     with pytest.raises(IssueError, match="is not a folder"):
         load_issue(site / "issues" / "nope", load_config(site))
+
+
+def test_a_folder_where_issue_yaml_or_an_article_should_be_is_named(site: Path) -> None:
+    folder = site / "issues" / "001-hello"
+    (folder / "articles" / "hello.md").unlink()
+    (folder / "articles" / "hello.md").mkdir()
+    (message,) = problems_of(site)
+    assert "articles/hello.md" in message and "not a file" in message
+    (folder / "issue.yaml").unlink()
+    (folder / "issue.yaml").mkdir()
+    (message,) = problems_of(site)
+    assert "issue.yaml" in message and "not a file" in message
+
+
+@pytest.mark.parametrize("alt", ["", " 5", " [a, b]", " {text: x}"])
+def test_an_image_alt_left_empty_or_not_text_is_a_problem_of_its_line(site: Path, alt: str) -> None:
+    edit(site / "issues/001-hello/articles/hello.md", "image_alt: A blue square", f"image_alt:{alt}")
+    found = "\n".join(problems_of(site))
+    assert "hello.md:7: error: field image_alt" in found

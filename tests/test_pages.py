@@ -215,3 +215,17 @@ def test_a_broken_unsubscribe_page_of_the_theme_still_lets_readers_unsubscribe(s
         status, _, body = request("POST", f"{url}/unsubscribe/{token}", data=b"action=unsubscribe",
                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert status == 200 and b"You are unsubscribed" in body
+
+
+def test_an_unsubscribe_page_of_the_theme_that_raises_falls_back_to_the_default_one(sample_root: Path) -> None:
+    config = load_config(sample_root)
+    page = config.theme_dir / "pages" / "unsubscribe.html.j2"
+    text = page.read_text("utf-8")
+    assert "{%- block content %}" in text
+    page.write_text(text.replace("{%- block content %}", "{%- block content %}{{ 1 / 0 }}"), "utf-8")
+    settings = Settings(config=config, secret=SECRET, webhook_key=None,
+                        open_store=lambda: SQLiteStore(config.sendlog_path))
+    token = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue=SAMPLE)
+    with running(create_app(settings)) as url:
+        status, _, body = request("GET", f"{url}/unsubscribe/{token}")
+        assert status == 200 and b'<button type="submit" id="unsubscribe">' in body  # the default theme's page

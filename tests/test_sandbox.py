@@ -77,3 +77,52 @@ def test_what_the_readme_documents_still_works(site: Path) -> None:
     config = load_config(site)
     email = render_email(load_issue(site / "issues" / "001-hello", config), config)
     assert "Test Weekly editor@example.org" in email.text and "%%city%%" in email.text
+
+
+RUNTIME_ERRORS = [
+    "{{ 1 / 0 }}",
+    "{{ 'a' + 1 }}",
+    "{{ range(1000000) | list | length }}",  # the sandbox's own limit on range()
+    "{{ issue.date | localdate('qqqqqqqqqq') }}",
+    "{{ 'x' | localnumber }}",
+    "{{ '%d' % 'x' }}",
+]
+
+
+@pytest.mark.parametrize("expression", RUNTIME_ERRORS)
+def test_a_template_that_fails_while_rendering_is_named_with_its_line(site: Path, expression: str) -> None:
+    line = _add_line(site, "email.txt.j2", expression)
+    config = load_config(site)
+    with pytest.raises(IssueError) as caught:
+        render_email(load_issue(site / "issues" / "001-hello", config), config)
+    [problem] = caught.value.problems
+    assert problem.file == site / "templates" / "plain" / "email.txt.j2" and problem.line == line
+
+
+def test_build_names_a_theme_file_that_is_not_utf8_without_a_traceback(site: Path) -> None:
+    for name in ("email.txt.j2", "inline.css"):
+        path = site / "templates" / "plain" / name
+        original = path.read_bytes()
+        path.write_bytes(original + b"\xff\n")
+        done = run_cli(site, "build", "issues/001-hello")
+        assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+        assert f"templates/plain/{name}" in done.stderr and "UTF-8" in done.stderr
+        path.write_bytes(original)
+
+
+def _at_most_4_gib() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # so that a failure is a MemoryError, not the OOM killer
+
+
+def test_a_template_cannot_repeat_a_string_into_gigabytes(site: Path) -> None:
+    import subprocess
+    import sys
+
+    line = _add_line(site, "email.txt.j2", "{{ 'x' * 10 ** 10 }}")
+    done = subprocess.run([sys.executable, "-m", "pipeline", "build", "issues/001-hello"], cwd=site,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                          capture_output=True, text=True, timeout=120, preexec_fn=_at_most_4_gib)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert f"templates/plain/email.txt.j2:{line}: error: template refused by the theme sandbox" in done.stderr

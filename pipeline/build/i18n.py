@@ -20,7 +20,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import NullTranslations, Translations
 
-from pipeline.errors import Problem
+from pipeline.errors import IssueError, Problem
 
 SOURCE_LANGUAGE = "en"
 DOMAIN = "messages"
@@ -44,8 +44,16 @@ def locale_name(language: str) -> str:
 
 
 def _read_catalogue(path: Path) -> Catalog:
-    with path.open("rb") as fp:
-        return read_po(fp)
+    """The catalogue; IssueError naming it when it cannot be read (not UTF-8, a folder, no permission)."""
+    try:
+        with path.open("rb") as fp:
+            return read_po(fp)
+    except (OSError, UnicodeDecodeError, LookupError) as exc:
+        reason = "not valid UTF-8 (nor the charset its header names)" if isinstance(exc, UnicodeDecodeError) else (
+            getattr(exc, "strerror", None) or str(exc))
+        raise IssueError("the theme's catalogue cannot be read:", problems=[Problem(
+            message=f"the catalogue cannot be read: {reason}", file=path,
+            fix="save it as UTF-8 text, or make it again with pybabel init or update (see README, Themes)")]) from None
 
 
 def _formats(msgid: str, msgstr: str) -> bool:
@@ -157,7 +165,10 @@ def missing_messages(theme_dir: Path, language: str) -> list[Problem]:
         return [Problem(message=f"the theme has no catalogue for {language!r}: its {len(used)} fixed strings "
                         "stay in English", file=paths[-1], blocking=False,
                         fix="add the catalogue (pybabel init, see README, Themes) and translate it")]
-    catalogue = _read_catalogue(path)
+    try:
+        catalogue = _read_catalogue(path)
+    except IssueError as exc:
+        return list(exc.problems)
     broken = _bad_translations(catalogue)
     problems = [Problem(message=f"the translation of {msgid!r} does not fit its placeholders (a stray % or an "
                         "unknown %(name)s), so it shows in English", file=path, blocking=False,

@@ -161,6 +161,10 @@ def _load_article(folder: Path, articles: str, name: str, listed_in: Path,
         problems.append(Problem(message=f"not valid UTF-8 (byte {exc.start})", file=file,
                                 fix="save the file as UTF-8"))
         return None
+    except OSError as exc:  # a folder where the article should be, no permission
+        problems.append(Problem(message=f"article {articles}/{name} is not a file that can be read ({exc.strerror})",
+                                file=file, fix=f"make {articles}/{name} a readable Markdown file"))
+        return None
     match = _FRONT_MATTER.match(text)
     if not match:
         problems.append(Problem(message="no front matter", file=file, line=1,
@@ -175,10 +179,11 @@ def _load_article(folder: Path, articles: str, name: str, listed_in: Path,
         if not (folder / meta["image"]).is_file():
             problems.append(Problem(message=f"image {meta['image']} does not exist", file=file,
                                     fix="add the file to the issue folder or correct the path"))
-        if not meta.get("image_alt", "").strip():
+        alt = meta.get("image_alt")
+        if not isinstance(alt, str) or not alt.strip():  # a wrong type is also the schema's problem
             problems.append(Problem(message=f"image {meta['image']} has no image_alt", file=file,
                                     fix="describe the image in image_alt for screen readers and blocked images"))
-        image = Image(path=Path(meta["image"]), alt=meta.get("image_alt", ""))
+        image = Image(path=Path(meta["image"]), alt=alt if isinstance(alt, str) else "")
     body = text[match.end():].strip()
     _check_links(folder, file, [meta["link"]] if isinstance(meta.get("link"), str) else [], body, problems)
     if found:

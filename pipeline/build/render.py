@@ -153,7 +153,12 @@ def environment(theme_dir: Path, cache_dir: Path | None = None,
     return env
 
 
-def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
+#: What a template can raise while it renders besides Jinja's own errors: `{{ 1 / 0 }}`, `{{ 'a' + 1 }}`, the
+#: sandbox's limit on range(), a date pattern Babel refuses. Reported like a template error, with file and line.
+RUNTIME_ERRORS = (ArithmeticError, TypeError, ValueError, LookupError, AttributeError, RecursionError)
+
+
+def _template_problem(exc: jinja2.TemplateError | Exception, theme_dir: Path) -> Problem:
     name = getattr(exc, "filename", None) or getattr(exc, "name", None)
     line = getattr(exc, "lineno", None)
     if line is None:
@@ -164,10 +169,11 @@ def _template_problem(exc: jinja2.TemplateError, theme_dir: Path) -> Problem:
             if tb.tb_frame.f_code.co_filename.startswith(str(theme_dir)):
                 name, line = tb.tb_frame.f_code.co_filename, tb.tb_lineno
             tb = tb.tb_next
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     if isinstance(exc, SecurityError):
-        return Problem(message=f"template refused by the theme sandbox: {exc.message or exc}",
+        return Problem(message=f"template refused by the theme sandbox: {message}",
                        file=Path(name) if name else theme_dir, line=line, fix=SECURITY_FIX)
-    return Problem(message=f"template error: {exc.message or exc}",
+    return Problem(message=f"template error: {message}",
                    file=Path(name) if name else theme_dir, line=line,
                    fix="fix the template; every variable it uses must exist (see README, Templates)")
 
@@ -305,7 +311,7 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         raise IssueError(f"theme {config.theme!r} is incomplete:", problems=[Problem(
             message=f"template {exc.name} not found", file=theme_dir,
             fix="every theme needs email.mjml.j2, email.txt.j2 and inline.css")]) from None
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, *RUNTIME_ERRORS) as exc:
         raise IssueError("a template failed to render:", problems=[_template_problem(exc, theme_dir)]) from None
     try:
         compiled = mjml.mjml2html(source, fonts={})
@@ -317,6 +323,10 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
             exc, source, failed_mjml or theme_dir / "email.mjml.j2 (rendered)")
         raise IssueError("the MJML did not compile:", problems=[problem]) from None
     css_file = theme_dir / "inline.css"
-    css = css_file.read_text("utf-8") if css_file.is_file() else ""
+    try:
+        css = css_file.read_text("utf-8") if css_file.is_file() else ""
+    except UnicodeDecodeError as exc:
+        raise IssueError(f"theme {config.theme!r} cannot be used:", problems=[Problem(
+            message=f"not valid UTF-8 (byte {exc.start})", file=css_file, fix="save the file as UTF-8")]) from None
     return Email(subject=issue.subject, preheader=issue.preheader, language=issue.language,
                  html=html_tags(inline_css(compiled, css)), text=text, mjml=source)

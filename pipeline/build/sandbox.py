@@ -22,6 +22,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import jinja2
+import jinja2.runtime
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -42,6 +43,9 @@ SECURITY_FIX = ("a theme may use only what README (Themes, Context) lists, and f
                 "remove that expression from the template")
 
 
+MAX_REPEAT = 1_000_000  # `'x' * n` or `[..] * n`: at most this many characters or items
+
+
 class ThemeLoader(jinja2.FileSystemLoader):
     """FileSystemLoader that refuses `..` and absolute names, and files that resolve outside the theme."""
 
@@ -54,14 +58,30 @@ class ThemeLoader(jinja2.FileSystemLoader):
         parts = template.replace("\\", "/").split("/")
         if template.startswith(("/", "\\")) or ".." in parts:
             raise SecurityError(f"template {template!r} lies outside the theme folder")
-        source, filename, uptodate = super().get_source(environment, template)
+        try:
+            source, filename, uptodate = super().get_source(environment, template)
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise jinja2.TemplateSyntaxError(f"not valid UTF-8 (byte {exc.start}) — save the file as UTF-8", line,
+                                             template, str(Path(self.searchpath[0]) / template)) from None
         if not Path(filename).resolve().is_relative_to(self.root):
             raise SecurityError(f"template {template!r} is a link to a file outside the theme folder")
         return source, filename, uptodate
 
 
 class ThemeEnvironment(ImmutableSandboxedEnvironment):
-    """The sandbox, with only the documented attributes of our own objects."""
+    """The sandbox, with only the documented attributes of our own objects, and no text or list repeated into
+    gigabytes (`'x' * 10 ** 10`), which would take the machine's memory."""
+
+    intercepted_binops = frozenset({"*"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_REPEAT:
+                    raise SecurityError(f"repeating a value into {len(seq) * times} characters or items (at most "
+                                        f"{MAX_REPEAT})")
+        return super().call_binop(context, operator, left, right)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if not super().is_safe_attribute(obj, attr, value):

@@ -59,7 +59,7 @@ def subscribers_import(file: Path, list_name: str) -> None:
 
     config = load_config()
     dest = list_path(config, list_name, must_exist=False)
-    result = import_export(file, dest)
+    result = import_export(file, dest, base_url=config.base_url)
     print_problems(result.problems)
     suppressed = 0
     if result.to_suppress:

@@ -26,6 +26,8 @@ from pathlib import Path
 from pipeline.errors import Problem, SubscriberError
 from pipeline.lists.subscribers import (
     EMAIL_COLUMN,
+    FIELD_NAME,
+    LANGUAGE_COLUMN,
     NAME_COLUMN,
     RESERVED_FIELDS,
     CsvFile,
@@ -36,6 +38,7 @@ from pipeline.lists.subscribers import (
     note_hidden,
     note_invalid,
 )
+from pipeline.lists.values import RowRule
 
 MAILCHIMP_SYSTEM = frozenset({
     "MEMBER_RATING", "OPTIN_TIME", "OPTIN_IP", "CONFIRM_TIME", "CONFIRM_IP", "LATITUDE", "LONGITUDE",
@@ -132,8 +135,9 @@ def _existing(dest: Path) -> tuple[list[str], set[int]]:
     return current.header, keys
 
 
-def import_export(src: Path, dest: Path) -> ImportResult:
-    """Append the export's new, valid, subscribed addresses to `dest` (created with a header if missing)."""
+def import_export(src: Path, dest: Path, *, base_url: str = "") -> ImportResult:
+    """Append the export's new, valid, subscribed addresses to `dest` (created with a header if missing); a row
+    the list's bad-row rule refuses (pipeline.lists.values, as `check` and `send` apply it) is invalid here too."""
     source = CsvFile(src)
     mapping = detect(source)
     header, seen = _existing(dest)
@@ -141,6 +145,9 @@ def import_export(src: Path, dest: Path) -> ImportResult:
     present = {h.lower() for h in header}
     columns = header + [name for _i, name in mapping.fields if name not in present]
     width = len(source.header)
+    merge = [c for c in columns if FIELD_NAME.fullmatch(c)
+             and c.lower() not in (EMAIL_COLUMN, NAME_COLUMN, LANGUAGE_COLUMN, *RESERVED_FIELDS)]
+    rule = RowRule(base_url=base_url, list_name=dest.stem, columns=merge)
     new_rows: list[list[str]] = []
     for line, row, bad_utf8 in source.rows():
         email, why = check_cells(row, bad_utf8, width, mapping.email_at)
@@ -152,13 +159,18 @@ def import_export(src: Path, dest: Path) -> ImportResult:
         if reason:
             result.to_suppress.append((email, reason))
             continue
+        values = {EMAIL_COLUMN: email, NAME_COLUMN: clean_name(mapping.name(row))}
+        values.update((name, _cell(row, index)) for index, name in mapping.fields)
+        why = rule.problem(email, values[NAME_COLUMN], {c: values.get(c.lower(), "") for c in merge})
+        if why:
+            result.invalid += 1
+            note_invalid(result.problems, result.invalid, src, line, why, IMPORT_FIX)
+            continue
         key = dedupe_key(email)
         if key in seen:
             result.already_present += 1
             continue
         seen.add(key)
-        values = {EMAIL_COLUMN: email, NAME_COLUMN: clean_name(mapping.name(row))}
-        values.update((name, _cell(row, index)) for index, name in mapping.fields)
         new_rows.append([values.get(c.lower(), "") for c in columns])
     note_hidden(result.problems, result.invalid, src, IMPORT_FIX)
     if new_rows:

@@ -383,8 +383,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def import_export(src: Path, dest: Path) -> ImportResult:
+def import_export(src: Path, dest: Path, *, base_url: str = "") -> ImportResult:
     """Append a Mailchimp or Substack export (or a plain CSV) to a list; see pipeline.lists.importing."""
     from pipeline.lists.importing import import_export as run
 
-    return run(src, dest)
+    return run(src, dest, base_url=base_url)

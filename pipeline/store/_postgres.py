@@ -70,10 +70,11 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
     def __init__(self, url: str, *, migrate: bool) -> None:
         self._url = url
         self.where = where(url)
+        self._readable = True
         try:
             self._password = str(conninfo_to_dict(url).get("password") or "")
         except psycopg.Error:
-            self._password = ""
+            self._password, self._readable = "", False
         self.conn = self._connect()
         try:
             if migrate:
@@ -99,6 +100,8 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
                              f"again") from None
 
     def _detail(self, exc: BaseException) -> str:
+        if not self._readable:  # libpq's message quotes the URL or a part of it: maybe the password
+            return "a bracket, a %-escape or a parameter after ? that PostgreSQL does not know"
         text = " ".join(str(exc).split()) or type(exc).__name__
         return text.replace(self._password, "***") if self._password else text
 

@@ -151,8 +151,12 @@ def create_app(settings: Settings) -> Starlette:
 
     def _(message: str) -> str:
         """The theme's catalogue in the newsletter's language (pipeline.build.i18n), for the plain-text answers;
-        looked up per call, so an edited catalogue shows without a restart."""
-        return translations(config.theme_dir, config.language).gettext(message)
+        looked up per call, so an edited catalogue shows without a restart; one that cannot be read: English."""
+        try:
+            return translations(config.theme_dir, config.language).gettext(message)
+        except PipelineError as exc:
+            log.error("%s", exc)
+            return message
 
     def page(name: str, status: int = 200, **context: Any) -> Response:
         """A page of the theme (pipeline.web.pages) for the unsubscribe link, never cached or indexed. A broken

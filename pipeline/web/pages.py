@@ -16,9 +16,9 @@ from typing import Any
 
 import jinja2
 
-from pipeline.build.render import _template_problem, environment
+from pipeline.build.render import RUNTIME_ERRORS, _template_problem, environment
 from pipeline.config import Config
-from pipeline.errors import IssueError, Problem
+from pipeline.errors import IssueError, PipelineError, Problem
 from pipeline.scaffold import BUNDLED_THEME
 
 log = logging.getLogger("pipeline.web.pages")
@@ -53,8 +53,10 @@ def render_page(config: Config, name: str, *, language: str | None = None, archi
             problem = Problem(message=f"template {exc.name} not found", file=theme / "pages",
                               fix="a theme's pages/ needs base, index, issue, message and unsubscribe "
                                   "(.html.j2); copy them from templates/default/pages")
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, *RUNTIME_ERRORS) as exc:
             problem = _template_problem(exc, theme)
+        except PipelineError as exc:  # e.g. the theme's catalogue cannot be read
+            problem = exc.problems[0] if exc.problems else Problem(message=str(exc), file=theme)
         if len(themes) > 1 and theme == themes[0]:
             log.error("page %s of the theme failed (%s), shown with the default theme's", name, problem.message)
     assert problem is not None
