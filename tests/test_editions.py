@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -40,6 +39,7 @@ def test_the_sample_issue_has_an_english_and_a_korean_edition(sample_root: Path)
 @pytest.mark.parametrize(("tag", "expected"), [
     ("ko", "ko"), ("ko-KR", "ko"), ("KO_kr", "ko"), ("en-US", "en"), ("en", "en"),
     ("fr", "en"), ("", "en"), (None, "en"), ("<script>", "en"), ("x" * 500, "en"), ("ko-KR-x-" + "a" * 40, "en"),
+    ("ko.UTF-8", "en"), ("ko@euro", "en"), ("ko_KR.UTF-8", "en"),  # POSIX locale names, not language tags
 ])
 def test_pick_gives_the_edition_for_a_language_tag_else_the_default(sample_root: Path, tag: str | None,
                                                                     expected: str) -> None:
@@ -85,11 +85,12 @@ def test_check_covers_every_edition(sample_root: Path) -> None:
     assert "article articles/ko/daegu-ai-transport.md does not exist" in result.stderr
 
 
-def test_an_edition_file_must_be_named_with_a_language(sample_root: Path) -> None:
-    shutil.copy(sample_root / SAMPLE / "issue.ko.yaml", sample_root / SAMPLE / "issue.korean.yaml")
+@pytest.mark.parametrize("name", ["korean", "ko.UTF-8", "ko@euro"])  # the last two: POSIX locale names
+def test_an_edition_file_must_be_named_with_a_language(sample_root: Path, name: str) -> None:
+    (sample_root / SAMPLE / "issue.ko.yaml").rename(sample_root / SAMPLE / f"issue.{name}.yaml")
     result = run_cli(sample_root, "check", SAMPLE)
     assert result.returncode == 3
-    assert "issue.korean.yaml: error: 'korean' in the file name is not a language tag" in result.stderr
+    assert f"issue.{name}.yaml: error: '{name}' in the file name is not a language tag" in result.stderr
 
 
 def test_build_writes_every_edition_and_one_hash_over_all(sample_root: Path) -> None:

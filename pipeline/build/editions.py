@@ -21,6 +21,9 @@ from pipeline.schema import read_yaml
 
 EDITION_FILE = re.compile(r"^issue(?:\.(.+))?\.yaml$")  # issue.yaml, issue.ko.yaml
 MAX_TAG = 35  # RFC 5646 suggests tags up to 35 characters suffice
+# The shape of a BCP 47 tag (language, then subtags of letters and digits): Babel also reads POSIX locale names
+# such as ko.UTF-8 or ko@euro, which would end up in <html lang>, Content-Language and archive paths.
+TAG_SHAPE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def pick_language(tag: str | None, languages: tuple[str, ...]) -> str | None:
     if not tag or len(tag) > MAX_TAG:
         return None
     tag = tag.strip().replace("_", "-")
+    if not TAG_SHAPE.fullmatch(tag):
+        return None
     try:
         wanted = Locale.parse(tag, sep="-")
     except (ValueError, UnknownLocaleError):
@@ -70,10 +75,12 @@ def edition_files(folder: Path) -> list[tuple[str, Path]]:
 
 def _valid_tag(language: str, file: Path) -> Problem | None:
     try:
-        Locale.parse(language, sep="-")
-        return None
+        if TAG_SHAPE.fullmatch(language) and len(language) <= MAX_TAG:
+            Locale.parse(language, sep="-")
+            return None
     except (ValueError, UnknownLocaleError):
-        return Problem(message=f"{language!r} in the file name is not a language tag Babel knows", file=file,
+        pass
+    return Problem(message=f"{language!r} in the file name is not a language tag Babel knows", file=file,
                        fix="name the file issue.<language>.yaml with a BCP 47 tag, e.g. issue.ko.yaml")
 
 

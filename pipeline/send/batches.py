@@ -215,7 +215,8 @@ def parse_send_at(text: str, *, now: dt.datetime | None = None) -> int:
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise SendError(f"--at {text!r} is not an ISO 8601 time — write it like 2026-03-01T09:00:00+09:00") from None
+        raise SendError(f"--at {text[:40]!r} is not an ISO 8601 time — write it like "
+                        "2026-03-01T09:00:00+09:00") from None
     if when.tzinfo is None:
         raise SendError(f"--at {text!r} has no UTC offset — add one, e.g. {text}+09:00 or {text}Z")
     current = now or dt.datetime.now(dt.UTC)

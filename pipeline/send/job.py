@@ -184,7 +184,7 @@ class SendJob:
 
         found = pick_language(wanted, tuple(self._emails))
         if found is None:
-            raise SendError(f"--language {wanted!r}: issue {self.issue_dir.resolve().name} has no such edition — "
+            raise SendError(f"--language {wanted[:40]!r}: issue {self.issue_dir.resolve().name} has no such edition — "
                             f"give one of {', '.join(self._emails)}, or leave --language out for the list's "
                             "first recipient's edition")
         return found
