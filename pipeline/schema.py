@@ -90,6 +90,30 @@ def _describe(error: jsonschema_rs.ValidationError, schema: dict[str, Any]) -> t
     return f"field {field}: {error.message}", f"expected {hint}" if hint else "correct the value"
 
 
+def _duplicate_keys(node: yaml.Node | None, file: Path, line_offset: int) -> list[Problem]:
+    """A key given twice in one mapping: YAML keeps the last silently, so a pasted line would win unseen."""
+    problems, todo, visited = [], [node], set()
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in visited:
+            continue
+        visited.add(id(current))
+        if isinstance(current, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in current.value:
+                line = key.start_mark.line + 1 + line_offset
+                if isinstance(key, yaml.ScalarNode) and key.value in first:
+                    problems.append(Problem(message=f"field {key.value!r} is given twice (first on line "
+                                            f"{first[key.value]}); only this one would count", file=file,
+                                            line=line, fix="keep one of the two"))
+                elif isinstance(key, yaml.ScalarNode):
+                    first[key.value] = line
+                todo.append(value)
+        elif isinstance(current, yaml.SequenceNode):
+            todo.extend(current.value)
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
 def parse_yaml(text: str, *, file: Path, schema: str, line_offset: int = 0) -> tuple[Any, list[Problem]]:
     """Parse and validate; returns (data, problems). Data is None when the YAML itself is broken."""
     loader = _Loader(text)
@@ -106,7 +130,7 @@ def parse_yaml(text: str, *, file: Path, schema: str, line_offset: int = 0) -> t
         loader.dispose()
     if data is None:
         data = {}
-    problems: list[Problem] = []
+    problems = _duplicate_keys(node, file, line_offset)
     rules = load_schema(schema)
     for error in sorted(_validator(schema).iter_errors(data), key=lambda e: list(map(str, e.instance_path))):
         if isinstance(error.kind, jsonschema_rs.ValidationErrorKind.AdditionalProperties):

@@ -38,6 +38,15 @@ def test_every_problem_is_reported_with_its_line(site: Path) -> None:
     assert any("batch_size" in p and "1 to 1000" in p for p in found)
 
 
+def test_a_key_given_twice_in_the_config_is_an_error(site: Path) -> None:
+    path = site / "newsletter.yaml"
+    path.write_text(path.read_text("utf-8").replace("  batch_size: 2", "  batch_size: 2\n  batch_size: 500"), "utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(site)
+    (found,) = [str(p) for p in caught.value.problems]
+    assert "'batch_size' is given twice" in found and "keep one of the two" in found
+
+
 def test_unknown_theme_names_the_folder(site: Path) -> None:
     path = site / "newsletter.yaml"
     path.write_text(path.read_text("utf-8").replace("theme: plain", "theme: fancy"), "utf-8")

@@ -40,6 +40,14 @@ def test_broken_yaml_names_file_and_line(site: Path) -> None:
     assert "issue.yaml:3" in message or "issue.yaml:4" in message
 
 
+def test_a_field_given_twice_is_named_with_both_lines(site: Path) -> None:
+    path = site / "issues/001-hello/issue.yaml"
+    path.write_text(path.read_text("utf-8") + "subject: Pasted again\n", "utf-8")
+    (message,) = problems_of(site)
+    last = len(path.read_text("utf-8").splitlines())
+    assert f"issue.yaml:{last}" in message and "'subject' is given twice (first on line 3)" in message
+
+
 def test_missing_unknown_and_wrong_fields_are_all_reported(site: Path) -> None:
     path = site / "issues/001-hello/issue.yaml"
     edit(path, "number: 1\n", "numbr: 1\n")
