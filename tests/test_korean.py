@@ -169,6 +169,10 @@ def test_images_warnings_and_weight(korean_root: Path) -> None:
     heavy = [(file, message) for file, message, _ in image_warnings() if "weighs" in message]
     assert heavy == [("banner.md", "image images/banner-wide.png weighs 0 KB, over images.max_kb (0.1)"),
                      ("photo.md", "image images/photo-700.png weighs 0 KB, over images.max_kb (0.1)")]
+    (korean_root / HOSTILE / "images/badge.png").write_bytes(b"RIFF\x00\x00\x00\x00WEBPVP8 ")  # WebP named .png
+    assert [w for w in image_warnings() if "badge" in w[1]][0] == (
+        "badge.md", "image images/badge.png is not a PNG, JPEG or GIF file (by its first bytes): some mail clients "
+        "would show a broken image", False)
 
 
 def test_sample_image_keeps_filling_the_column(tmp_path: Path) -> None:

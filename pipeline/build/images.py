@@ -16,6 +16,8 @@ from pipeline.config import Config
 from pipeline.errors import Problem
 
 DENSITY = 2  # device pixels per CSS pixel the image must still cover when shown
+# The formats every mail client shows (Outlook for Windows shows neither WebP nor SVG), by their first bytes.
+MAIL_FORMATS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF"}
 
 
 def pixel_width(file: Path) -> int | None:
@@ -25,6 +27,12 @@ def pixel_width(file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return int(width) if width > 0 else None
+
+
+def _mail_format(file: Path) -> bool:
+    with file.open("rb") as fp:
+        head = fp.read(8)
+    return any(head.startswith(magic) for magic in MAIL_FORMATS)
 
 
 def shown_width(file: Path, column_px: int) -> int:
@@ -46,7 +54,12 @@ def image_problems(issue: Issue, config: Config) -> list[Problem]:
             seen.add(image.path)
             file = issue.folder / image.path
             width = pixel_width(file)
-            if width is not None and width < column:
+            if file.is_file() and not _mail_format(file):
+                problems.append(Problem(
+                    message=f"image {image.path} is not a PNG, JPEG or GIF file (by its first bytes): some mail "
+                    "clients would show a broken image", file=article.file, blocking=False,
+                    fix="save it as PNG (drawings, charts) or JPEG (photos)"))
+            elif width is not None and width < column:
                 problems.append(Problem(
                     message=f"image {image.path} is {width} px wide: it is shown {width // DENSITY} px wide, "
                     f"less than half the {column} px column", file=article.file, blocking=False,
