@@ -181,6 +181,15 @@ def test_a_catalogue_that_is_not_utf8_is_named_by_check_and_build_without_a_trac
         assert "ko/LC_MESSAGES/messages.po" in done.stderr and "UTF-8" in done.stderr
 
 
+def test_a_catalogue_with_a_broken_line_is_named_with_its_line(sample_root: Path) -> None:
+    po = catalogue_path(sample_root / "templates" / "default", "ko")
+    lines = po.read_text("utf-8").count("\n")
+    po.write_text(po.read_text("utf-8") + '\nmsgid "x"\nmsgstrr "y"\n', "utf-8")  # a misspelt keyword
+    done = run_cli(sample_root, "check", SAMPLE)
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert f"ko/LC_MESSAGES/messages.po:{lines + 3}" in done.stderr and "not valid .po syntax" in done.stderr
+
+
 def test_serve_answers_with_a_catalogue_that_is_not_utf8(sample_root: Path) -> None:
     from loop_support import SECRET, request, running
 

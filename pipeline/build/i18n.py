@@ -17,7 +17,7 @@ from pathlib import Path
 from babel import Locale, UnknownLocaleError
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
+from babel.messages.pofile import PoFileError, read_po
 from babel.support import NullTranslations, Translations
 
 from pipeline.errors import IssueError, Problem
@@ -47,7 +47,13 @@ def _read_catalogue(path: Path) -> Catalog:
     """The catalogue; IssueError naming it when it cannot be read (not UTF-8, a folder, no permission)."""
     try:
         with path.open("rb") as fp:
-            return read_po(fp)
+            return read_po(fp, abort_invalid=True)  # else Babel logs "Problem on line N" without the file
+    except PoFileError as exc:
+        raise IssueError("the theme's catalogue cannot be read:", problems=[Problem(
+            message=f"the catalogue is not valid .po syntax: {str(exc).rsplit(' on ', 1)[0]}", file=path,
+            line=exc.lineno + 1,  # Babel counts lines from 0, and its message says so
+            fix="fix that line (msgid and msgstr in double quotes), or make the file again with pybabel update "
+                "(see README, Themes)")]) from None
     except (OSError, UnicodeDecodeError, LookupError) as exc:
         reason = "not valid UTF-8 (nor the charset its header names)" if isinstance(exc, UnicodeDecodeError) else (
             getattr(exc, "strerror", None) or str(exc))
