@@ -140,7 +140,7 @@ def test_copy_holds_the_lock_of_every_send_until_it_is_done(tmp_path: Path) -> N
     target.during = lambda: holders.extend(SendLock(tmp_path / "source", issue="001-hello", list_name=name).take()
                                            for name in ("sample", "other"))
     assert copy_store(source, target)["deliveries"] == 6
-    assert holders == [str(os.getpid())] * 2  # held by the copy: a send would have been refused
+    assert holders == [f"{os.getpid()}, newsletter db copy"] * 2  # a send would have been refused, naming it
     assert SendLock(tmp_path / "source", issue="001-hello", list_name="sample").take() is None  # released after
 
 

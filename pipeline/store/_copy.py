@@ -71,7 +71,7 @@ def _take(source: SQLiteStore, sends: Iterable[tuple[str, str]], locks: dict[Pat
         lock = source.lock(issue=issue, list_name=list_name)
         if lock.path in locks:
             continue  # two names can share a lock file: taken once
-        owner = lock.take()
+        owner = lock.take(holder="newsletter db copy")
         if owner is None:
             locks[lock.path] = lock
         else:

@@ -30,8 +30,9 @@ class SendLock:
                             f"wait for it to end, or stop that process, then run this command again "
                             f"(the lock is {self.path})")
 
-    def take(self) -> str | None:
-        """Without waiting: None once held, else the holder's pid (for callers with their own message)."""
+    def take(self, holder: str = "") -> str | None:
+        """Without waiting: None once held, else the holder's pid (for callers with their own message). A
+        `holder` other than a send (`newsletter db copy`) is named after the pid, so a refused send says so."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -41,7 +42,7 @@ class SendLock:
             os.close(fd)
             return owner
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.pwrite(fd, f"{os.getpid()}{', ' + holder if holder else ''}\n".encode("ascii", "replace"), 0)
         self._fd = fd
         return None
 
