@@ -74,3 +74,30 @@ def test_no_send_is_a_clear_error(store: Store) -> None:
 
 def test_empty_timeline() -> None:
     assert "No opens or clicks" in chart_svg([])
+
+
+def test_clicks_on_unsubscribe_links_do_not_name_the_readers(store: Store) -> None:
+    """SendGrid's click tracking reports the footer's unsubscribe link with its token, which holds the address
+    (base64 JSON) and unsubscribes it: the report (text, JSON, HTML: made to be shared) shows one row for them."""
+    import json
+
+    from pipeline import tokens
+    from pipeline.report.stats import report_json
+
+    sample = str(seed_send(store))
+    secret = b"s" * 32
+    links = {who: tokens.unsubscribe_url("https://news.example.org", tokens.sign(
+        secret, email=f"{who}@example.org", list_name="sample", issue="001-hello")) for who in ("ada", "grace")}
+    process_events(store, [
+        event("click", "ada@example.org", send_id=sample, timestamp=T0 + 90, url=links["ada"]),
+        event("click", "ada@example.org", send_id=sample, timestamp=T0 + 95, url=links["ada"]),
+        event("click", "grace@example.org", send_id=sample, timestamp=T0 + 99, url=links["grace"]),
+        event("click", "grace@example.org", send_id=sample, timestamp=T0 + 99, url="https://example.org/a"),
+    ])
+    report = build_report(store, "001-hello")
+    shown = text_report(report) + json.dumps(report_json(report)) + html_report(report)
+    for url in links.values():
+        token = url.rsplit("/", 1)[1]
+        assert token not in shown and token.split(".")[0] not in shown
+    assert report.lists[0].links == [("https://news.example.org/unsubscribe/[token]", 3, 2),
+                                     ("https://example.org/a", 1, 1)]
