@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ LABELS = {"recipients": "Recipients", "accepted": "Accepted by SendGrid", "deliv
           "bounced": "Bounced", "dropped": "Dropped", "spam_reports": "Spam complaints",
           "unsubscribes": "Unsubscribes", "unique_opens": "Unique opens", "opens": "Opens (all)",
           "unique_clicks": "Unique clickers"}
+# The footer's unsubscribe link, as SendGrid's click tracking reports it: its token holds the reader's address.
+_UNSUBSCRIBE_TOKEN = re.compile(r"^(.*?/unsubscribe/)[^/?#]+")
 
 
 @dataclass
@@ -52,9 +55,20 @@ def build_report(store: Store, issue: str) -> Report:
         report.counts["recipients"], report.counts["accepted"] = found.recipients, found.accepted
         report.counts.update(found.distinct)
         report.counts["opens"], report.counts["unique_clicks"] = found.opens, found.unique_clicks
-        report.links = found.links
+        report.links = without_tokens(found.links)
         lists.append(report)
     return Report(issue=issue, subject=sends[0].subject, lists=lists, timeline=_timeline(store, issue))
+
+
+def without_tokens(links: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """The links with every unsubscribe token replaced by `[token]`, their counts added up (one token is one
+    reader, so distinct clickers add up too), most clicked first."""
+    merged: dict[str, tuple[int, int]] = {}
+    for url, clicks, clickers in links:
+        key = _UNSUBSCRIBE_TOKEN.sub(r"\1[token]", url)
+        before = merged.get(key, (0, 0))
+        merged[key] = (before[0] + clicks, before[1] + clickers)
+    return sorted(((url, n, u) for url, (n, u) in merged.items()), key=lambda link: (-link[1], link[0]))
 
 
 def _timeline(store: Store, issue: str) -> list[tuple[int, int, int]]:
