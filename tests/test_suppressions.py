@@ -100,3 +100,23 @@ def test_normalise_address() -> None:
     assert normalise_address(" Ada@Example.ORG ") == "Ada@example.org"
     with pytest.raises(ConfigError, match="not an email address"):
         normalise_address("ada at example")
+
+
+def test_the_clients_debug_log_never_shows_the_key_or_addresses(store: Store,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """python_http_client logs request headers (the key) and response bodies (the addresses) at DEBUG; a sync
+    in a process that logs at DEBUG (or after no send has silenced the client yet) must not let it."""
+    import logging
+
+    client_log = logging.getLogger("python_http_client")
+    before = client_log.level
+    client_log.setLevel(logging.NOTSET)  # as in a process where no send ran before
+    caplog.set_level(logging.DEBUG)
+    try:
+        with StandIn(api_key=KEY) as sg:
+            seed(sg)
+            sync(store, client_fetch(env(sg)))
+    finally:
+        client_log.setLevel(before)
+    assert KEY not in caplog.text
+    assert "blocked@example.org" not in caplog.text
