@@ -9,6 +9,7 @@ the next sync brings it back until it is removed there as well.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import urllib.error
 from collections.abc import Callable, Mapping
@@ -68,6 +69,8 @@ def client_fetch(environ: Mapping[str, str] = os.environ, *, timeout: float = 30
     if not key:
         raise ConfigError(f"{API_KEY_ENV} is not set — create an API key with read access to Suppressions in "
                           f"SendGrid and export {API_KEY_ENV}=<key>")
+    # python_http_client logs request headers (the key) and response bodies (the addresses) at DEBUG: never let it.
+    logging.getLogger("python_http_client").setLevel(logging.WARNING)
     client = SendGridAPIClient(api_key=key, host=environ.get(API_HOST_ENV, DEFAULT_HOST).rstrip("/"))
     client.client.timeout = timeout
 
