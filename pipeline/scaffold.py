@@ -83,7 +83,10 @@ GITIGNORE = """\
 /.newsletter/
 # Real subscriber lists are personal data: only the made-up sample list is tracked.
 /subscribers/*.csv
+# ... and anything else put there: exports to import, subfolders, an import's temporary file
+/subscribers/*
 !/subscribers/sample.csv
+!/subscribers/README.md
 """
 
 
