@@ -306,3 +306,20 @@ def test_the_send_lock_says_whether_it_is_still_held(store: Store, database_url:
             with store.lock(issue="001", list_name="l") as again:  # released on the server with its session
                 assert again.held()
     assert not lock.held()
+
+
+def test_a_statement_postgresql_refuses_names_no_row(pg_database: str) -> None:
+    """PostgreSQL's DETAIL and CONTEXT quote the failing row or key (addresses, names, merge fields); the
+    StoreError that reaches the terminal, serve's log and a CI log keeps only the primary message."""
+    from pipeline.store._postgres import PostgresStore
+
+    store = PostgresStore(pg_database, migrate=True)
+    try:
+        rows: list[tuple[object, ...]] = [("Ada.Private@example.org", "manual", "cli", "2026-01-01T00:00:00Z"),
+                                          ("ada.private@example.org", "manual", "cli", "2026-01-01T00:00:00Z")]
+        with pytest.raises(StoreError) as refused:
+            store.load("suppressions", ["email", "reason", "source", "created_at"], rows)
+    finally:
+        store.close()
+    assert "suppressions_email" in str(refused.value)
+    assert "ada.private" not in str(refused.value).lower()
