@@ -102,7 +102,9 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
     def _detail(self, exc: BaseException) -> str:
         if not self._readable:  # libpq's message quotes the URL or a part of it: maybe the password
             return "a bracket, a %-escape or a parameter after ? that PostgreSQL does not know"
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        # A server error's DETAIL and CONTEXT quote the failing row or key (addresses, names): the first line only.
+        primary = exc.diag.message_primary if isinstance(exc, psycopg.Error) else None
+        text = " ".join((primary or str(exc)).split()) or type(exc).__name__
         return text.replace(self._password, "***") if self._password else text
 
     def _failure(self, exc: psycopg.Error) -> StoreError:
