@@ -10,12 +10,13 @@ from conftest import REPO
 
 from pipeline.scaffold import GITIGNORE
 
-# What a newsletter folder holds that is personal data (lists, exports waiting to be imported, an import's
-# temporary file left by a crash, the send log, outbox mails, builds): none of it may be committed.
+# What a newsletter folder holds that is personal data (lists; exports waiting to be imported, there or at the
+# top as `subscribers import --help` shows; an import's temporary file left by a crash; the send log, outbox
+# mails, builds): none of it may be committed.
 PERSONAL = ("subscribers/members.csv", "subscribers/Members.CSV", "subscribers/old/members.csv",
             "subscribers/mailchimp-export.zip", "subscribers/substack-export.tsv",
             "subscribers/.members.csv.k2j3h4.tmp", ".newsletter/sendlog.sqlite3", "outbox/ada@example.org.eml",
-            "build/001/email.html")
+            "build/001/email.html", "mailchimp-subscribed.csv", "substack-export.csv", "audience_export.zip")
 TRACKED = ("subscribers/sample.csv", "subscribers/README.md", "newsletter.yaml", "issues/001/issue.yaml")
 
 
