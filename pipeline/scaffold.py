@@ -87,6 +87,9 @@ GITIGNORE = """\
 /subscribers/*
 !/subscribers/sample.csv
 !/subscribers/README.md
+# Exports to import (Mailchimp's ZIP, its CSVs, Substack's CSV) put at the top of the folder
+/*.csv
+/*.zip
 """
 
 
