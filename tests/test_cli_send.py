@@ -74,6 +74,8 @@ def test_outbox_needs_no_account(site: Path, tmp_path: Path) -> None:
     assert "3 written" in done.stdout and "throwaway secret" in done.stderr
     assert sorted(p.name for p in (site / "outbox").iterdir()) == [
         "ada@example.org.eml", "alan@example.org.eml", "grace@example.org.eml"]
+    # readers' addresses: for this user only
+    assert all(p.stat().st_mode & 0o077 == 0 for p in [site / "outbox", *(site / "outbox").iterdir()])
 
 
 def test_test_copy(site: Path, standin: StandIn) -> None:

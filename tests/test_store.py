@@ -323,3 +323,15 @@ def test_a_statement_postgresql_refuses_names_no_row(pg_database: str) -> None:
         store.close()
     assert "suppressions_email" in str(refused.value)
     assert "ada.private" not in str(refused.value).lower()
+
+
+def test_the_sqlite_send_log_is_readable_by_its_user_only(tmp_path: Path) -> None:
+    """Personal data: the file, its WAL and its folder are not for other users of the machine."""
+    store = SQLiteStore(tmp_path / "state" / "sendlog.sqlite3")
+    try:
+        recorded_send(store)
+        files = [tmp_path / "state" / name for name in ("sendlog.sqlite3", "sendlog.sqlite3-wal")]
+        assert all(f.is_file() and f.stat().st_mode & 0o077 == 0 for f in files)
+        assert (tmp_path / "state").stat().st_mode & 0o077 == 0
+    finally:
+        store.close()

@@ -214,7 +214,7 @@ class OutboxTransport:
             self._extra["X-Newsletter-Outbox"] = "unsubscribe links signed with a throwaway secret, not valid"
 
     def send(self, batch: Batch) -> Result:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # readers' addresses: this user's only
         p = self.personalizer
         for _, address, name, fields_json in batch.rows:
             values = p.values(address, name, p.parse_fields(fields_json))
@@ -227,7 +227,9 @@ class OutboxTransport:
             data = msg.as_bytes(policy=_ONE_LINE_HEADERS if str(msg["To"]).isascii() else _SMTPUTF8)
             target = self.folder / f"{safe_file_name(address)}.eml"
             tmp = target.with_suffix(".eml.tmp")
-            tmp.write_bytes(data)
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
             os.replace(tmp, target)
         return Result(outcome=Outcome.ACCEPTED, message_id=f"outbox-{batch.request_id}")
 

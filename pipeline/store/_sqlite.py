@@ -11,6 +11,7 @@ Addresses compare case-insensitively (ASCII, as the list reader dedupes them).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -72,7 +73,10 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
         self.where = str(path)
         self._state_dir = state_dir or path.parent
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Personal data: the file (and the WAL and shm files SQLite makes with its mode) for this user only.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             conn = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout = 30000")
             conn.execute("PRAGMA journal_mode = WAL")
