@@ -335,3 +335,14 @@ def test_the_sqlite_send_log_is_readable_by_its_user_only(tmp_path: Path) -> Non
         assert (tmp_path / "state").stat().st_mode & 0o077 == 0
     finally:
         store.close()
+
+
+def test_unreadable_webhook_bodies_are_kept_up_to_a_bound(store: Store) -> None:
+    """Each may be 5 MiB and hold readers' data; a bug that makes every post unreadable must not fill the disk."""
+    from pipeline.store._types import MAX_REJECTS
+
+    for i in range(MAX_REJECTS + 5):
+        store.record_reject(f"not json {i}".encode(), "unreadable")
+    store.record_reject(f"not json {MAX_REJECTS + 4}".encode(), "unreadable")  # SendGrid's retry of the last
+    assert select(store, "SELECT count(*) FROM webhook_rejects") == [(MAX_REJECTS,)]
+    assert select(store, "SELECT max(times) FROM webhook_rejects") == [(2,)]

@@ -17,7 +17,7 @@ import psycopg
 
 from pipeline.store._pg_schema import key
 from pipeline.store._sqlite_events import LINK_SOURCE
-from pipeline.store._types import OUTCOME_RANK, EventCounts, EventRecord, Match, Send, now
+from pipeline.store._types import MAX_REJECTS, OUTCOME_RANK, EventCounts, EventRecord, Match, Send, now
 
 ReasonOf = Callable[[Mapping[str, Any]], tuple[str, str] | None]
 _RANK_SQL = "CASE {} " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in OUTCOME_RANK.items()) + " ELSE 0 END"
@@ -164,6 +164,8 @@ class PgEventsMixin:
             conn.execute("INSERT INTO webhook_rejects (body_sha256, reason, body, received_at) VALUES "
                          "(%s, %s, %s, %s) ON CONFLICT (body_sha256) DO UPDATE SET times = webhook_rejects.times + 1",
                          (digest, reason, body, now()))
+            conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 IN (SELECT body_sha256 FROM webhook_rejects "
+                         "ORDER BY received_at DESC OFFSET %s)", (MAX_REJECTS,))
 
     # --- the unsubscribe page ---------------------------------------------------------------------------
 

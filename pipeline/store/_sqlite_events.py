@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipeline.store._sqlite_tx import transaction
-from pipeline.store._types import OUTCOME_RANK, EventCounts, EventRecord, Match, Send, now
+from pipeline.store._types import MAX_REJECTS, OUTCOME_RANK, EventCounts, EventRecord, Match, Send, now
 
 LINK_SOURCE = "unsubscribe-link"
 ReasonOf = Callable[[Mapping[str, Any]], tuple[str, str] | None]
@@ -98,6 +98,8 @@ class EventsMixin:
             self.conn.execute("INSERT INTO webhook_rejects (body_sha256, reason, body, received_at) VALUES "
                               "(?, ?, ?, ?) ON CONFLICT (body_sha256) DO UPDATE SET times = times + 1",
                               (digest, reason, body, now()))
+            self.conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 IN (SELECT body_sha256 FROM "
+                              "webhook_rejects ORDER BY received_at DESC LIMIT -1 OFFSET ?)", (MAX_REJECTS,))
 
     # --- the unsubscribe page ---------------------------------------------------------------------------
 

@@ -208,6 +208,9 @@ class Store(Protocol):
 
 # --- stopping a send (issue 12) ---------------------------------------------------------------------------
 
+# Signed webhook bodies we could not read are kept for a look, the newest this many (each up to 5 MiB, and they
+# may hold readers' addresses and IPs): SendGrid retries a refused post, so a bug would fill the disk.
+MAX_REJECTS = 100
 SCHEDULE_STATES = ("paused", "cancelled")  # what SendGrid's scheduled-sends API holds for a send's batch id
 
 
