@@ -182,3 +182,18 @@ def _send_waiting_for_a_retry(site: Path, standin: StandIn) -> tuple[subprocess.
     finally:
         store.close()
     return sender, addresses, env
+
+
+@pytest.mark.parametrize("args", [("status", ISSUE), ("db", "copy", "--to", "postgresql://u@127.0.0.1:1/x")])
+def test_without_postgresql_support_a_database_url_is_one_clear_message(site: Path, args: tuple[str, ...]) -> None:
+    """psycopg is an extra: a PostgreSQL URL without it installed (here: its import made to fail) says what to
+    install, without a traceback."""
+    (site / ".newsletter").mkdir()
+    SQLiteStore(site / ".newsletter" / "sendlog.sqlite3").close()  # for db copy: a SQLite log to copy
+    code = (f"import sys; sys.modules['psycopg'] = None; sys.argv = ['newsletter', *{list(args)!r}]; "
+            "from pipeline.cli.main import run; run()")
+    env = environ(None, NEWSLETTER_DATABASE_URL="postgresql://u@127.0.0.1:1/x")
+    done = subprocess.run([sys.executable, "-c", code], cwd=site, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 6 and "Traceback" not in done.stderr, done.stderr
+    assert "PostgreSQL support is not installed" in done.stderr and "[postgresql]" in done.stderr

@@ -143,7 +143,7 @@ def db_copy(url: str) -> None:
     Refused while a send runs here; the sends copied are locked until it is done."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
-    from pipeline.store import open_store
+    from pipeline.store import open_store, readable_url
     from pipeline.store._copy import copy_store
     from pipeline.store._sqlite import SQLiteStore
 
@@ -151,14 +151,9 @@ def db_copy(url: str) -> None:
     if not url.startswith(("postgresql://", "postgres://")):
         raise ConfigError("--to must be a PostgreSQL URL (postgresql://user@host/database) — the password can "
                           "come from PGPASSWORD or ~/.pgpass instead of the URL")
-    from psycopg import Error as PsycopgError
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        conninfo_to_dict(url)
-    except PsycopgError:  # its message may quote the URL, password and all: not shown
+    if not readable_url(url):  # libpq's message would quote the URL, password and all: not shown
         raise ConfigError("--to is not a readable PostgreSQL URL (a bracket, a %-escape or a parameter after ? "
-                          "that PostgreSQL does not know) — write it as postgresql://user@host:port/database") from None
+                          "that PostgreSQL does not know) — write it as postgresql://user@host:port/database")
     if not config.sendlog_path.is_file():
         raise ConfigError(f"no SQLite send log at {config.sendlog_path} — run the copy in the newsletter folder "
                           "that sent the issues")

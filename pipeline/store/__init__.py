@@ -56,6 +56,21 @@ def database_url(environ: Mapping[str, str] | None = None) -> str | None:
     return url or None
 
 
+def readable_url(url: str) -> bool:
+    """Whether libpq can read `url` (its own error would quote the URL, password and all). True without
+    psycopg installed: `open_store` then says what to install."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return True
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error:
+        return False
+    return True
+
+
 def open_store(config: Config, *, environ: Mapping[str, str] | None = None, url: str | None = None,
                migrate: bool = False) -> Store:
     """The store the environment chooses: PostgreSQL at NEWSLETTER_DATABASE_URL (or `url`), else the SQLite
@@ -63,8 +78,14 @@ def open_store(config: Config, *, environ: Mapping[str, str] | None = None, url:
     refusing to start with them."""
     url = url or database_url(environ)
     if url:
-        from pipeline.store._postgres import PostgresStore
+        try:
+            from pipeline.store._postgres import PostgresStore
+        except ImportError:  # psycopg is an extra
+            from pipeline.errors import StoreError
 
+            raise StoreError("a PostgreSQL database is named, but PostgreSQL support is not installed — install "
+                             "it with pip install 'newsletter-pipeline[postgresql]', or unset "
+                             f"{DATABASE_URL_ENV} to use the SQLite file") from None
         return PostgresStore(url, migrate=migrate)
     from pipeline.store._sqlite import SQLiteStore
 
