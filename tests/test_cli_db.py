@@ -64,60 +64,55 @@ def test_migrate_then_copy_the_sqlite_history_into_postgresql(site: Path) -> Non
         assert status.returncode == 0 and '"accepted": 3' in status.stdout, status.stderr
 
 
-def test_copy_while_a_send_runs_does_not_lead_to_a_second_copy(site: Path, standin: StandIn) -> None:
+def _migrate_and_copy(site: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """`db migrate` of the new database at `url`, then `db copy --to` it."""
+    assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
+    return run_cli(site, "db", "copy", "--to", url)
+
+
+def test_copy_while_a_send_runs_does_not_lead_to_a_second_copy(site: Path, standin: StandIn,
+                                                               pg_database: str) -> None:
     """`db copy` taken while a SQLite send waits for a retry (a 429 with Retry-After): the send then goes on and
     finishes on SQLite, after the copy was verified. Resumed on PostgreSQL, as the copy's message says to, the
     copy must not send again what the SQLite run sent after it: the copy refuses while the send runs (it holds
     the send lock), or the history it copied leaves nothing to send twice."""
-    base = os.environ.get(PG_URL_ENV)
-    if not base:
-        pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
-    from tests.pg_support import fresh_database
-
     sender, addresses, env = _send_waiting_for_a_retry(site, standin)
-    with fresh_database(base) as url:
-        assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
-        copied = run_cli(site, "db", "copy", "--to", url)
-        _, err = sender.communicate(timeout=120)
-        assert sender.returncode == 0, err
-        assert standin.recipients() == dict.fromkeys(addresses, 1)
-        if copied.returncode != 0:  # refused: the send was running
-            assert "Traceback" not in copied.stderr and "running" in copied.stderr, copied.stderr
-            return
-        resumed = cli(site, "send", ISSUE, "--list", "big", "--yes", env={**env, "NEWSLETTER_DATABASE_URL": url})
-        assert resumed.returncode == 0, resumed.stderr
+    copied = _migrate_and_copy(site, pg_database)
+    _, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    assert standin.recipients() == dict.fromkeys(addresses, 1)
+    if copied.returncode != 0:  # refused: the send was running
+        assert "Traceback" not in copied.stderr and "running" in copied.stderr, copied.stderr
+        return
+    resumed = cli(site, "send", ISSUE, "--list", "big", "--yes", env={**env, "NEWSLETTER_DATABASE_URL": pg_database})
+    assert resumed.returncode == 0, resumed.stderr
     assert standin.recipients() == dict.fromkeys(addresses, 1)  # nobody twice
 
 
 
-def test_copy_refused_while_a_send_runs_copies_nothing_and_names_the_send(site: Path, standin: StandIn) -> None:
+def test_copy_refused_while_a_send_runs_copies_nothing_and_names_the_send(site: Path, standin: StandIn,
+                                                                         pg_database: str) -> None:
     """The refusal names the send and its process, copies nothing (the target stays empty, so the same copy can
     be run again), and once the send has ended the copy goes through."""
-    base = os.environ.get(PG_URL_ENV)
-    if not base:
-        pytest.skip(f"no PostgreSQL for the tests: set {PG_URL_ENV}")
     from pipeline.store._postgres import PostgresStore
-    from tests.pg_support import fresh_database
 
     sender, _, _ = _send_waiting_for_a_retry(site, standin)
-    with fresh_database(base) as url:
+    try:
+        copied = _migrate_and_copy(site, pg_database)
+        assert copied.returncode == 6, copied.stderr
+        assert f"issue 001-hello to list big (pid {sender.pid})" in copied.stderr, copied.stderr
+        assert copied.stderr.rstrip().endswith("wait for it to end, or stop it, then run the copy again")
+        assert "Traceback" not in copied.stderr and copied.stdout == ""
+        target = PostgresStore(pg_database, migrate=False)
         try:
-            assert run_cli(site, "db", "migrate", env={"NEWSLETTER_DATABASE_URL": url}).returncode == 0
-            copied = run_cli(site, "db", "copy", "--to", url)
-            assert copied.returncode == 6, copied.stderr
-            assert f"issue 001-hello to list big (pid {sender.pid})" in copied.stderr, copied.stderr
-            assert copied.stderr.rstrip().endswith("wait for it to end, or stop it, then run the copy again")
-            assert "Traceback" not in copied.stderr and copied.stdout == ""
-            target = PostgresStore(url, migrate=False)
-            try:
-                assert not any(target.table_counts().values())
-            finally:
-                target.close()
+            assert not any(target.table_counts().values())
         finally:
-            _, err = sender.communicate(timeout=120)
-        assert sender.returncode == 0, err
-        again = run_cli(site, "db", "copy", "--to", url)
-        assert again.returncode == 0 and "6 deliveries" in again.stdout, again.stderr
+            target.close()
+    finally:
+        _, err = sender.communicate(timeout=120)
+    assert sender.returncode == 0, err
+    again = run_cli(site, "db", "copy", "--to", pg_database)
+    assert again.returncode == 0 and "6 deliveries" in again.stdout, again.stderr
 
 
 class _Target(SQLiteStore):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +202,25 @@ def test_a_theme_brands_its_pages_and_its_page_errors_name_the_template(sample_r
     assert problem.file == index and problem.line is not None and "sandbox" in problem.message
 
 
-def test_a_broken_unsubscribe_page_of_the_theme_still_lets_readers_unsubscribe(sample_root: Path) -> None:
-    config = load_config(sample_root)
-    page = config.theme_dir / "pages" / "unsubscribe.html.j2"
-    page.write_text("{% extends 'pages/base.html.j2' %}{% block content %}{{ nonsense.field }}{% endblock %}",
-                    "utf-8")
+@contextmanager
+def _default_unsubscribe_page(config: Config) -> Iterator[tuple[str, str]]:
+    """`serve` of `config`, whose theme's unsubscribe page is broken: a reader's link still shows the default
+    theme's page. Yields (its URL, the reader's token)."""
     settings = Settings(config=config, secret=SECRET, webhook_key=None,
                         open_store=lambda: SQLiteStore(config.sendlog_path))
     token = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue=SAMPLE)
     with running(create_app(settings)) as url:
         status, _, body = request("GET", f"{url}/unsubscribe/{token}")
         assert status == 200 and b'<button type="submit" id="unsubscribe">' in body  # the default theme's page
+        yield url, token
+
+
+def test_a_broken_unsubscribe_page_of_the_theme_still_lets_readers_unsubscribe(sample_root: Path) -> None:
+    config = load_config(sample_root)
+    page = config.theme_dir / "pages" / "unsubscribe.html.j2"
+    page.write_text("{% extends 'pages/base.html.j2' %}{% block content %}{{ nonsense.field }}{% endblock %}",
+                    "utf-8")
+    with _default_unsubscribe_page(config) as (url, token):
         status, _, body = request("POST", f"{url}/unsubscribe/{token}", data=b"action=unsubscribe",
                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert status == 200 and b"You are unsubscribed" in body
@@ -223,9 +232,5 @@ def test_an_unsubscribe_page_of_the_theme_that_raises_falls_back_to_the_default_
     text = page.read_text("utf-8")
     assert "{%- block content %}" in text
     page.write_text(text.replace("{%- block content %}", "{%- block content %}{{ 1 / 0 }}"), "utf-8")
-    settings = Settings(config=config, secret=SECRET, webhook_key=None,
-                        open_store=lambda: SQLiteStore(config.sendlog_path))
-    token = tokens.sign(SECRET, email="ada@example.org", list_name="sample", issue=SAMPLE)
-    with running(create_app(settings)) as url:
-        status, _, body = request("GET", f"{url}/unsubscribe/{token}")
-        assert status == 200 and b'<button type="submit" id="unsubscribe">' in body  # the default theme's page
+    with _default_unsubscribe_page(config):
+        pass

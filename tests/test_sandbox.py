@@ -10,7 +10,7 @@ import pytest
 from pipeline.build.issue import load_issue
 from pipeline.build.render import render_email
 from pipeline.config import load_config
-from pipeline.errors import IssueError
+from pipeline.errors import IssueError, Problem
 from tests.conftest import run_cli
 
 ATTACKS = [
@@ -35,13 +35,18 @@ def _add_line(site: Path, template: str, line: str) -> int:
     return text.count("\n") + 1
 
 
-@pytest.mark.parametrize("attack", ATTACKS)
-def test_an_attribute_walk_or_a_file_outside_is_refused_with_file_and_line(site: Path, attack: str) -> None:
-    line = _add_line(site, "email.txt.j2", attack)
+def _render_problems(site: Path) -> list[Problem]:
+    """The problems of rendering issue 001 with the site's theme, which must fail."""
     config = load_config(site)
     with pytest.raises(IssueError) as caught:
         render_email(load_issue(site / "issues" / "001-hello", config), config)
-    problem = caught.value.problems[0]
+    return list(caught.value.problems)
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_an_attribute_walk_or_a_file_outside_is_refused_with_file_and_line(site: Path, attack: str) -> None:
+    line = _add_line(site, "email.txt.j2", attack)
+    problem = _render_problems(site)[0]
     assert problem.file == site / "templates" / "plain" / "email.txt.j2" and problem.line == line
     assert "sandbox" in problem.message and "README (Themes, Context)" in problem.fix
     assert not (site / "pwned").exists()
@@ -58,10 +63,7 @@ def test_build_reports_it_without_a_traceback_and_runs_nothing(site: Path) -> No
 def test_a_symbolic_link_out_of_the_theme_is_refused(site: Path) -> None:
     os.symlink(site / "newsletter.yaml", site / "templates" / "plain" / "leak.j2")
     _add_line(site, "email.txt.j2", "{% include 'leak.j2' %}")
-    config = load_config(site)
-    with pytest.raises(IssueError) as caught:
-        render_email(load_issue(site / "issues" / "001-hello", config), config)
-    assert "outside the theme folder" in caught.value.problems[0].message
+    assert "outside the theme folder" in _render_problems(site)[0].message
 
 
 def test_what_the_readme_documents_still_works(site: Path) -> None:
@@ -92,10 +94,7 @@ RUNTIME_ERRORS = [
 @pytest.mark.parametrize("expression", RUNTIME_ERRORS)
 def test_a_template_that_fails_while_rendering_is_named_with_its_line(site: Path, expression: str) -> None:
     line = _add_line(site, "email.txt.j2", expression)
-    config = load_config(site)
-    with pytest.raises(IssueError) as caught:
-        render_email(load_issue(site / "issues" / "001-hello", config), config)
-    [problem] = caught.value.problems
+    [problem] = _render_problems(site)
     assert problem.file == site / "templates" / "plain" / "email.txt.j2" and problem.line == line
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -116,6 +115,7 @@ def status(issue_dir: Path, as_json: bool) -> None:
     """Per list: accepted, pending, in doubt and failed recipients, send times, build hash; the in-doubt ones."""
     from pipeline.cli.send_output import editions_line
     from pipeline.config import load_config
+    from pipeline.send.schedule import discarded
     from pipeline.send.status import COUNTED, issue_status
 
     report = issue_status(load_config(), issue_dir)
@@ -133,10 +133,8 @@ def status(issue_dir: Path, as_json: bool) -> None:
             click.echo(f"  first sent {entry['first_sent_at'] or '-'}, last sent {entry['last_sent_at'] or '-'}, "
                        f"build {entry['content_hash'][:12]}, {'finished' if entry['finished_at'] else 'not finished'}")
             if entry.get("schedule_state"):
-                from pipeline.send.schedule import PAUSE_KEPT_SECONDS
-
-                state, at = entry["schedule_state"], entry["send_at"]
-                kept = state == "paused" and not (at and at + PAUSE_KEPT_SECONDS <= time.time())
+                state = entry["schedule_state"]
+                kept = not discarded(state, entry["send_at"])
                 gone = "" if kept else ", and SendGrid discarded the mail it held" + (
                     " (paused more than 72 hours past its time)" if state == "paused" else "")
                 undo = "resume" if kept else "send"

@@ -72,10 +72,10 @@ def archive(out: Path, all_issues: bool) -> None:
             return None if all_issues else set()
         return open_store(config).sent_issues()
 
-    archive = Archive(config, published=published)
-    written, problems = archive.write(out)
+    written, problems = Archive(config, published=published).write(out)
     print_problems(problems)
-    issues = len(archive.editions()[0])  # what the write published (read once, kept)
+    # <slug>/index.html is an issue's page (other editions' are one folder deeper); unsubscribe/ is not an issue
+    issues = sum(p.name == "index.html" and len(p.relative_to(out).parts) == 2 for p in written) - 1
     click.echo(f"wrote {len(written)} files to {out} ({issues} issue(s))")
     if issues == 0 and not all_issues:
         click.secho("no issue has been sent yet: pass --all-issues to publish every valid issue", fg="yellow",

@@ -182,6 +182,15 @@ def change_schedule(config: Config, issue_dir: Path, list_name: str, action: str
         store.close()
 
 
+def discarded(state: str | None, send_at: int | None, *, now: float | None = None) -> bool:
+    """Whether SendGrid discarded the mail it held for a send: cancelled, or paused more than 72 hours past its
+    time. Then only `send --resend-cancelled` sends it (again)."""
+    if state == "cancelled":
+        return True
+    current = time.time() if now is None else now
+    return state == "paused" and send_at is not None and send_at + PAUSE_KEPT_SECONDS <= current
+
+
 @dataclass(frozen=True, kw_only=True)
 class Resumed:
     """What a new run of a send takes over from `cancel` / `pause`."""
@@ -196,10 +205,8 @@ def resumed_schedule(store: Store, send: Send, *, resend_cancelled: bool, issue_
     """A cancelled send, or one paused past SendGrid's 72 hours (its mail discarded), goes on only with
     --resend-cancelled, which sends the discarded mail again; a paused one goes on held (a warning)."""
     schedule = store.schedule(send.id)
-    current = time.time() if now is None else now
-    expired = schedule.state == "paused" and send.send_at is not None and \
-        int(send.send_at) + PAUSE_KEPT_SECONDS <= current
-    if schedule.state == "cancelled" or expired:
+    if discarded(schedule.state, int(send.send_at) if send.send_at else None, now=now):
+        expired = schedule.state == "paused"
         if not resend_cancelled:
             why = (f"was paused on {schedule.changed_at} and its time passed more than 72 hours ago, so SendGrid "
                    "discarded the paused mail" if expired else f"was cancelled on {schedule.changed_at} "
