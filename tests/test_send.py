@@ -48,6 +48,31 @@ def test_retries_429_and_5xx_honouring_retry_after(site: Path, standin: StandIn,
     assert any(2 <= s <= 2.25 for s in sleeps)  # Retry-After: 2 was honoured
 
 
+def test_a_reader_who_unsubscribes_while_a_request_waits_is_not_in_its_retry(site: Path, standin: StandIn,
+                                                                              env: dict[str, str]) -> None:
+    """The first request is answered 429; while the send waits, `serve` (its own connection to the store)
+    records an unsubscribe of one of that request's two readers. The retry goes to the other one only."""
+    addresses = write_list(site, "big", 4)
+
+    class UnsubscribeWhileWaiting(Sleeps):
+        def __call__(self, seconds: float) -> None:
+            if not self:
+                other = site_store(site, env)
+                try:
+                    other.add_suppression(addresses[1], reason="unsubscribed", source="link")
+                finally:
+                    other.close()
+            super().__call__(seconds)
+
+    standin.retry_after = 1
+    standin.script(["429"])
+    summary = send(site, env, list_name="big", sleep=UnsubscribeWhileWaiting())
+    assert summary.finished and summary.accepted == 3
+    assert standin.recipients() == {addresses[0]: 1, addresses[2]: 1, addresses[3]: 1}
+    counts = _counts(site, env, "big")
+    assert (counts["accepted"], counts["suppressed"]) == (3, 1)
+
+
 def test_retry_budget_spent_leaves_send_resumable(site: Path, standin: StandIn, env: dict[str, str]) -> None:
     addresses = write_list(site, "big", 5)
     standin.always = "503"

@@ -146,12 +146,50 @@ def test_a_retry_is_bracketed_and_outcomes_come_in_one_transaction(store: Store)
     assert first is not None and second is not None
     store.mark_waiting(first, attempts=1, http_status=503, error="503 Service Unavailable")
     assert select(store, "SELECT state, http_status FROM batches WHERE id = ?", (first.id,)) == [("waiting", 503)]
-    store.mark_in_flight(first)
+    assert store.mark_in_flight(first) == first  # no suppression came: the same claim
     store.record([Finish(claim=first, state="accepted", attempts=2, http_status=202),
                   Finish(claim=second, state="in_doubt", attempts=1, error="timeout")])
     counts = store.counts(send.id)
     assert (counts["accepted"], counts["in_doubt"], counts["in_flight"]) == (2, 2, 0)
     assert store.in_doubt_addresses(send.id) == ["r2@example.org", "r3@example.org"]
+
+
+@pytest.mark.parametrize("peeked", [False, True])  # on SQLite a peeked claim of untouched rows is deferred
+def test_a_retry_leaves_out_readers_suppressed_while_it_waited(store: Store, peeked: bool) -> None:
+    """A 429 made the batch wait; meanwhile `serve` (another connection) recorded an unsubscribe of one of
+    its readers, spelt in other case. The retry takes that reader out; the answer counts only the rest."""
+    send = recorded_send(store, 4)
+    claim = (store.claim_peeked(send.id, store.peek_batch(send.id, size=3), request_id="a") if peeked
+             else store.claim_batch(send.id, size=3, request_id="a"))
+    assert claim is not None and len(claim.rows) == 3
+    store.mark_waiting(claim, attempts=1, http_status=429, error="429 Too Many Requests")
+    other = another(store)
+    try:
+        assert other.add_suppression("R1@Example.org", reason="unsubscribed", source="link")
+    finally:
+        other.close()
+    retry = store.mark_in_flight(claim)
+    assert retry is not None and [row[1] for row in retry.rows] == ["r0@example.org", "r2@example.org"]
+    assert store.counts(send.id)["suppressed"] == 1
+    store.record([Finish(claim=retry, state="accepted", attempts=2, http_status=202)])
+    counts = store.counts(send.id)
+    assert (counts["accepted"], counts["suppressed"], counts["in_flight"], counts["pending"]) == (2, 1, 0, 1)
+    assert select(store, "SELECT size FROM batches WHERE id = ?", (claim.id,)) == [(2,)]
+    rest = store.claim_batch(send.id, size=3, after=claim.last, request_id="b")
+    assert rest is not None and [row[1] for row in rest.rows] == ["r3@example.org"]
+
+
+def test_a_retry_whose_readers_all_unsubscribed_meanwhile_is_dropped(store: Store) -> None:
+    send = recorded_send(store, 3)
+    claim = store.claim_batch(send.id, size=2, request_id="a")
+    assert claim is not None
+    store.mark_waiting(claim, attempts=1, http_status=503, error="503 Service Unavailable")
+    store.add_suppressions([("r0@example.org", "unsubscribed"), ("r1@example.org", "bounced")], source="webhook")
+    retry = store.mark_in_flight(claim)
+    assert retry is not None and retry.rows == []
+    assert select(store, "SELECT count(*) FROM batches WHERE id = ?", (claim.id,)) == [(0,)]
+    counts = store.counts(send.id)
+    assert (counts["suppressed"], counts["in_flight"], counts["pending"]) == (2, 0, 1)
 
 
 def test_a_retry_is_refused_once_another_run_recovered_the_send(store: Store) -> None:
@@ -166,7 +204,7 @@ def test_a_retry_is_refused_once_another_run_recovered_the_send(store: Store) ->
         other.recover_in_flight(send.id)
     finally:
         other.close()
-    assert store.mark_in_flight(first) is False
+    assert store.mark_in_flight(first) is None
     assert select(store, "SELECT state FROM batches WHERE id = ?", (first.id,)) == [("failed",)]
     counts = store.counts(send.id)
     assert (counts["failed"], counts["in_flight"], counts["pending"]) == (2, 0, 2)
@@ -208,7 +246,7 @@ def test_a_429_after_another_run_put_the_batch_in_doubt_does_not_make_it_wait_ag
     finally:
         other.close()
     store.mark_waiting(claim, attempts=1, http_status=429, error="429 Too Many Requests")
-    assert store.mark_in_flight(claim) is False
+    assert store.mark_in_flight(claim) is None
 
 
 def test_an_answer_leaves_rows_that_another_run_sent_again(store: Store) -> None:

@@ -151,9 +151,17 @@ class SendLoop:
                 self._retries.remove(ready)
                 # From here an interruption leaves it in doubt again. Refused when another run recovered the
                 # send after the check above (the lock was lost in between) and will send this batch itself.
-                if not self.store.mark_in_flight(ready.claim):
+                claim = self.store.mark_in_flight(ready.claim)
+                if claim is None:
                     self._stop, self._stop_error = self._lock_lost(), StoreError
                     return
+                if claim.rows != ready.claim.rows:  # readers suppressed while it waited: not sent, nor retried
+                    self.progress.note(f"{len(ready.claim.rows) - len(claim.rows)} recipient(s) of a request "
+                                       "waiting to be retried were suppressed meanwhile (an unsubscribe, a bounce); "
+                                       "they were taken out of it")
+                    if not claim.rows:
+                        continue
+                    ready.claim, ready.batch = claim, Batch(id=claim.id, request_id=claim.request_id, rows=claim.rows)
                 ready.attempts += 1
                 self._submit(pool, ready)
                 continue

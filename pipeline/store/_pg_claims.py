@@ -150,11 +150,24 @@ class PgClaimsMixin:
             conn.execute("UPDATE batches SET state = 'waiting', attempts = %s, http_status = %s, error = %s "
                          "WHERE id = %s AND state = 'in_flight'", (attempts, http_status, error, claim.id))
 
-    def mark_in_flight(self, claim: Claim) -> bool:
-        """Before the retry's request: from here on an interruption leaves the batch in doubt again. False
+    def mark_in_flight(self, claim: Claim) -> Claim | None:
+        """Before the retry's request: from here on an interruption leaves the batch in doubt again. None
         (and nothing changed) when the batch no longer waits: a run on another machine took the send over
-        (its lock was lost here), recovered it and failed the batch, to be sent by that run."""
+        (its lock was lost here), recovered it and failed the batch, to be sent by that run. Readers suppressed
+        while it waited are taken out of it, as the SQLite engine's does."""
         with self._tx() as conn:
-            return conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = %s AND state = 'waiting'",
-                                (claim.id,)).rowcount == 1
-
+            if conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = %s AND state = 'waiting'",
+                            (claim.id,)).rowcount != 1:
+                return None
+            gone = {i for (i,) in conn.execute(
+                "UPDATE deliveries d SET state = 'suppressed', batch_id = NULL, updated_at = %s WHERE d.send_id = "
+                f"(SELECT send_id FROM batches WHERE id = %s) AND d.id BETWEEN %s AND %s AND d.batch_id = %s AND "
+                f"{_SUPPRESSED} RETURNING d.id", (now(), claim.id, claim.first, claim.last, claim.id)).fetchall()}
+            if not gone:
+                return claim
+            rows = [row for row in claim.rows if row[0] not in gone]
+            if rows:
+                conn.execute("UPDATE batches SET size = %s WHERE id = %s", (len(rows), claim.id))
+            else:
+                conn.execute("DELETE FROM batches WHERE id = %s", (claim.id,))
+        return Claim(id=claim.id, request_id=claim.request_id, rows=rows)

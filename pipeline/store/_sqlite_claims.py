@@ -177,13 +177,34 @@ class ClaimsMixin:
         self._one("UPDATE batches SET state = 'waiting', attempts = ?, http_status = ?, error = ? WHERE id = ? "
                   "AND state = 'in_flight'", (attempts, http_status, error, claim.id))
 
-    def mark_in_flight(self, claim: Claim) -> bool:
-        """Before the retry's request: from here on an interruption leaves the batch in doubt again. False
+    def mark_in_flight(self, claim: Claim) -> Claim | None:
+        """Before the retry's request: from here on an interruption leaves the batch in doubt again. None
         (and nothing changed) when the batch no longer waits: another run recovered the send meanwhile and
-        failed it, to be sent by that run; this one must not send it."""
-        with transaction(self.conn):
-            return self.conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = ? AND state = 'waiting'",
-                                     (claim.id,)).rowcount == 1
+        failed it, to be sent by that run; this one must not send it.
+
+        Readers suppressed while the batch waited (an unsubscribe through `serve`, a bounce) are taken out of
+        it in the same transaction: their deliveries become `suppressed`, and the claim returned holds the
+        rest. With no rest the batch row is deleted and the claim has no rows: nothing to request."""
+        conn = self.conn
+        with transaction(conn):
+            if conn.execute("UPDATE batches SET state = 'in_flight' WHERE id = ? AND state = 'waiting'",
+                            (claim.id,)).rowcount != 1:
+                return None
+            # suppressions.email is NOCASE: the probe matches an address however either side spells its case
+            if not conn.execute("SELECT EXISTS (SELECT 1 FROM suppressions WHERE email IN (SELECT value FROM "
+                                "json_each(?)))", (json.dumps([row[1] for row in claim.rows]),)).fetchone()[0]:
+                return claim
+            settle_batch(conn, claim.id)  # a deferred batch's rows take its state and id first
+            gone = {i for (i,) in conn.execute(
+                "UPDATE deliveries SET state = 'suppressed', batch_id = NULL, updated_at = ? WHERE id BETWEEN ? "
+                "AND ? AND batch_id = ? AND email IN (SELECT email FROM suppressions) RETURNING id",
+                (now(), claim.first, claim.last, claim.id))}
+            rows = [row for row in claim.rows if row[0] not in gone]
+            if rows:
+                conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rows), claim.id))
+            else:
+                conn.execute("DELETE FROM batches WHERE id = ?", (claim.id,))
+        return Claim(id=claim.id, request_id=claim.request_id, rows=rows)
 
     def _one(self, sql: str, params: tuple[object, ...]) -> None:
         with transaction(self.conn):
