@@ -63,7 +63,7 @@ def _send(row: tuple[Any, ...]) -> Send:
                 subject=subject, send_at=send_at, created_at=created, finished_at=finished)
 
 
-class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin, PgEraseMixin):
+class PostgresStore(PgEraseMixin, PgClaimsMixin, PgEventsMixin, PgStopMixin):
     """The store in a PostgreSQL database at `url` (from NEWSLETTER_DATABASE_URL: it may hold a password)."""
 
     engine = "postgresql"

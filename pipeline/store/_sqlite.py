@@ -64,7 +64,7 @@ def _send(row: tuple[object, ...]) -> Send:
                 created_at=str(created), finished_at=finished)  # type: ignore[arg-type]
 
 
-class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin, EraseMixin):
+class SQLiteStore(EraseMixin, ClaimsMixin, EventsMixin, StopMixin):
     """The store in one SQLite file. Autocommit mode: every write is in an explicit transaction."""
 
     engine = "sqlite"

@@ -76,6 +76,7 @@ class EraseMixin:
         was changed. Call it with the locks of the sends it touches held: an unsent delivery becomes
         `suppressed`, and deferred batches are settled first (see _sqlite_state)."""
         address, conn = email.strip(), self.conn
+        before = int(conn.execute("PRAGMA secure_delete").fetchone()[0])  # some builds have it on by default
         conn.execute("PRAGMA secure_delete = ON")
         try:
             with transaction(conn):
@@ -100,7 +101,7 @@ class EraseMixin:
                              (erased_marker(address), stamp))
             self._leave_no_copy()
         finally:
-            conn.execute("PRAGMA secure_delete = OFF")
+            conn.execute(f"PRAGMA secure_delete = {before}")
         return found
 
     def _erase_events(self, address: str) -> None:
