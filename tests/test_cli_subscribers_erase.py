@@ -145,3 +145,12 @@ def test_a_list_in_git_is_named(site: Path) -> None:
     assert f"{site / 'subscribers' / 'sample.csv'} is tracked by git" in done.stderr
     assert "local.csv is tracked" not in done.stderr and "git filter-repo" in done.stderr
     assert extra.read_text(encoding="utf-8") == "email\n"
+
+
+def test_each_address_once_whatever_its_case(site: Path) -> None:
+    done = cli(site, "subscribers", "erase", "Grace@example.org", "grace@EXAMPLE.org", "--yes", "--json",
+               env=environ(None))
+    assert done.returncode == 0, done.stderr
+    (erased,) = json.loads(done.stdout)["erased"]
+    assert erased["address"] == "Grace@example.org" and erased["list_rows"][0]["line"] == 3
+    assert b"grace" not in (site / "subscribers" / "sample.csv").read_bytes().lower()

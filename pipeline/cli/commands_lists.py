@@ -86,7 +86,10 @@ def subscribers_erase(addresses: tuple[str, ...], yes: bool, as_json: bool) -> N
     from pipeline.lists import erasure
     from pipeline.store import open_store
 
-    wanted = list(dict.fromkeys(erasure.checked_address(a) for a in addresses))  # every one checked first
+    once: dict[str, str] = {}  # each address once, whatever its case; every one checked before anything is read
+    for address in (erasure.checked_address(a) for a in addresses):
+        once.setdefault(address.lower(), address)
+    wanted = list(once.values())
     config = load_config()
     store = open_store(config)
     try:
