@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from pipeline.cli.group import SUPPRESSION_REASONS, main, report_errors
 from pipeline.cli.output import emit_json, json_option, print_problems, problem_json
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 # --- subscribers (issue #3) -------------------------------------------------------------------------
 
@@ -72,6 +73,42 @@ def subscribers_import(file: Path, list_name: str) -> None:
                f"({suppressed} newly suppressed for every list)")
 
 
+@subscribers.command("erase", examples=("newsletter subscribers erase ada@example.org",
+                                        "newsletter subscribers erase ada@example.org grace@example.org --yes --json"))
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Erase without asking (required without a terminal).")
+@json_option
+@report_errors
+def subscribers_erase(addresses: tuple[str, ...], yes: bool, as_json: bool) -> None:
+    """Erase every trace of ADDRESS (a reader's request): send log, suppressions, events, list rows."""
+    from pipeline.cli.erase_output import erased_json, show_erased, show_found
+    from pipeline.config import load_config
+    from pipeline.lists import erasure
+    from pipeline.store import open_store
+
+    once: dict[str, str] = {}  # each address once, whatever its case; every one checked before anything is read
+    for address in (erasure.checked_address(a) for a in addresses):
+        once.setdefault(address.lower(), address)
+    wanted = list(once.values())
+    config = load_config()
+    store = open_store(config)
+    try:
+        found = [erasure.find(config, store, address) for address in wanted]
+        show_found(found, err=as_json)
+        if not yes:
+            if not (sys.stdin.isatty() and (sys.stderr if as_json else sys.stdout).isatty()):
+                raise ConfigError("there is no terminal to confirm on; nothing was erased — add --yes to erase "
+                                  "without asking")
+            if not click.confirm(f"Erase {len(found)} address(es) as listed? This cannot be undone", default=False,
+                                 err=as_json):
+                click.echo("nothing erased", err=as_json)
+                return
+        done = [erasure.erase(config, store, traces) for traces in found]
+    finally:
+        store.close()
+    show_erased(done, err=as_json)
+    if as_json:
+        emit_json(erased_json(done))
 
 
 @main.group(examples=("newsletter suppressions list --reason bounced",))
@@ -126,7 +163,11 @@ def suppressions_add(address: str, reason: str) -> None:
     from pipeline.store import open_store
 
     email = normalise_address(address)
-    added = open_store(load_config()).add_suppression(email, reason=reason, source="cli")
+    store = open_store(load_config())
+    if store.is_erased(email):  # its marker suppresses it: the address itself is not stored again
+        click.echo(f"{email} was erased on request and is never mailed; its address is not stored again")
+        return
+    added = store.add_suppression(email, reason=reason, source="cli")
     click.echo(f"suppressed {email}" if added else f"{email} was already suppressed (its first reason is kept)")
 
 
@@ -142,6 +183,9 @@ def suppressions_remove(address: str) -> None:
     email = normalise_address(address)
     store = open_store(load_config())
     before = next((s for s in store.list_suppressions() if s.email.lower() == email.lower()), None)
+    if before is None and store.is_erased(email):
+        raise PipelineError(f"{email} was erased on request: the marker that keeps it from being mailed cannot be "
+                            f"removed, and there is no undo — nothing to do (see the README, Erasing a reader)")
     if before is None or not store.remove_suppression(email):
         raise PipelineError(f"{email} is not suppressed — check the spelling with `newsletter suppressions list`")
     click.echo(f"removed {email} (was {before.reason}, from {before.source})")

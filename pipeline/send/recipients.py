@@ -19,7 +19,7 @@ from pipeline.errors import Problem, SubscriberError
 from pipeline.lists.subscribers import ListReader
 from pipeline.send.batches import Personalizer
 from pipeline.send.gcpause import gc_paused
-from pipeline.store import DeliveryRow, Store
+from pipeline.store import DeliveryRow, Store, erased_marker
 
 log = logging.getLogger("pipeline.send.job")  # its line is part of what `newsletter send` reports
 
@@ -29,13 +29,35 @@ class Recorded:
     listed: int  # valid rows, each address once
     added: int  # new deliveries in the send log (all of them for a new send)
     skipped: tuple[Problem, ...]  # the rows left out, as warnings
+    erased: int = 0  # rows of readers erased on request, skipped (counted among the suppressed too)
 
 
-def reader(store: Store, path: Path, base_url: str) -> ListReader:
-    """A reader of the list that skips everyone the store's suppression list holds."""
-    suppressed = store.suppressed_set()
+class Skip:
+    """Whom a send skips once someone was erased: the suppressed addresses, and erased readers, known by the
+    marker (a hash) the store keeps of their address; `erased` counts the latter."""
+
+    def __init__(self, suppressed: set[str], markers: set[str]) -> None:
+        self.suppressed, self.markers, self.erased = suppressed, markers, 0
+
+    def __call__(self, email: str) -> bool:
+        lowered = email.lower()
+        if lowered in self.suppressed:
+            return True
+        if erased_marker(lowered) in self.markers:
+            self.erased += 1
+            return True
+        return False
+
+
+def reader(store: Store, path: Path, base_url: str) -> tuple[ListReader, Skip | None]:
+    """A reader of the list that skips everyone the store's suppression list holds, and erased readers. While
+    nobody was erased no row is hashed: the membership test is the one it always was."""
+    suppressed, markers = store.suppressed_set(), store.erased_markers()
+    if markers:
+        skip = Skip(suppressed, markers)
+        return ListReader(path, suppressed=skip, base_url=base_url), skip
     return ListReader(path, suppressed=(lambda e: e.lower() in suppressed) if suppressed else None,
-                      base_url=base_url)
+                      base_url=base_url), None
 
 
 def row_for_test_copy(store: Store, path: Path, address: str, *, base_url: str) -> DeliveryRow:
@@ -45,7 +67,7 @@ def row_for_test_copy(store: Store, path: Path, address: str, *, base_url: str) 
 
 def copy_row(store: Store, path: Path, address: str, *, base_url: str) -> tuple[DeliveryRow, str]:
     """`row_for_test_copy`, and the first recipient's `language` (what picks the copy's edition)."""
-    for recipient in reader(store, path, base_url):
+    for recipient in reader(store, path, base_url)[0]:
         fields = json.dumps(dict(recipient.fields)) if recipient.fields else None
         return (0, address, recipient.name, fields), recipient.language
     return (0, address, "", None), ""
@@ -57,7 +79,7 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`.
     `edition_of` gives a row's edition from its `language` cell (called once per distinct cell)."""
     started = time.perf_counter()
-    source = reader(store, path, personalizer.mailing.base_url)
+    source, skip = reader(store, path, personalizer.mailing.base_url)
     listed = 0
 
     editions: dict[str, str] = {}
@@ -83,6 +105,12 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
         duplicates, listed = listed - added, added
     skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                     for p in source.problems)
-    log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped), read and recorded in %.1f s",
-             list_name, listed, source.invalid, duplicates, source.suppressed, time.perf_counter() - started)
-    return Recorded(listed=listed, added=added, skipped=skipped)
+    erased = skip.erased if skip is not None else 0
+    if erased:
+        skipped += (Problem(message=f"{erased} row(s) of readers erased on request skipped: they are not mailed",
+                            file=path, blocking=False, fix="delete them from the list (`newsletter subscribers "
+                            "erase ADDRESS` does)"),)
+    log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped%s), read and recorded in %.1f s",
+             list_name, listed, source.invalid, duplicates, source.suppressed,
+             f", {erased} of them erased" if erased else "", time.perf_counter() - started)
+    return Recorded(listed=listed, added=added, skipped=skipped, erased=erased)

@@ -23,6 +23,7 @@ from pipeline.store._types import (
     TO_SEND,
     Claim,
     DeliveryRow,
+    Erased,
     EventCounts,
     EventRecord,
     Finish,
@@ -35,6 +36,7 @@ from pipeline.store._types import (
     SendLockHandle,
     Store,
     Suppression,
+    erased_marker,
     now,
 )
 
@@ -48,6 +50,7 @@ __all__ = ["DATABASE_URL_ENV", "OUTCOME_RANK", "REASONS", "STATES", "TO_SEND", "
            "open_store"]
 __all__ += ["SCHEDULE_STATES", "Outcomes", "Schedule"]
 __all__ += ["SendLockHandle"]
+__all__ += ["Erased", "erased_marker"]
 
 
 def database_url(environ: Mapping[str, str] | None = None) -> str | None:

@@ -17,13 +17,13 @@ from pipeline.store._sqlite import SQLiteStore
 from pipeline.store._types import Store
 
 # Parents before children, so that every foreign key finds its row.
-ORDER = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects")
+ORDER = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
 
 
 def copy_store(source: SQLiteStore, target: Store) -> dict[str, int]:
-    """Copy every row, ids kept; refuse a target that already holds sends, deliveries, suppressions or events
-    (a second copy would mix two histories), and refuse while a send of the source runs. Returns the rows per
-    table, equal on both sides."""
+    """Copy every row (erased markers too), ids kept; refuse a target that already holds sends, deliveries,
+    suppressions or events (a second copy would mix two histories), and refuse while a send of the source runs.
+    Returns the rows per table, equal on both sides."""
     held = {t: n for t, n in target.table_counts().items() if n}
     if held:
         raise StoreError(f"{target.where} already holds data ({', '.join(f'{n} {t}' for t, n in held.items())}); "

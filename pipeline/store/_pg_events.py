@@ -17,7 +17,7 @@ import psycopg
 
 from pipeline.store._pg_schema import key
 from pipeline.store._sqlite_events import LINK_SOURCE
-from pipeline.store._types import MAX_REJECTS, OUTCOME_RANK, EventCounts, EventRecord, Match, Send, now
+from pipeline.store._types import MAX_REJECTS, OUTCOME_RANK, EventCounts, EventRecord, Match, Send, erased_marker, now
 
 ReasonOf = Callable[[Mapping[str, Any]], tuple[str, str] | None]
 _RANK_SQL = "CASE {} " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in OUTCOME_RANK.items()) + " ELSE 0 END"
@@ -25,6 +25,9 @@ _RANK_SQL = "CASE {} " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in OUTCOME_RAN
 
 class PgEventsMixin:
     def _tx(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        raise NotImplementedError
+
+    def _scrub_erased(self, conn: psycopg.Connection[Any], events: list[EventRecord]) -> list[EventRecord]:
         raise NotImplementedError
 
     def _insert_suppression(self, conn: psycopg.Connection[Any], email: str, *, reason: str, source: str) -> bool:
@@ -49,6 +52,7 @@ class PgEventsMixin:
         suppressions one by one, in order. Only the order of the reads moves: finding a delivery reads
         sends and deliveries, which recording events does not change."""
         with self._tx() as conn:
+            events = self._scrub_erased(conn, list(events))
             matches = self._find_all(conn, events)
             statuses = ["unmatched" if r.status == "applied" and m is None else r.status
                         for r, m in zip(events, matches, strict=True)]
@@ -153,9 +157,11 @@ class PgEventsMixin:
 
     def _suppression_cursor(self, conn: psycopg.Connection[Any], email: str, *, reason: str,
                             source: str) -> psycopg.Cursor[Any]:
-        return conn.execute(f"INSERT INTO suppressions (email, reason, source, created_at) VALUES "
-                            f"(%s, %s, %s, %s) ON CONFLICT (({key('email')})) DO NOTHING",
-                            (email.strip(), reason, source, now()))
+        """Not for an erased address: its marker suppresses it already, and the address must not come back."""
+        return conn.execute(f"INSERT INTO suppressions (email, reason, source, created_at) SELECT %s, %s, %s, %s "
+                            f"WHERE NOT EXISTS (SELECT 1 FROM erased WHERE marker = %s) "
+                            f"ON CONFLICT (({key('email')})) DO NOTHING",
+                            (email.strip(), reason, source, now(), erased_marker(email)))
 
     def record_reject(self, body: bytes, reason: str) -> None:
         """Keep a signed body we could not read (once per distinct body; SendGrid retries it)."""
@@ -177,6 +183,7 @@ class PgEventsMixin:
                              email=email.lower(), send_id=None, issue=issue, list_name=list_name, occurred_at=None,
                              url=None, payload=json.dumps(fields, sort_keys=True))
         with self._tx() as conn:
+            (record,) = self._scrub_erased(conn, [record])  # an erased reader's old link: no address stored, none added
             added = self._insert_suppression(conn, email, reason="unsubscribed",
                                              source=f"{LINK_SOURCE} {list_name} {issue}")
             row = conn.execute(f"SELECT d.id, s.id FROM deliveries d JOIN sends s ON s.id = d.send_id WHERE "
@@ -184,7 +191,7 @@ class PgEventsMixin:
                                f"ORDER BY s.transport = 'sendgrid' DESC LIMIT 1", (issue, list_name, email)).fetchone()
             match = Match(send_id=int(row[1]), delivery_id=int(row[0]), issue=issue, list_name=list_name) \
                 if row else None
-            self._insert_event(conn, record, "applied", match)
+            self._insert_event(conn, record, record.status, match if record.email else None)
         return added
 
     def link_resubscribe(self, *, email: str, reason_of: ReasonOf | None = None) -> tuple[bool, str | None]:

@@ -146,7 +146,17 @@ MIGRATIONS += [
     """),
 ]
 
+MIGRATIONS += [
+    # As SQLite's erase_001_erased: the marker (SHA-256 of the lower-cased address) of each erased reader.
+    ("pg_erase_001_erased", """
+        CREATE TABLE erased (
+            marker text COLLATE "C" PRIMARY KEY,
+            erased_at text NOT NULL
+        );
+    """),
+]
+
 # Tables `newsletter db copy` moves, in an order that keeps references valid, with the column that orders them.
 TABLES = {"sends": "id", "batches": "id", "deliveries": "id", "suppressions": "email", "events": "id",
-          "delivery_status": "delivery_id", "webhook_rejects": "body_sha256"}
+          "delivery_status": "delivery_id", "webhook_rejects": "body_sha256", "erased": "marker"}
 IDENTITY_TABLES = ("sends", "batches", "deliveries", "events")

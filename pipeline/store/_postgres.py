@@ -26,11 +26,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pipeline.errors import SendError, StoreError
 from pipeline.store._pg_claims import PgClaimsMixin
+from pipeline.store._pg_erase import PgEraseMixin
 from pipeline.store._pg_events import PgEventsMixin
 from pipeline.store._pg_lock import PgSendLock
 from pipeline.store._pg_schema import IDENTITY_TABLES, MIGRATIONS, TABLES, key
 from pipeline.store._pg_stop import PgStopMixin
-from pipeline.store._types import STATES, ListRow, Send, Suppression, now
+from pipeline.store._types import STATES, ListRow, Send, Suppression, erased_marker, now
 
 MIGRATION_LOCK = 0x6E6C5F6D69677261  # advisory lock key of `migrate`: one process applies migrations at a time
 # On the send lock's connection, which stays idle for the whole send: a cut network becomes a socket error
@@ -62,7 +63,7 @@ def _send(row: tuple[Any, ...]) -> Send:
                 subject=subject, send_at=send_at, created_at=created, finished_at=finished)
 
 
-class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
+class PostgresStore(PgEraseMixin, PgClaimsMixin, PgEventsMixin, PgStopMixin):
     """The store in a PostgreSQL database at `url` (from NEWSLETTER_DATABASE_URL: it may hold a password)."""
 
     engine = "postgresql"
@@ -175,12 +176,14 @@ class PostgresStore(PgClaimsMixin, PgEventsMixin, PgStopMixin):
         """(address, reason) pairs in one transaction (by COPY: imports can be large); returns how many were new."""
         with self._tx() as conn:
             conn.execute('CREATE TEMP TABLE found (ord bigint GENERATED ALWAYS AS IDENTITY, email text COLLATE "C", '
-                         "reason text) ON COMMIT DROP")
-            with conn.cursor().copy("COPY found (email, reason) FROM STDIN") as copy:
+                         'reason text, marker text COLLATE "C") ON COMMIT DROP')
+            with conn.cursor().copy("COPY found (email, reason, marker) FROM STDIN") as copy:
                 for email, reason in found:
-                    copy.write_row((email.strip(), reason))
+                    copy.write_row((email.strip(), reason, erased_marker(email)))
+            # not an erased address: its marker suppresses it already, and the address must not come back
             return conn.execute(f"INSERT INTO suppressions (email, reason, source, created_at) SELECT email, reason, "
-                                f"%s, %s FROM found ORDER BY ord ON CONFLICT (({key('email')})) DO NOTHING",
+                                f"%s, %s FROM found f WHERE NOT EXISTS (SELECT 1 FROM erased e WHERE e.marker = "
+                                f"f.marker) ORDER BY ord ON CONFLICT (({key('email')})) DO NOTHING",
                                 (source, now())).rowcount
 
     def remove_suppression(self, email: str) -> bool:

@@ -21,6 +21,7 @@ from pipeline.errors import SendError
 from pipeline.store._bulk import insert_chunks, json_columns
 from pipeline.store._lock import SendLock
 from pipeline.store._sqlite_claims import ClaimsMixin
+from pipeline.store._sqlite_erase import EraseMixin
 from pipeline.store._sqlite_events import EventsMixin
 from pipeline.store._sqlite_schema import MIGRATIONS
 from pipeline.store._sqlite_state import (
@@ -32,10 +33,10 @@ from pipeline.store._sqlite_state import (
 )
 from pipeline.store._sqlite_stop import StopMixin
 from pipeline.store._sqlite_tx import snapshot, transaction
-from pipeline.store._types import STATES, ListRow, Send, Suppression, now
+from pipeline.store._types import STATES, ListRow, Send, Suppression, erased_marker, now
 
 WAL_KEPT_BYTES = 64 * 1024 * 1024
-TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects")
+TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
 
 
 def _statements(script: str) -> list[str]:
@@ -63,7 +64,7 @@ def _send(row: tuple[object, ...]) -> Send:
                 created_at=str(created), finished_at=finished)  # type: ignore[arg-type]
 
 
-class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
+class SQLiteStore(EraseMixin, ClaimsMixin, EventsMixin, StopMixin):
     """The store in one SQLite file. Autocommit mode: every write is in an explicit transaction."""
 
     engine = "sqlite"
@@ -150,8 +151,10 @@ class SQLiteStore(ClaimsMixin, EventsMixin, StopMixin):
     # --- suppressions -----------------------------------------------------------------------------------
 
     def _insert_suppression(self, email: str, *, reason: str, source: str) -> bool:
+        """Not for an erased address: its marker suppresses it already, and the address must not come back."""
         cursor = self.conn.execute("INSERT OR IGNORE INTO suppressions (email, reason, source, created_at) "
-                                   "VALUES (?, ?, ?, ?)", (email.strip(), reason, source, now()))
+                                   "SELECT ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM erased WHERE marker = ?)",
+                                   (email.strip(), reason, source, now(), erased_marker(email)))
         return cursor.rowcount == 1
 
     def add_suppression(self, email: str, *, reason: str, source: str) -> bool:

@@ -25,6 +25,9 @@ class EventsMixin:
     def _insert_suppression(self, email: str, *, reason: str, source: str) -> bool:
         raise NotImplementedError
 
+    def _scrub_erased(self, events: list[EventRecord]) -> list[EventRecord]:
+        raise NotImplementedError
+
     def counts(self, send_id: int) -> dict[str, int]:
         raise NotImplementedError
 
@@ -72,7 +75,7 @@ class EventsMixin:
         (`duplicate`, `applied`, `unmatched`, `unknown_type`, `invalid`) and whether it newly suppressed."""
         done: list[tuple[str, bool]] = []
         with transaction(self.conn):
-            for r in events:
+            for r in self._scrub_erased(list(events)):
                 match = self._find_delivery(r) if r.status == "applied" else None
                 status = "unmatched" if r.status == "applied" and match is None else r.status
                 if not self._insert_event(r, status, match):
@@ -111,6 +114,7 @@ class EventsMixin:
                              send_id=None, issue=issue, list_name=list_name, occurred_at=None, url=None,
                              payload=json.dumps(fields, sort_keys=True))
         with transaction(self.conn):
+            (record,) = self._scrub_erased([record])  # an erased reader's old link: no address stored, none added
             added = self._insert_suppression(email, reason="unsubscribed",
                                              source=f"{LINK_SOURCE} {list_name} {issue}")
             row = self.conn.execute("SELECT d.id, s.id FROM deliveries d JOIN sends s ON s.id = d.send_id WHERE "
@@ -118,7 +122,7 @@ class EventsMixin:
                                     "DESC LIMIT 1", (issue, list_name, email)).fetchone()
             match = Match(send_id=int(row[1]), delivery_id=int(row[0]), issue=issue, list_name=list_name) \
                 if row else None
-            self._insert_event(record, "applied", match)
+            self._insert_event(record, record.status, match if record.email else None)
         return added
 
     def link_resubscribe(self, *, email: str, reason_of: ReasonOf | None = None) -> tuple[bool, str | None]:

@@ -18,6 +18,8 @@ Tables:
 - ``delivery_status``: per delivery that has heard back, the furthest outcome (processed < deferred <
   delivered < bounce/dropped); the ``deliveries.state`` column belongs to the send and is never touched.
 - ``webhook_rejects``: signed posts whose body was not an event array, kept once per distinct body.
+- ``erased``: readers erased on request (`newsletter subscribers erase`), as the SHA-256 of the lower-cased
+  address (`erased_marker`), never the address: a list row or an event of that address is known by it.
 """
 
 Migration = tuple[str, str]  # (globally unique name, SQL script)
@@ -181,5 +183,15 @@ MIGRATIONS += [
     ("stop_002_batch_send_at", """
         ALTER TABLE batches ADD COLUMN send_at INTEGER;
         UPDATE batches SET send_at = (SELECT CAST(s.send_at AS INTEGER) FROM sends s WHERE s.id = batches.send_id);
+    """),
+]
+
+MIGRATIONS += [
+    # Erasure on request: the marker of each erased address (see pipeline.store._erasing).
+    ("erase_001_erased", """
+        CREATE TABLE erased (
+            marker TEXT PRIMARY KEY,
+            erased_at TEXT NOT NULL
+        );
     """),
 ]

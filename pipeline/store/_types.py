@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -19,6 +20,12 @@ DeliveryRow = tuple[int, str, str, str | None]  # (delivery id, email, name, mer
 # it (or '') the default edition's
 ListRow = tuple[str, str, str | None] | tuple[str, str, str | None, str]
 Editions = Sequence[str] | None  # a batch filter: the editions whose deliveries to take (None: all)
+
+
+def erased_marker(email: str) -> str:
+    """What the store keeps of an erased address: SHA-256 (hex) of it stripped and lower-cased. It cannot be read
+    back, only matched: a list row, a webhook event or a suppression of that address is recognised by it."""
+    return hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def now() -> str:
@@ -128,6 +135,26 @@ class EventCounts:
     links: list[tuple[str, int, int]]  # url, clicks, distinct clickers; most clicked first
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Erased:
+    """Where the store holds one address (`find_address`), or what `erase_address` changed there: counts only.
+
+    `sends` are (issue, list, transport) of the sends with a delivery to it; `marked` is whether its erased
+    marker was there before (`find_address`: the address was erased already)."""
+
+    deliveries: int = 0
+    sends: tuple[tuple[str, str, str], ...] = ()
+    events: int = 0
+    suppressions: int = 0
+    rejects: int = 0
+    batch_errors: int = 0  # SendGrid error texts of requests that quote the address
+    marked: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.deliveries + self.events + self.suppressions + self.rejects + self.batch_errors
+
+
 class Store(Protocol):
     """Everything the product keeps between runs. Engines: SQLite (`_sqlite`), PostgreSQL (`_postgres`)."""
 
@@ -179,6 +206,12 @@ class Store(Protocol):
     def list_suppressions(self) -> list[Suppression]: ...
     def is_suppressed(self, email: str) -> bool: ...
     def suppressed_set(self) -> set[str]: ...
+
+    # erasure on request: `erase_address` in one transaction, with the locks of the sends it touches held
+    def find_address(self, email: str) -> Erased: ...
+    def erase_address(self, email: str) -> Erased: ...
+    def erased_markers(self) -> set[str]: ...  # empty (one cheap query) while nobody was erased
+    def is_erased(self, email: str) -> bool: ...
 
     # events
     def record_events(self, events: Sequence[EventRecord]) -> list[tuple[str, bool]]: ...

@@ -1,0 +1,210 @@
+"""Erasing a reader on request (`newsletter subscribers erase`): every trace of an address, found, then erased.
+
+Where: the store (`Store.find_address`, `Store.erase_address`: deliveries, events, suppression, webhook bodies,
+request errors; an erased marker kept) and the rows of every list in `subscribers/`. Everything is read
+first (a list that cannot be read stops it before anything changes); then, with the send locks of every send
+that mailed the address held (a running send refuses it), the store is erased in one transaction and each
+list that holds the address is rewritten atomically without those rows, every other byte kept.
+
+Addresses compare without regard to case. Nothing here logs an address.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.errors import ConfigError, SubscriberError
+from pipeline.lists.subscribers import EMAIL_COLUMN, CsvFile, normalise
+from pipeline.store import Erased, Store
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListRows:
+    """The rows of one list file that hold the address: the first line of each (a quoted cell may span lines)."""
+
+    path: Path
+    lines: tuple[int, ...]
+    tracked: bool  # the file is in git's index: git history still holds the rows
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Traces:
+    """Every trace of one address: in the store (counts) and in the list files."""
+
+    address: str
+    store: Erased
+    lists: tuple[ListRows, ...]
+
+    @property
+    def list_rows(self) -> int:
+        return sum(len(found.lines) for found in self.lists)
+
+
+def checked_address(text: str) -> str:
+    """The address as lists hold it (email-validator's normal form), or ConfigError (exit 2) naming it."""
+    try:
+        return normalise(text)
+    except ValueError as exc:
+        raise ConfigError(f"{text.strip()!r} is not an email address ({exc}); nothing was erased — pass one "
+                          f"address per argument, e.g. ada@example.org") from None
+
+
+def list_files(config: Config) -> list[Path]:
+    """Every list the newsletter knows: subscribers/*.csv."""
+    folder = config.subscribers_dir
+    return sorted(p for p in folder.glob("*.csv") if p.is_file()) if folder.is_dir() else []
+
+
+def find(config: Config, store: Store, address: str) -> Traces:
+    """Where `address` is kept; nothing is changed. A list that cannot be read raises SubscriberError."""
+    lists = []
+    for path in list_files(config):
+        lines = tuple(line for line, _, mine in _records(path, address) if mine)
+        if lines:
+            lists.append(ListRows(path=path, lines=lines, tracked=tracked_by_git(path)))
+    return Traces(address=address, store=store.find_address(address), lists=tuple(lists))
+
+
+def erase(config: Config, store: Store, traces: Traces) -> Traces:
+    """Erase what `find` found (and whatever the store holds by now): the store first, in one transaction under
+    the locks of the sends concerned, then the list files. Returns what was erased."""
+    with ExitStack() as held:
+        for issue, list_name in dict.fromkeys((i, n) for i, n, _ in store.find_address(traces.address).sends):
+            held.enter_context(store.lock(issue=issue, list_name=list_name))
+        erased = store.erase_address(traces.address)
+    lists = []
+    for found in traces.lists:
+        lines = _rewrite(found.path, traces.address)
+        if lines:
+            lists.append(ListRows(path=found.path, lines=lines, tracked=found.tracked))
+    return Traces(address=traces.address, store=erased, lists=tuple(lists))
+
+
+# --- list files -----------------------------------------------------------------------------------------
+
+
+def _same(cell: str, address: str) -> bool:
+    try:
+        cell = normalise(cell)
+    except ValueError:
+        cell = cell.strip()
+    return cell.lower() == address.lower()
+
+
+def _records(path: Path, address: str) -> Iterator[tuple[int, bytes, bool]]:
+    """(first line, raw bytes, holds the address) of each record of a list, the header first (never the address).
+
+    A record is what the csv module reads as one row (a quoted cell may hold line breaks), given back byte for
+    byte: a file rewritten from them differs only by the rows left out."""
+    email_at = CsvFile(path).require(EMAIL_COLUMN)  # the header checked as the list reader checks it
+    needle = address.lower().encode("utf-8", "surrogatepass")
+    raw: list[bytes] = []
+    with path.open("rb") as handle:
+
+        def lines() -> Iterator[str]:
+            for line in handle:
+                raw.append(line)
+                yield line.decode("utf-8", "surrogateescape")
+
+        reader, first = csv.reader(lines()), 1
+        try:
+            for cells in reader:
+                record = b"".join(raw)
+                raw.clear()
+                mine = first > 1 and needle in record.lower() and email_at < len(cells) and \
+                    _same(cells[email_at], address)
+                yield first, record, mine
+                first = reader.line_num + 1
+        except csv.Error as exc:
+            raise SubscriberError(f"{path}:{reader.line_num + 1}: the CSV cannot be read ({exc}); nothing was "
+                                  f"erased — check the quoting of that row") from None
+    if raw:  # a last line the reader took for nothing (cannot happen with csv's rules, kept to lose no byte)
+        yield first, b"".join(raw), False
+
+
+def _rewrite(path: Path, address: str) -> tuple[int, ...]:
+    """The list without the rows of `address`, through a temporary file moved over it (mode kept); the lines of
+    the rows left out. Nothing is written when none holds it."""
+    if not any(mine for _, _, mine in _records(path, address)):
+        return ()
+    dropped: list[int] = []
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for line, record, mine in _records(path, address):
+                if mine:
+                    dropped.append(line)
+                else:
+                    out.write(record)
+            out.flush()
+            os.fsync(out.fileno())
+        shutil.copymode(path, temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return tuple(dropped)
+
+
+# --- git: is a list file tracked? (read from git's index; git itself is not run) ----------------------------
+
+
+def tracked_by_git(path: Path) -> bool:
+    """Whether `path` is in the index of the git repository around it (index versions 2 – 4)."""
+    path = path.resolve()
+    for folder in path.parents:
+        dot_git = folder / ".git"
+        if dot_git.is_dir():
+            return _in_index(dot_git / "index", path.relative_to(folder).as_posix())
+        if dot_git.is_file():  # a worktree or submodule: "gitdir: <where its index is>"
+            text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+            if text.startswith("gitdir:"):
+                gitdir = Path(text.removeprefix("gitdir:").strip())
+                return _in_index((folder / gitdir) / "index", path.relative_to(folder).as_posix())
+            return False
+    return False
+
+
+def _in_index(index: Path, name: str) -> bool:
+    try:
+        data = index.read_bytes()
+    except OSError:
+        return False
+    if len(data) < 12 or data[:4] != b"DIRC":  # noqa: PLR2004 - the index header
+        return False
+    version, count = struct.unpack(">II", data[4:12])
+    wanted, at, previous = name.encode(), 12, b""
+    for _ in range(count):
+        flags = struct.unpack(">H", data[at + 60:at + 62])[0]
+        start = at + 62 + (2 if version >= 3 and flags & 0x4000 else 0)  # noqa: PLR2004
+        if version >= 4:  # noqa: PLR2004 - path prefix-compressed against the previous entry's
+            strip, used = _varint(data, start)
+            end = data.index(b"\0", used)
+            entry = previous[:len(previous) - strip] + data[used:end]
+            at = end + 1
+        else:
+            end = data.index(b"\0", start)
+            entry = data[start:end]
+            at += (end - at + 8) & ~7
+        if entry == wanted:
+            return True
+        previous = entry
+    return False
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """git's offset varint (index v4): the value and where the bytes after it start."""
+    value = data[at] & 0x7F
+    while data[at] & 0x80:
+        at += 1
+        value = ((value + 1) << 7) | (data[at] & 0x7F)
+    return value, at + 1

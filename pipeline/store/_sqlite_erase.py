@@ -1,0 +1,122 @@
+"""Erasure on request in the SQLite store: find every trace of an address, erase it in one transaction.
+
+What is written in place of the address is decided in _erasing. The file must not keep the erased bytes:
+the transaction runs with `secure_delete` on (SQLite zeroes what it frees and rewrites), a checkpoint then
+copies the new pages over the old ones and truncates the WAL, and when the file has free pages (freed
+earlier, without zeroing: an outbox run's deliveries, pruned webhook bodies) it is rebuilt with VACUUM.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from pipeline.store._erasing import (
+    delivery_pseudonym,
+    event_pseudonym,
+    fold,
+    holds,
+    minimal_payload,
+    scrub_record,
+    scrub_text,
+)
+from pipeline.store._sqlite_state import settle_send
+from pipeline.store._sqlite_tx import snapshot, transaction
+from pipeline.store._types import Erased, EventRecord, erased_marker, now
+
+# Deliveries that could still be mailed (a resumed send, --resend-in-doubt) become `suppressed` when erased:
+# their address is a pseudonym that must never be sent to. Accepted, suppressed and removed rows keep their state.
+UNSENT = ("pending", "failed", "in_doubt", "in_flight")
+_EVENTS = ("SELECT id, email, delivery_id, event, occurred_at, url FROM events WHERE email = ? "
+           "OR instr(lower(payload), ?) > 0 OR instr(lower(coalesce(url, '')), ?) > 0")
+
+
+class EraseMixin:
+    conn: sqlite3.Connection
+
+    def erased_markers(self) -> set[str]:
+        return {str(row[0]) for row in self.conn.execute("SELECT marker FROM erased")}
+
+    def is_erased(self, email: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM erased WHERE marker = ?", (erased_marker(email),)).fetchone() \
+            is not None
+
+    def _scrub_erased(self, events: list[EventRecord]) -> list[EventRecord]:
+        """Events of erased addresses stored without the address (inside the caller's transaction)."""
+        if not events or self.conn.execute("SELECT 1 FROM erased LIMIT 1").fetchone() is None:
+            return events
+        markers = self.erased_markers()
+        return [scrub_record(r) if r.email and erased_marker(r.email) in markers else r for r in events]
+
+    def find_address(self, email: str) -> Erased:
+        """Where the address is kept (case-insensitively), counted; nothing is changed."""
+        with snapshot(self.conn):
+            return self._find(email.strip())
+
+    def _find(self, address: str) -> Erased:
+        conn, folded = self.conn, fold(address)
+        sends = conn.execute("SELECT s.issue, s.list, s.transport, count(*) FROM deliveries d JOIN sends s ON "
+                             "s.id = d.send_id WHERE d.email = ? GROUP BY s.id ORDER BY s.id", (address,)).fetchall()
+        events = conn.execute(_EVENTS.replace("SELECT id, email, delivery_id, event, occurred_at, url",
+                                              "SELECT count(*)"), (address, folded, folded)).fetchone()[0]
+        suppressed = conn.execute("SELECT count(*) FROM suppressions WHERE email = ?", (address,)).fetchone()[0]
+        errors = conn.execute("SELECT count(*) FROM batches WHERE instr(lower(error), ?) > 0", (folded,)).fetchone()[0]
+        return Erased(deliveries=sum(int(row[3]) for row in sends),
+                      sends=tuple((str(i), str(n), str(t)) for i, n, t, _ in sends), events=int(events),
+                      suppressions=int(suppressed), rejects=len(self._rejects_holding(address)),
+                      batch_errors=int(errors), marked=self.is_erased(address))
+
+    def _rejects_holding(self, address: str) -> list[str]:
+        """Kept webhook bodies (at most MAX_REJECTS) that hold the address, read one at a time."""
+        keys = [str(row[0]) for row in self.conn.execute("SELECT body_sha256 FROM webhook_rejects")]
+        return [k for k in keys if holds(self.conn.execute("SELECT body FROM webhook_rejects WHERE body_sha256 = ?",
+                                                           (k,)).fetchone()[0], address)]
+
+    def erase_address(self, email: str) -> Erased:
+        """Erase every trace of the address in one transaction and keep its marker (see _erasing); returns what
+        was changed. Call it with the locks of the sends it touches held: an unsent delivery becomes
+        `suppressed`, and deferred batches are settled first (see _sqlite_state)."""
+        address, conn = email.strip(), self.conn
+        before = int(conn.execute("PRAGMA secure_delete").fetchone()[0])  # some builds have it on by default
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            with transaction(conn):
+                found = self._find(address)
+                for (send_id,) in conn.execute("SELECT DISTINCT send_id FROM deliveries WHERE email = ?",
+                                               (address,)).fetchall():
+                    settle_send(conn, send_id)
+                stamp, unsent = now(), ", ".join(f"'{s}'" for s in UNSENT)
+                for (delivery_id,) in conn.execute("SELECT id FROM deliveries WHERE email = ?", (address,)).fetchall():
+                    conn.execute(f"UPDATE deliveries SET email = ?, name = '', fields = NULL, state = CASE WHEN state "
+                                 f"IN ({unsent}) THEN 'suppressed' ELSE state END, updated_at = CASE WHEN state IN "
+                                 f"({unsent}) THEN ? ELSE updated_at END WHERE id = ?",
+                                 (delivery_pseudonym(delivery_id), stamp, delivery_id))
+                self._erase_events(address)
+                for batch_id, error in conn.execute("SELECT id, error FROM batches WHERE instr(lower(error), ?) > 0",
+                                                    (fold(address),)).fetchall():
+                    conn.execute("UPDATE batches SET error = ? WHERE id = ?", (scrub_text(error, address), batch_id))
+                conn.execute("DELETE FROM suppressions WHERE email = ?", (address,))
+                for digest in self._rejects_holding(address):
+                    conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = ?", (digest,))
+                conn.execute("INSERT OR IGNORE INTO erased (marker, erased_at) VALUES (?, ?)",
+                             (erased_marker(address), stamp))
+            self._leave_no_copy()
+        finally:
+            conn.execute(f"PRAGMA secure_delete = {before}")
+        return found
+
+    def _erase_events(self, address: str) -> None:
+        folded = fold(address)
+        for event_id, email, delivery_id, event, occurred_at, url in self.conn.execute(
+                _EVENTS, (address, folded, folded)).fetchall():
+            mine = email is not None and fold(email) == folded  # else the address was only in its payload or URL
+            self.conn.execute("UPDATE events SET email = ?, payload = ?, url = ? WHERE id = ?",
+                              (event_pseudonym(event_id, delivery_id) if mine else email,
+                               minimal_payload(event, occurred_at), scrub_text(url, address), event_id))
+
+    def _leave_no_copy(self) -> None:
+        """The erased bytes out of the file: checkpoint the WAL into it and truncate it; rebuild the file when it
+        has free pages (freed before, not zeroed). A reader of an older snapshot (`serve` mid-request) can hold
+        the checkpoint back: it is tried again after the rebuild."""
+        if int(self.conn.execute("PRAGMA freelist_count").fetchone()[0]):
+            self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
