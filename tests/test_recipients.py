@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
-from storekit import select
+from storekit import same_store, select
 
 from pipeline.build.render import Email
 from pipeline.config import load_config
@@ -88,3 +90,41 @@ def test_a_test_copy_borrows_the_first_recipients_values(site: Path, store: Stor
         0, "me@example.org", "Ada", '{"city": "London"}')
     path.write_text("email,name\n", "utf-8")
     assert recipients.row_for_test_copy(store, path, "me@example.org", base_url=base) == (0, "me@example.org", "", None)
+
+
+class _EraseBeforeRecording:
+    """The store as the send sees it, but `serve`'s erase of one reader (another connection) commits after
+    the list was read and before its rows are recorded: the erase cannot see those rows."""
+
+    def __init__(self, store: Store, other: Store, address: str) -> None:
+        self._store, self._other, self._address = store, other, address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def add_recipients(self, send_id: int, rows: Iterable[Any]) -> int:
+        listed = list(rows)  # the list is read: no marker yet, the reader is among the rows
+        self._other.erase_address(self._address)
+        return self._store.add_recipients(send_id, listed)
+
+
+def test_a_reader_erased_while_the_list_is_recorded_is_erased_before_anything_is_sent(
+        site: Path, store: Store, database_url: str | None) -> None:
+    path, send_id = _setup(site, store, "email,name\nada@example.org,Ada\ngrace@example.org,Grace\n")
+    other = same_store(store, database_url)
+    try:
+        racing = cast(Store, _EraseBeforeRecording(store, other, "Ada@Example.org"))
+        recorded = recipients.record_list(racing, send_id, path, _personalizer(site), list_name="club",
+                                          new_send=True, skip_invalid=False)
+    finally:
+        other.close()
+    assert recorded.erased == 1 and recorded.listed == 1
+    assert [row[0] for row in _rows(store, send_id)] == [delivery_pseudonym_of(store, send_id), "grace@example.org"]
+    counts = store.counts(send_id)
+    assert (counts["pending"], counts["suppressed"]) == (1, 1)
+    assert select(store, "SELECT count(*) FROM deliveries WHERE lower(email) = 'ada@example.org'") == [(0,)]
+
+
+def delivery_pseudonym_of(store: Store, send_id: int) -> str:
+    (first,) = select(store, "SELECT min(id) FROM deliveries WHERE send_id = ?", (send_id,))[0]
+    return f"erased-{first}@erased.invalid"

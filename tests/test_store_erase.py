@@ -170,3 +170,29 @@ def test_events_of_others_are_untouched_by_a_marker(store: Store) -> None:
     rows = dict(select(store, "SELECT event_key, payload FROM events"))
     assert json.loads(rows["k-grace@example.org"]) == {"email": "grace@example.org"}
     assert ADA not in rows[f"k-{ADA}"]
+
+
+def test_postgresql_erase_waits_for_a_post_under_way_and_erases_what_it_wrote(pg_database: str) -> None:
+    """READ COMMITTED: an erase that ran while a webhook post's transaction was open would miss the address
+    that post then commits. The post's transaction shares the erase lock: the erase waits for it and sees it."""
+    import threading
+    import time
+
+    from pipeline.store._postgres import PostgresStore
+
+    store, other = PostgresStore(pg_database, migrate=True), PostgresStore(pg_database, migrate=False)
+    try:
+        with other._writing_addresses() as conn:  # a post under way: it has written the address, not committed
+            conn.execute("INSERT INTO suppressions (email, reason, source, created_at) VALUES (%s, 'bounced', "
+                         "'webhook', 'now')", (ADA,))
+            erasing = threading.Thread(target=store.erase_address, args=(ADA,))
+            erasing.start()
+            time.sleep(0.5)
+            assert erasing.is_alive()  # waiting for the post to end
+        erasing.join(timeout=30)
+        assert not erasing.is_alive()
+        assert select(store, "SELECT count(*) FROM suppressions") == [(0,)]
+        assert store.is_erased(ADA)
+    finally:
+        store.close()
+        other.close()

@@ -103,9 +103,17 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     duplicates = source.duplicates
     if new_send:  # the send log dropped the duplicates: they were counted as listed until then
         duplicates, listed = listed - added, added
+    erased = skip.erased if skip is not None else 0
+    # Readers erased while the list was read: their rows were read before their marker existed, and the erase
+    # could not see rows recorded after it. Erased now, before anything is sent.
+    late = store.erased_markers() - (skip.markers if skip is not None else set())
+    if late:
+        for email in store.recorded_erased(send_id, late):
+            store.erase_address(email)
+            erased += 1
+            listed -= 1
     skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                     for p in source.problems)
-    erased = skip.erased if skip is not None else 0
     if erased:
         skipped += (Problem(message=f"{erased} row(s) of readers erased on request skipped: they are not mailed",
                             file=path, blocking=False, fix="delete them from the list (`newsletter subscribers "

@@ -8,7 +8,8 @@ from everything but the files; the README says what stays (Erasing a reader).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import psycopg
@@ -32,6 +33,10 @@ _EVENTS = (f"SELECT id, email, delivery_id, event, occurred_at, url FROM events 
            f'OR strpos(lower(payload COLLATE "C"), %s) > 0 OR strpos(lower(url COLLATE "C"), %s) > 0')
 _ERRORS = 'SELECT id, error FROM batches WHERE strpos(lower(error COLLATE "C"), %s) > 0'
 TOUCHED = ("deliveries", "events", "batches", "suppressions", "webhook_rejects")
+# Advisory lock key ("nl_erase"): an erase takes it alone, every transaction that may write an address shares it.
+# READ COMMITTED lets an erase miss rows that a webhook post or a recording list commits after the erase read
+# (SQLite has one writer at a time: no such gap).
+ERASE_LOCK = 0x6E6C5F6572617365
 
 
 class PgEraseMixin:
@@ -41,9 +46,22 @@ class PgEraseMixin:
     def _connect(self, **defaults: Any) -> psycopg.Connection[Any]:
         raise NotImplementedError
 
+    @contextmanager
+    def _writing_addresses(self) -> Iterator[psycopg.Connection[Any]]:
+        """A transaction that may write an address (events, suppressions, a list recorded): it waits for an erase
+        under way, and an erase waits for it, so the erase sees every row it committed."""
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASE_LOCK,))
+            yield conn
+
     def erased_markers(self) -> set[str]:
         with self._tx() as conn:
             return {str(row[0]) for row in conn.execute("SELECT marker FROM erased")}
+
+    def recorded_erased(self, send_id: int, markers: set[str]) -> list[str]:
+        with self._tx() as conn, conn.cursor(name="recorded_erased") as cursor:  # on the server: a few rows at a time
+            cursor.execute("SELECT email FROM deliveries WHERE send_id = %s", (send_id,))
+            return [str(email) for (email,) in cursor if erased_marker(email) in markers]
 
     def is_erased(self, email: str) -> bool:
         with self._tx() as conn:
@@ -93,6 +111,7 @@ class PgEraseMixin:
         address, folded = email.strip(), fold(email)
         unsent = ", ".join(f"'{s}'" for s in UNSENT)
         with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ERASE_LOCK,))
             found = self._find(conn, address)
             stamp = now()
             for (send_id, delivery_id) in conn.execute(f"SELECT send_id, id FROM deliveries WHERE {_ADDRESS} "

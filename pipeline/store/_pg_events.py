@@ -30,6 +30,9 @@ class PgEventsMixin:
     def _scrub_erased(self, conn: psycopg.Connection[Any], events: list[EventRecord]) -> list[EventRecord]:
         raise NotImplementedError
 
+    def _writing_addresses(self) -> AbstractContextManager[psycopg.Connection[Any]]:
+        raise NotImplementedError
+
     def _insert_suppression(self, conn: psycopg.Connection[Any], email: str, *, reason: str, source: str) -> bool:
         return self._suppression_cursor(conn, email, reason=reason, source=source).rowcount == 1
 
@@ -51,7 +54,7 @@ class PgEventsMixin:
         insert every event (the new ones are returned), move the outcomes forward, then the rare
         suppressions one by one, in order. Only the order of the reads moves: finding a delivery reads
         sends and deliveries, which recording events does not change."""
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             events = self._scrub_erased(conn, list(events))
             matches = self._find_all(conn, events)
             statuses = ["unmatched" if r.status == "applied" and m is None else r.status
@@ -166,7 +169,7 @@ class PgEventsMixin:
     def record_reject(self, body: bytes, reason: str) -> None:
         """Keep a signed body we could not read (once per distinct body; SendGrid retries it)."""
         digest = hashlib.sha256(body).hexdigest()
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             conn.execute("INSERT INTO webhook_rejects (body_sha256, reason, body, received_at) VALUES "
                          "(%s, %s, %s, %s) ON CONFLICT (body_sha256) DO UPDATE SET times = webhook_rejects.times + 1",
                          (digest, reason, body, now()))
@@ -182,7 +185,7 @@ class PgEventsMixin:
         record = EventRecord(key=event_key, event="unsubscribe", status="applied", source="link",
                              email=email.lower(), send_id=None, issue=issue, list_name=list_name, occurred_at=None,
                              url=None, payload=json.dumps(fields, sort_keys=True))
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             (record,) = self._scrub_erased(conn, [record])  # an erased reader's old link: no address stored, none added
             added = self._insert_suppression(conn, email, reason="unsubscribed",
                                              source=f"{LINK_SOURCE} {list_name} {issue}")

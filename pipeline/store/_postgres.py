@@ -169,12 +169,12 @@ class PostgresStore(PgEraseMixin, PgClaimsMixin, PgEventsMixin, PgStopMixin):
 
     def add_suppression(self, email: str, *, reason: str, source: str) -> bool:
         """Suppress an address for every list; False if it already was (the first reason is kept)."""
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             return self._insert_suppression(conn, email, reason=reason, source=source)
 
     def add_suppressions(self, found: Iterable[tuple[str, str]], *, source: str) -> int:
         """(address, reason) pairs in one transaction (by COPY: imports can be large); returns how many were new."""
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             conn.execute('CREATE TEMP TABLE found (ord bigint GENERATED ALWAYS AS IDENTITY, email text COLLATE "C", '
                          'reason text, marker text COLLATE "C") ON COMMIT DROP')
             with conn.cursor().copy("COPY found (email, reason, marker) FROM STDIN") as copy:
@@ -271,7 +271,7 @@ class PostgresStore(PgEraseMixin, PgClaimsMixin, PgEventsMixin, PgStopMixin):
         One INSERT in list order; only if it meets a duplicate (the list reader removes them, so rarely) is
         it rolled back and made again skipping them, which costs a unique index probe per row.
         """
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             if conn.execute("SELECT 1 FROM sends WHERE id = %s", (send_id,)).fetchone() is None:
                 raise SendError(f"send {send_id} is not in the send log")
             self._copy_listed(conn, rows)
@@ -290,7 +290,7 @@ class PostgresStore(PgEraseMixin, PgClaimsMixin, PgEventsMixin, PgStopMixin):
         the SQLite engine's docstring). Returns rows added."""
         listed = f"EXISTS (SELECT 1 FROM listed l WHERE {key('l.email')} = {key('d.email')})"
         suppressed = f"EXISTS (SELECT 1 FROM suppressions s WHERE {key('s.email')} = {key('d.email')})"
-        with self._tx() as conn:
+        with self._writing_addresses() as conn:
             self._copy_listed(conn, rows)
             added = conn.execute(
                 f"INSERT INTO deliveries (send_id, email, name, fields, edition) SELECT %s, email, name, fields, "

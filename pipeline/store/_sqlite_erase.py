@@ -36,6 +36,11 @@ class EraseMixin:
     def erased_markers(self) -> set[str]:
         return {str(row[0]) for row in self.conn.execute("SELECT marker FROM erased")}
 
+    def recorded_erased(self, send_id: int, markers: set[str]) -> list[str]:
+        """The addresses of the send's deliveries whose erased marker is in `markers` (each row hashed: rare)."""
+        rows = self.conn.execute("SELECT email FROM deliveries WHERE send_id = ?", (send_id,))
+        return [str(email) for (email,) in rows if erased_marker(email) in markers]
+
     def is_erased(self, email: str) -> bool:
         return self.conn.execute("SELECT 1 FROM erased WHERE marker = ?", (erased_marker(email),)).fetchone() \
             is not None
