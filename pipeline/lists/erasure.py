@@ -54,7 +54,7 @@ def checked_address(text: str) -> str:
     try:
         return normalise(text)
     except ValueError as exc:
-        raise ConfigError(f"{text.strip()!r} is not an email address ({exc}); nothing was erased — pass one "
+        raise ConfigError(f"{text.strip()[:80]!r} is not an email address ({exc}); nothing was erased — pass one "
                           f"address per argument, e.g. ada@example.org") from None
 
 
