@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
-import struct
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -155,56 +155,15 @@ def _rewrite(path: Path, address: str) -> tuple[int, ...]:
     return tuple(dropped)
 
 
-# --- git: is a list file tracked? (read from git's index; git itself is not run) ----------------------------
+# --- git ---------------------------------------------------------------------------------------------------
 
 
 def tracked_by_git(path: Path) -> bool:
-    """Whether `path` is in the index of the git repository around it (index versions 2 – 4)."""
-    path = path.resolve()
-    for folder in path.parents:
-        dot_git = folder / ".git"
-        if dot_git.is_dir():
-            return _in_index(dot_git / "index", path.relative_to(folder).as_posix())
-        if dot_git.is_file():  # a worktree or submodule: "gitdir: <where its index is>"
-            text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
-            if text.startswith("gitdir:"):
-                gitdir = Path(text.removeprefix("gitdir:").strip())
-                return _in_index((folder / gitdir) / "index", path.relative_to(folder).as_posix())
-            return False
-    return False
-
-
-def _in_index(index: Path, name: str) -> bool:
+    """Whether git tracks `path` (then its history still holds the rows). False without git, outside a
+    repository, or when git does not answer within 10 s: only a warning depends on it."""
     try:
-        data = index.read_bytes()
-    except OSError:
+        done = subprocess.run(["git", "ls-files", "--error-unmatch", "--", path.name], cwd=path.parent,
+                              capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
         return False
-    if len(data) < 12 or data[:4] != b"DIRC":  # noqa: PLR2004 - the index header
-        return False
-    version, count = struct.unpack(">II", data[4:12])
-    wanted, at, previous = name.encode(), 12, b""
-    for _ in range(count):
-        flags = struct.unpack(">H", data[at + 60:at + 62])[0]
-        start = at + 62 + (2 if version >= 3 and flags & 0x4000 else 0)  # noqa: PLR2004
-        if version >= 4:  # noqa: PLR2004 - path prefix-compressed against the previous entry's
-            strip, used = _varint(data, start)
-            end = data.index(b"\0", used)
-            entry = previous[:len(previous) - strip] + data[used:end]
-            at = end + 1
-        else:
-            end = data.index(b"\0", start)
-            entry = data[start:end]
-            at += (end - at + 8) & ~7
-        if entry == wanted:
-            return True
-        previous = entry
-    return False
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    """git's offset varint (index v4): the value and where the bytes after it start."""
-    value = data[at] & 0x7F
-    while data[at] & 0x80:
-        at += 1
-        value = ((value + 1) << 7) | (data[at] & 0x7F)
-    return value, at + 1
+    return done.returncode == 0
