@@ -128,15 +128,21 @@ def test_sqlite_file_keeps_no_byte_of_the_address(tmp_path: Path) -> None:
                                subject="s")
     others = [(f"reader{i}@example.org", f"Reader {i}", None) for i in range(2000)]
     store.add_recipients(outbox.id, [*others[:1000], (ADA, "Ada Lovelace", '{"city": "London"}'), *others[1000:]])
+    club = store.create_send(issue="001-hello", list_name="club", transport="sendgrid", content_hash="h", subject="s")
+    store.add_recipients(club.id, others)
     store.delete_send(outbox.id)  # pages freed without zeroing: only a rebuild clears them
     store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[attr-defined]
     assert store.conn.execute("PRAGMA freelist_count").fetchone()[0] > 0  # type: ignore[attr-defined]
+    rebuilds: list[str] = []
+    store.conn.set_trace_callback(lambda sql: rebuilds.append(sql) if sql == "VACUUM" else None)  # type: ignore[attr-defined]
     store.erase_address(ADA)
-    assert store.conn.execute("PRAGMA secure_delete").fetchone()[0] == 0  # type: ignore[attr-defined]
+    store.record_reject(b'[{"email": "reader7@example.org", "note": "' + b"x" * 50_000 + b'"}]', "not JSON")
+    store.erase_address("reader7@example.org")  # frees the pages of that body, zeroed: no second rebuild
+    assert rebuilds == ["VACUUM"]
     files = [p for p in tmp_path.iterdir() if p.name.startswith("sendlog.sqlite3")]
     data = b"".join(p.read_bytes() for p in files).lower()
     assert b"ada@example.org" not in data and b"ada lovelace" not in data and b"tokenofada" not in data
-    assert b"grace@example.org" in data
+    assert b"grace@example.org" in data and b"reader7@example.org" not in data and b"reader8@example.org" in data
     store.close()
 
 

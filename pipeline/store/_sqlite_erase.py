@@ -3,7 +3,8 @@
 What is written in place of the address is decided in _erasing. The file must not keep the erased bytes:
 the transaction runs with `secure_delete` on (SQLite zeroes what it frees and rewrites), a checkpoint then
 copies the new pages over the old ones and truncates the WAL, and when the file has free pages (freed
-earlier, without zeroing: an outbox run's deliveries, pruned webhook bodies) it is rebuilt with VACUUM.
+earlier, without zeroing, by an older version or another program) it is rebuilt with VACUUM, once per store:
+an erase of several addresses rebuilds a large send log once, not once per address.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ _EVENTS = ("SELECT id, email, delivery_id, event, occurred_at, url FROM events W
 
 class EraseMixin:
     conn: sqlite3.Connection
+    _rebuilt = False  # VACUUM ran once for this store: what is freed since was zeroed (secure_delete)
 
     def erased_markers(self) -> set[str]:
         return {str(row[0]) for row in self.conn.execute("SELECT marker FROM erased")}
@@ -81,32 +83,28 @@ class EraseMixin:
         was changed. Call it with the locks of the sends it touches held: an unsent delivery becomes
         `suppressed`, and deferred batches are settled first (see _sqlite_state)."""
         address, conn = email.strip(), self.conn
-        before = int(conn.execute("PRAGMA secure_delete").fetchone()[0])  # some builds have it on by default
-        conn.execute("PRAGMA secure_delete = ON")
-        try:
-            with transaction(conn):
-                found = self._find(address)
-                for (send_id,) in conn.execute("SELECT DISTINCT send_id FROM deliveries WHERE email = ?",
-                                               (address,)).fetchall():
-                    settle_send(conn, send_id)
-                stamp, unsent = now(), ", ".join(f"'{s}'" for s in UNSENT)
-                for (delivery_id,) in conn.execute("SELECT id FROM deliveries WHERE email = ?", (address,)).fetchall():
-                    conn.execute(f"UPDATE deliveries SET email = ?, name = '', fields = NULL, state = CASE WHEN state "
-                                 f"IN ({unsent}) THEN 'suppressed' ELSE state END, updated_at = CASE WHEN state IN "
-                                 f"({unsent}) THEN ? ELSE updated_at END WHERE id = ?",
-                                 (delivery_pseudonym(delivery_id), stamp, delivery_id))
-                self._erase_events(address)
-                for batch_id, error in conn.execute("SELECT id, error FROM batches WHERE instr(lower(error), ?) > 0",
-                                                    (fold(address),)).fetchall():
-                    conn.execute("UPDATE batches SET error = ? WHERE id = ?", (scrub_text(error, address), batch_id))
-                conn.execute("DELETE FROM suppressions WHERE email = ?", (address,))
-                for digest in self._rejects_holding(address):
-                    conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = ?", (digest,))
-                conn.execute("INSERT OR IGNORE INTO erased (marker, erased_at) VALUES (?, ?)",
-                             (erased_marker(address), stamp))
-            self._leave_no_copy()
-        finally:
-            conn.execute(f"PRAGMA secure_delete = {before}")
+        conn.execute("PRAGMA secure_delete = ON")  # as every connection of the store opens, whatever changed it
+        with transaction(conn):
+            found = self._find(address)
+            for (send_id,) in conn.execute("SELECT DISTINCT send_id FROM deliveries WHERE email = ?",
+                                           (address,)).fetchall():
+                settle_send(conn, send_id)
+            stamp, unsent = now(), ", ".join(f"'{s}'" for s in UNSENT)
+            for (delivery_id,) in conn.execute("SELECT id FROM deliveries WHERE email = ?", (address,)).fetchall():
+                conn.execute(f"UPDATE deliveries SET email = ?, name = '', fields = NULL, state = CASE WHEN state "
+                             f"IN ({unsent}) THEN 'suppressed' ELSE state END, updated_at = CASE WHEN state IN "
+                             f"({unsent}) THEN ? ELSE updated_at END WHERE id = ?",
+                             (delivery_pseudonym(delivery_id), stamp, delivery_id))
+            self._erase_events(address)
+            for batch_id, error in conn.execute("SELECT id, error FROM batches WHERE instr(lower(error), ?) > 0",
+                                                (fold(address),)).fetchall():
+                conn.execute("UPDATE batches SET error = ? WHERE id = ?", (scrub_text(error, address), batch_id))
+            conn.execute("DELETE FROM suppressions WHERE email = ?", (address,))
+            for digest in self._rejects_holding(address):
+                conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = ?", (digest,))
+            conn.execute("INSERT OR IGNORE INTO erased (marker, erased_at) VALUES (?, ?)",
+                         (erased_marker(address), stamp))
+        self._leave_no_copy()
         return found
 
     def _erase_events(self, address: str) -> None:
@@ -119,9 +117,14 @@ class EraseMixin:
                                minimal_payload(event, occurred_at), scrub_text(url, address), event_id))
 
     def _leave_no_copy(self) -> None:
-        """The erased bytes out of the file: checkpoint the WAL into it and truncate it; rebuild the file when it
-        has free pages (freed before, not zeroed). A reader of an older snapshot (`serve` mid-request) can hold
-        the checkpoint back: it is tried again after the rebuild."""
-        if int(self.conn.execute("PRAGMA freelist_count").fetchone()[0]):
-            self.conn.execute("VACUUM")
+        """The erased bytes out of the file: checkpoint the WAL into it and truncate it; rebuild the file once
+        when it has free pages (freed before every connection zeroed what it frees: an older send log, or
+        another program). Rebuilt in a temporary file, not in memory: it is as large as the send log."""
+        if not self._rebuilt and int(self.conn.execute("PRAGMA freelist_count").fetchone()[0]):
+            self.conn.execute("PRAGMA temp_store = FILE")
+            try:
+                self.conn.execute("VACUUM")
+            finally:
+                self.conn.execute("PRAGMA temp_store = MEMORY")
+            self._rebuilt = True
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
