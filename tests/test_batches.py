@@ -16,7 +16,7 @@ from pipeline.config import load_config
 from pipeline.errors import SendError
 from pipeline.lists.values import RowRule, substitution_bytes
 from pipeline.send.batches import Batch, Mailing, Personalizer, display_name, parse_send_at
-from tests.standin import SCHEMA_PATH, limit_errors
+from tests.mailsend_rules import SCHEMA_PATH, limit_errors
 
 SECRET = b"batches-test-secret-0123456789"
 

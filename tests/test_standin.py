@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mailsend_rules import MAX_BODY_BYTES  # pytest puts tests/ on sys.path
 from python_http_client import exceptions as http_errors
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Asm, Category, CustomArg, Mail
-from standin import MAX_BODY_BYTES, StandIn  # pytest puts tests/ on sys.path
+from standin import StandIn
 
 KEY = "SG.test"
 

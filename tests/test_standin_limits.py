@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from standin import (  # pytest puts tests/ on sys.path
+from mailsend_rules import (  # pytest puts tests/ on sys.path
     MAX_ARGS_BYTES,
     MAX_SCHEDULE_SECONDS,
     MAX_SUBSTITUTION_BYTES,
