@@ -202,3 +202,27 @@ def test_postgresql_erase_waits_for_a_post_under_way_and_erases_what_it_wrote(pg
     finally:
         store.close()
         other.close()
+
+
+def test_postgresql_vacuums_once_for_several_addresses(pg_database: str, site: Path) -> None:
+    """An erase of several readers vacuums the tables once, after the last (each VACUUM reads a large send
+    log's tables whole)."""
+    import psycopg
+
+    from pipeline.config import load_config
+    from pipeline.lists import erasure
+    from pipeline.store._postgres import PostgresStore
+
+    store = PostgresStore(pg_database, migrate=True)
+    try:
+        recorded_send(store, 3)
+        config = load_config(site)
+        found = [erasure.find(config, store, f"r{i}@example.org") for i in range(3)]
+        erasure.erase_all(config, store, found)
+        assert select(store, "SELECT count(*) FROM deliveries WHERE email LIKE 'r_@example.org'") == [(0,)]
+    finally:
+        store.close()
+    with psycopg.connect(pg_database, autocommit=True) as conn:  # each VACUUM's backend has ended: stats flushed
+        (vacuums,) = conn.execute("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'deliveries'"
+                                  ).fetchone() or (None,)
+    assert vacuums == 1

@@ -103,7 +103,7 @@ def subscribers_erase(addresses: tuple[str, ...], yes: bool, as_json: bool) -> N
                                  err=as_json):
                 click.echo("nothing erased", err=as_json)
                 return
-        done = [erasure.erase(config, store, traces) for traces in found]
+        done = erasure.erase_all(config, store, found)
     finally:
         store.close()
     show_erased(done, err=as_json)

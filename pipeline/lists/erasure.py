@@ -74,13 +74,22 @@ def find(config: Config, store: Store, address: str) -> Traces:
     return Traces(address=address, store=store.find_address(address), lists=tuple(lists))
 
 
-def erase(config: Config, store: Store, traces: Traces) -> Traces:
+def erase_all(config: Config, store: Store, found: list[Traces]) -> list[Traces]:
+    """`erase` each address; the store then takes the old bytes out of its files once (a rebuild or VACUUM of a
+    large send log per address would take minutes), also when one of them fails."""
+    try:
+        return [erase(config, store, traces, leave_no_copy=False) for traces in found]
+    finally:
+        store.leave_no_copy()
+
+
+def erase(config: Config, store: Store, traces: Traces, *, leave_no_copy: bool = True) -> Traces:
     """Erase what `find` found (and whatever the store holds by now): the store first, in one transaction under
     the locks of the sends concerned, then the list files. Returns what was erased."""
     with ExitStack() as held:
         for issue, list_name in dict.fromkeys((i, n) for i, n, _ in store.find_address(traces.address).sends):
             held.enter_context(store.lock(issue=issue, list_name=list_name))
-        erased = store.erase_address(traces.address)
+        erased = store.erase_address(traces.address, leave_no_copy=leave_no_copy)
     lists = []
     for found in traces.lists:
         lines = _rewrite(found.path, traces.address)

@@ -109,9 +109,10 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     late = store.erased_markers() - (skip.markers if skip is not None else set())
     if late:
         for email in store.recorded_erased(send_id, late):
-            store.erase_address(email)
+            store.erase_address(email, leave_no_copy=False)
             erased += 1
             listed -= 1
+        store.leave_no_copy()
     skipped = tuple(Problem(message=p.message, file=p.file, line=p.line, fix=p.fix, blocking=False)
                     for p in source.problems)
     if erased:

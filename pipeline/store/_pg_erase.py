@@ -106,7 +106,7 @@ class PgEraseMixin:
                 found.append(digest)
         return found
 
-    def erase_address(self, email: str) -> Erased:
+    def erase_address(self, email: str, *, leave_no_copy: bool = True) -> Erased:
         """Erase every trace of the address in one transaction and keep its marker; then vacuum the tables."""
         address, folded = email.strip(), fold(email)
         unsent = ", ".join(f"'{s}'" for s in UNSENT)
@@ -133,11 +133,13 @@ class PgEraseMixin:
                 conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = %s", (digest,))
             conn.execute("INSERT INTO erased (marker, erased_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (erased_marker(address), stamp))
-        self._vacuum()
+        if leave_no_copy:
+            self.leave_no_copy()
         return found
 
-    def _vacuum(self) -> None:
-        """VACUUM cannot run inside a transaction: on a connection of its own, in autocommit."""
+    def leave_no_copy(self) -> None:
+        """VACUUM of the touched tables, so that the old row versions go (it cannot run inside a transaction: on
+        a connection of its own, in autocommit)."""
         try:
             with self._connect() as conn:
                 conn.autocommit = True

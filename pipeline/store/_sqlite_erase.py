@@ -78,7 +78,7 @@ class EraseMixin:
         return [k for k in keys if holds(self.conn.execute("SELECT body FROM webhook_rejects WHERE body_sha256 = ?",
                                                            (k,)).fetchone()[0], address)]
 
-    def erase_address(self, email: str) -> Erased:
+    def erase_address(self, email: str, *, leave_no_copy: bool = True) -> Erased:
         """Erase every trace of the address in one transaction and keep its marker (see _erasing); returns what
         was changed. Call it with the locks of the sends it touches held: an unsent delivery becomes
         `suppressed`, and deferred batches are settled first (see _sqlite_state)."""
@@ -104,7 +104,8 @@ class EraseMixin:
                 conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = ?", (digest,))
             conn.execute("INSERT OR IGNORE INTO erased (marker, erased_at) VALUES (?, ?)",
                          (erased_marker(address), stamp))
-        self._leave_no_copy()
+        if leave_no_copy:
+            self.leave_no_copy()
         return found
 
     def _erase_events(self, address: str) -> None:
@@ -116,7 +117,7 @@ class EraseMixin:
                               (event_pseudonym(event_id, delivery_id) if mine else email,
                                minimal_payload(event, occurred_at), scrub_text(url, address), event_id))
 
-    def _leave_no_copy(self) -> None:
+    def leave_no_copy(self) -> None:
         """The erased bytes out of the file: checkpoint the WAL into it and truncate it; rebuild the file once
         when it has free pages (freed before every connection zeroed what it frees: an older send log, or
         another program). Rebuilt in a temporary file, not in memory: it is as large as the send log."""
