@@ -115,11 +115,25 @@ def _at_most_4_gib() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # so that a failure is a MemoryError, not the OOM killer
 
 
-def test_a_template_cannot_repeat_a_string_into_gigabytes(site: Path) -> None:
+@pytest.mark.parametrize("expression", [
+    "{{ 'x' * 10 ** 10 }}",
+    "{{ 'x'|center(10 ** 10) }}",
+    "{{ 'x'.rjust(10 ** 10) }}",
+    "{{ 'a\\nb'|indent(10 ** 10) }}",
+    "{{ ('x' * 1000000).replace('x', 'y' * 1000000) }}",
+    "{{ ('x' * 1000000)|replace('x', 'y' * 1000000) }}",
+    "{{ '%10000000000d' % 1 }}",
+    "{{ '%*d'|format(10 ** 10, 1) }}",
+    "{{ '{:>{}}'.format(1, 10 ** 10) }}",
+    "{{ ('\\t' * 1000000).expandtabs(10000) }}",
+])
+def test_a_template_cannot_make_a_text_of_gigabytes(site: Path, expression: str) -> None:
+    """A theme is data: an expression that would build gigabytes of text (which took the machine's memory) is
+    refused before the text is made, with the template's file and line."""
     import subprocess
     import sys
 
-    line = _add_line(site, "email.txt.j2", "{{ 'x' * 10 ** 10 }}")
+    line = _add_line(site, "email.txt.j2", expression)
     done = subprocess.run([sys.executable, "-m", "pipeline", "build", "issues/001-hello"], cwd=site,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
                           capture_output=True, text=True, timeout=120, preexec_fn=_at_most_4_gib)

@@ -17,7 +17,9 @@ template's file and line (pipeline.build.render).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+import string
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -44,6 +46,59 @@ SECURITY_FIX = ("a theme may use only what README (Themes, Context) lists, and f
 
 
 MAX_REPEAT = 1_000_000  # `'x' * n` or `[..] * n`: at most this many characters or items
+# A printf width or precision (`%10d`, `%.*f`): the number, or the `*` that takes it from the arguments.
+_PRINTF = re.compile(r"%[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
+_NUMBER = re.compile(r"\d+")
+
+
+def _refuse(size: int, what: str) -> None:
+    if size > MAX_REPEAT:
+        raise SecurityError(f"{what} would make {size} characters (at most {MAX_REPEAT})")
+
+
+def _check_printf(fmt: str, args: Iterable[Any]) -> None:
+    """`fmt % args` and the `format` filter: no width or precision past the limit, given or taken from args."""
+    for width, precision in _PRINTF.findall(fmt):
+        for number in (width, precision):
+            if number.isdigit():
+                _refuse(int(number), f"the format {fmt[:40]!r}")
+    if "*" in fmt:
+        for arg in args:
+            if isinstance(arg, int):
+                _refuse(arg, f"the format {fmt[:40]!r}")
+
+
+def _check_format(fmt: str, args: Iterable[Any]) -> None:
+    """`str.format`: no width or precision in a field past the limit, written or passed as an argument."""
+    nested = False
+    try:
+        fields = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return  # str.format raises the same error itself
+    for _, _, spec, _ in fields:
+        nested = nested or "{" in (spec or "")
+        for number in _NUMBER.findall(spec or ""):
+            _refuse(int(number), f"the format {fmt[:40]!r}")
+    if nested:
+        for arg in args:
+            if isinstance(arg, int):
+                _refuse(arg, f"the format {fmt[:40]!r}")
+
+
+def _check_str_call(text: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """The string methods that can make a text far longer than their arguments."""
+    values = [*args, *kwargs.values()]
+    if method in ("center", "ljust", "rjust", "zfill") and values and isinstance(values[0], int):
+        _refuse(values[0], f"str.{method}")
+    elif method == "expandtabs":
+        tab = values[0] if values and isinstance(values[0], int) else 8
+        _refuse(text.count("\t") * tab + len(text), "str.expandtabs")
+    elif method == "replace" and len(values) >= 2 and isinstance(values[0], str) and isinstance(values[1], str):
+        old, new = values[0], values[1]
+        times = text.count(old) if old else len(text) + 1
+        _refuse(len(text) + times * max(0, len(new) - len(old)), "str.replace")
+    elif method in ("format", "format_map"):
+        _check_format(text, values)
 
 
 class ThemeLoader(jinja2.FileSystemLoader):
@@ -73,7 +128,34 @@ class ThemeEnvironment(ImmutableSandboxedEnvironment):
     """The sandbox, with only the documented attributes of our own objects, and no text or list repeated into
     gigabytes (`'x' * 10 ** 10`), which would take the machine's memory."""
 
-    intercepted_binops = frozenset({"*"})
+    intercepted_binops = frozenset({"*", "%"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The built-in filters that can make a text far longer than their arguments, bounded the same way.
+        center, indent, replace, printf = (self.filters[n] for n in ("center", "indent", "replace", "format"))
+
+        def bounded_center(value: Any, width: int = 80) -> str:
+            if isinstance(width, int):
+                _refuse(width, "the center filter")
+            return str(center(value, width))
+
+        def bounded_indent(value: Any, width: int | str = 4, *args: Any, **kwargs: Any) -> str:
+            text, step = str(value), width if isinstance(width, int) else len(str(width))
+            _refuse(len(text) + (text.count("\n") + 1) * step, "the indent filter")
+            return str(indent(value, width, *args, **kwargs))
+
+        def bounded_replace(context: Any, value: Any, old: str, new: str, count: int | None = None) -> str:
+            _check_str_call(str(value), "replace", (str(old), str(new)), {})
+            return str(replace(context, value, old, new, count))
+
+        def bounded_format(value: str, *args: Any, **kwargs: Any) -> str:
+            _check_printf(str(value), [*args, *kwargs.values()])
+            return str(printf(value, *args, **kwargs))
+
+        bounded_replace.jinja_pass_arg = getattr(replace, "jinja_pass_arg", None)  # type: ignore[attr-defined]
+        self.filters.update(center=bounded_center, indent=bounded_indent, replace=bounded_replace,
+                            format=bounded_format)
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -81,7 +163,16 @@ class ThemeEnvironment(ImmutableSandboxedEnvironment):
                 if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_REPEAT:
                     raise SecurityError(f"repeating a value into {len(seq) * times} characters or items (at most "
                                         f"{MAX_REPEAT})")
+        elif operator == "%" and isinstance(left, str):
+            _check_printf(left, right if isinstance(right, tuple) else (right,))
         return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        method = getattr(__obj, "__wrapped__", __obj)  # str.format comes wrapped in the sandbox's formatter
+        text = getattr(method, "__self__", None)
+        if isinstance(text, str):
+            _check_str_call(text, getattr(method, "__name__", ""), args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
         if not super().is_safe_attribute(obj, attr, value):
