@@ -126,6 +126,7 @@ def _at_most_4_gib() -> None:
     "{{ '%*d'|format(10 ** 10, 1) }}",
     "{{ '{:>{}}'.format(1, 10 ** 10) }}",
     "{{ ('\\t' * 1000000).expandtabs(10000) }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}",
 ])
 def test_a_template_cannot_make_a_text_of_gigabytes(site: Path, expression: str) -> None:
     """A theme is data: an expression that would build gigabytes of text (which took the machine's memory) is

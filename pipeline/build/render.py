@@ -26,7 +26,7 @@ from pipeline.build import i18n
 from pipeline.build.images import shown_width
 from pipeline.build.issue import MARKDOWN, Image, Issue, parse_markdown
 from pipeline.build.mjml_blame import blame
-from pipeline.build.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader
+from pipeline.build.sandbox import SECURITY_FIX, ThemeEnvironment, ThemeLoader, render_bounded
 from pipeline.build.textpart import markdown_text, width
 from pipeline.config import Config
 from pipeline.errors import IssueError, Problem
@@ -305,8 +305,8 @@ def render_email(issue: Issue, config: Config, *, asset_base: str | None = None,
         "language": issue.language, "editions": editions, "image_width": image_width, "web": web,
     }
     try:
-        source = env.get_template("email.mjml.j2").render(context)
-        text = env.get_template("email.txt.j2").render(context)
+        source = render_bounded(env.get_template("email.mjml.j2"), context)
+        text = render_bounded(env.get_template("email.txt.j2"), context)
     except jinja2.TemplateNotFound as exc:
         raise IssueError(f"theme {config.theme!r} is incomplete:", problems=[Problem(
             message=f"template {exc.name} not found", file=theme_dir,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.runtime
@@ -46,6 +46,9 @@ SECURITY_FIX = ("a theme may use only what README (Themes, Context) lists, and f
 
 
 MAX_REPEAT = 1_000_000  # `'x' * n` or `[..] * n`: at most this many characters or items
+# Characters a template may render. An email is well under 1 MB (Gmail clips it at 102 KB); loops are not bounded
+# by the checks below (Jinja caps a range at 100,000, and two nest to 10^10 turns).
+MAX_OUTPUT = 16_000_000
 # A printf width or precision (`%10d`, `%.*f`): the number, or the `*` that takes it from the arguments.
 _PRINTF = re.compile(r"%[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
 _NUMBER = re.compile(r"\d+")
@@ -181,3 +184,16 @@ class ThemeEnvironment(ImmutableSandboxedEnvironment):
             return False  # read_text, open, parent...: a path is only ever printed
         allowed = DOCUMENTED.get(type(obj))
         return allowed is None or attr in allowed
+
+
+def render_bounded(template: jinja2.Template, values: Mapping[str, Any]) -> str:
+    """`template.render(values)`, stopped once the output passes MAX_OUTPUT characters."""
+    parts: list[str] = []
+    size = 0
+    output = cast(Generator[str, None, None], template.generate(values))  # typed as an Iterator; it is a generator
+    for part in output:
+        size += len(part)
+        if size > MAX_OUTPUT:  # raised where the template is, so that the error names its line
+            output.throw(SecurityError(f"the template renders more than {MAX_OUTPUT} characters"))
+        parts.append(part)
+    return "".join(parts)

@@ -17,6 +17,7 @@ from typing import Any
 import jinja2
 
 from pipeline.build.render import RUNTIME_ERRORS, _template_problem, environment
+from pipeline.build.sandbox import render_bounded
 from pipeline.config import Config
 from pipeline.errors import IssueError, PipelineError, Problem
 from pipeline.scaffold import BUNDLED_THEME
@@ -48,7 +49,7 @@ def render_page(config: Config, name: str, *, language: str | None = None, archi
     for theme in themes:
         env = environment(theme, None, language)  # no bytecode cache: a page never creates .newsletter/
         try:
-            return env.get_template(f"pages/{name}").render(values)
+            return render_bounded(env.get_template(f"pages/{name}"), values)
         except jinja2.TemplateNotFound as exc:
             problem = Problem(message=f"template {exc.name} not found", file=theme / "pages",
                               fix="a theme's pages/ needs base, index, issue, message and unsubscribe "
