@@ -154,3 +154,23 @@ def test_each_address_once_whatever_its_case(site: Path) -> None:
     (erased,) = json.loads(done.stdout)["erased"]
     assert erased["address"] == "Grace@example.org" and erased["list_rows"][0]["line"] == 3
     assert b"grace" not in (site / "subscribers" / "sample.csv").read_bytes().lower()
+
+
+def test_erase_deletes_the_readers_mail_from_outbox_folders(site: Path) -> None:
+    env = environ(None)
+    sent = cli(site, "send", ISSUE, "--list", "sample", "--outbox", "outbox", "--yes", env=env)
+    assert sent.returncode == 0, sent.stderr
+    mails = sorted(p.name for p in (site / "outbox").iterdir())
+    assert f"{ADA}.eml" in mails and len(mails) > 1
+    (site / "kept").mkdir()
+    shutil.copy(site / "outbox" / f"{ADA}.eml", site / "kept" / f"{ADA}.eml")
+
+    done = cli(site, "subscribers", "erase", "Ada@Example.org", "--yes", env=env)  # outbox/ by default
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (site / "outbox").iterdir()) == [m for m in mails if m != f"{ADA}.eml"]
+    assert (site / "kept" / f"{ADA}.eml").is_file()  # a folder not named is not searched
+
+    done = cli(site, "subscribers", "erase", ADA, "--outbox", "kept", "--yes", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["erased"][0]["outbox_files"] == [str(Path("kept") / f"{ADA}.eml")]
+    assert list((site / "kept").iterdir()) == []

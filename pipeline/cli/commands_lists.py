@@ -77,9 +77,13 @@ def subscribers_import(file: Path, list_name: str) -> None:
                                         "newsletter subscribers erase ada@example.org grace@example.org --yes --json"))
 @click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
 @click.option("--yes", is_flag=True, help="Erase without asking (required without a terminal).")
+@click.option("--outbox", "outboxes", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="An outbox folder of earlier `send --outbox` runs to delete the reader's .eml from (repeatable; "
+                   "default: outbox/ of the newsletter, if it exists).")
 @json_option
 @report_errors
-def subscribers_erase(addresses: tuple[str, ...], yes: bool, as_json: bool) -> None:
+def subscribers_erase(addresses: tuple[str, ...], yes: bool, outboxes: tuple[Path, ...], as_json: bool) -> None:
     """Erase every trace of ADDRESS (a reader's request): send log, suppressions, events, list rows."""
     from pipeline.cli.erase_output import erased_json, show_erased, show_found
     from pipeline.config import load_config
@@ -93,7 +97,8 @@ def subscribers_erase(addresses: tuple[str, ...], yes: bool, as_json: bool) -> N
     config = load_config()
     store = open_store(config)
     try:
-        found = [erasure.find(config, store, address) for address in wanted]
+        folders = erasure.outbox_folders(config, outboxes)
+        found = [erasure.find(config, store, address, outboxes=folders) for address in wanted]
         show_found(found, err=as_json)
         if not yes:
             if not (sys.stdin.isatty() and (sys.stderr if as_json else sys.stdout).isatty()):

@@ -46,9 +46,11 @@ def show_found(found: Sequence[Traces], *, err: bool) -> None:
         click.echo(f"  subscriber lists: {_plural(len(rows), 'row')}", err=err)
         for row in rows:
             click.echo(f"    {row}", err=err)
+        for mail in traces.outbox:
+            click.echo(f"  outbox: {mail}", err=err)
         if traces.store.marked:
             click.echo("  erased before: its marker is kept already", err=err)
-        elif not traces.store.total and not rows:
+        elif not traces.store.total and not rows and not traces.outbox:
             click.echo("  found nowhere; erasing keeps its marker, so that no list mails it", err=err)
 
 
@@ -57,8 +59,8 @@ def show_erased(done: Sequence[Traces], *, err: bool) -> None:
     for traces in done:
         rows = traces.list_rows
         click.echo(f"erased {traces.address}: {store_line(traces.store)}; {_plural(rows, 'list row')} "
-                   f"({', '.join(_list_lines(traces)) or 'none'}); its marker is kept: no list mails it again",
-                   err=err)
+                   f"({', '.join(_list_lines(traces)) or 'none'}); {_plural(len(traces.outbox), 'outbox file')}; "
+                   "its marker is kept: no list mails it again", err=err)
         for found in traces.lists:
             if found.tracked:
                 click.secho(f"warning: {found.path} is tracked by git: its history still holds the erased row(s) — "
@@ -75,4 +77,5 @@ def erased_json(done: Sequence[Traces]) -> dict[str, Any]:
         "events": t.store.events, "suppressions": t.store.suppressions, "webhook_rejects": t.store.rejects,
         "request_errors": t.store.batch_errors, "erased_before": t.store.marked,
         "list_rows": [{"file": str(f.path), "line": line, "tracked_by_git": f.tracked}
-                      for f in t.lists for line in f.lines]} for t in done]}
+                      for f in t.lists for line in f.lines],
+        "outbox_files": [str(p) for p in t.outbox]} for t in done]}

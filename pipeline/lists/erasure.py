@@ -1,7 +1,8 @@
 """Erasing a reader on request (`newsletter subscribers erase`): every trace of an address, found, then erased.
 
 Where: the store (`Store.find_address`, `Store.erase_address`: deliveries, events, suppression, webhook bodies,
-request errors; an erased marker kept) and the rows of every list in `subscribers/`. Everything is read
+request errors; an erased marker kept), the rows of every list in `subscribers/`, and the reader's `.eml` in
+outbox folders. Everything is read
 first (a list that cannot be read stops it before anything changes); then, with the send locks of every send
 that mailed the address held (a running send refuses it), the store is erased in one transaction and each
 list that holds the address is rewritten atomically without those rows, every other byte kept.
@@ -16,7 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.errors import ConfigError, SubscriberError
 from pipeline.lists.subscribers import EMAIL_COLUMN, CsvFile, normalise
+from pipeline.lists.values import outbox_file_name
 from pipeline.store import Erased, Store
 
 
@@ -43,6 +45,7 @@ class Traces:
     address: str
     store: Erased
     lists: tuple[ListRows, ...]
+    outbox: tuple[Path, ...] = ()  # the reader's mail in outbox folders (`send --outbox DIR`)
 
     @property
     def list_rows(self) -> int:
@@ -64,14 +67,24 @@ def list_files(config: Config) -> list[Path]:
     return sorted(p for p in folder.glob("*.csv") if p.is_file()) if folder.is_dir() else []
 
 
-def find(config: Config, store: Store, address: str) -> Traces:
+def outbox_folders(config: Config, given: Sequence[Path]) -> list[Path]:
+    """The outbox folders to look in: those given, else the newsletter's `outbox/` (the README's) if it exists."""
+    if given:
+        return list(given)
+    default = config.root / "outbox"
+    return [default] if default.is_dir() else []
+
+
+def find(config: Config, store: Store, address: str, *, outboxes: Sequence[Path] = ()) -> Traces:
     """Where `address` is kept; nothing is changed. A list that cannot be read raises SubscriberError."""
     lists = []
     for path in list_files(config):
         lines = tuple(line for line, _, mine in _records(path, address) if mine)
         if lines:
             lists.append(ListRows(path=path, lines=lines, tracked=tracked_by_git(path)))
-    return Traces(address=address, store=store.find_address(address), lists=tuple(lists))
+    name = outbox_file_name(address)
+    mails = tuple(p for folder in outboxes for p in (folder / name, folder / f"{name}.tmp") if p.is_file())
+    return Traces(address=address, store=store.find_address(address), lists=tuple(lists), outbox=mails)
 
 
 def erase_all(config: Config, store: Store, found: list[Traces]) -> list[Traces]:
@@ -95,7 +108,12 @@ def erase(config: Config, store: Store, traces: Traces, *, leave_no_copy: bool =
         lines = _rewrite(found.path, traces.address)
         if lines:
             lists.append(ListRows(path=found.path, lines=lines, tracked=found.tracked))
-    return Traces(address=traces.address, store=erased, lists=tuple(lists))
+    mails = []
+    for mail in traces.outbox:
+        if mail.is_file():
+            mail.unlink()
+            mails.append(mail)
+    return Traces(address=traces.address, store=erased, lists=tuple(lists), outbox=tuple(mails))
 
 
 # --- list files -----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ subject get the plain value (`%%name%%`). See `pipeline.build.render.html_tags`.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import unicodedata
@@ -111,3 +112,14 @@ def language_tag_ok(tag: str) -> bool:
     except (ValueError, UnknownLocaleError):
         return False
     return True
+
+
+def outbox_file_name(address: str) -> str:
+    """The file of a reader's mail in an outbox folder (`send --outbox DIR`): `<address>.eml`, the address as it
+    is where that is a safe file name, else cleaned and made unique by a short hash. Erasing a reader finds
+    it by this name."""
+    name = address.lower()
+    clean = re.sub(r"[^a-z0-9@._+-]", "_", name)[:120]
+    if clean == name and not name.startswith("."):
+        return f"{clean}.eml"
+    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.eml"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import enum
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any, ClassVar, Protocol
 from pipeline import keys
 from pipeline.build.message import mime_message
 from pipeline.errors import SendError
+from pipeline.lists.values import outbox_file_name
 from pipeline.send.batches import Batch, Personalizer, display_name
 
 API_KEY_ENV = keys.API_KEY_ENV
@@ -225,19 +225,10 @@ class OutboxTransport:
             # the edition (RFC 3282), as <html lang> says; after the parts, which take Content-* headers along
             msg["Content-Language"] = p.mailing.email.language
             data = msg.as_bytes(policy=_ONE_LINE_HEADERS if str(msg["To"]).isascii() else _SMTPUTF8)
-            target = self.folder / f"{safe_file_name(address)}.eml"
+            target = self.folder / outbox_file_name(address)
             tmp = target.with_suffix(".eml.tmp")
             fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
             os.replace(tmp, target)
         return Result(outcome=Outcome.ACCEPTED, message_id=f"outbox-{batch.request_id}")
-
-
-def safe_file_name(address: str) -> str:
-    """The address itself where it is a safe file name; else a cleaned one made unique by a short hash."""
-    name = address.lower()
-    clean = re.sub(r"[^a-z0-9@._+-]", "_", name)[:120]
-    if clean == name and not name.startswith("."):
-        return clean
-    return f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
