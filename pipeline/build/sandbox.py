@@ -100,8 +100,10 @@ def _check_str_call(text: str, method: str, args: tuple[Any, ...], kwargs: dict[
         old, new = values[0], values[1]
         times = text.count(old) if old else len(text) + 1
         _refuse(len(text) + times * max(0, len(new) - len(old)), "str.replace")
-    elif method in ("format", "format_map"):
+    elif method == "format":
         _check_format(text, values)
+    elif method == "format_map" and values and isinstance(values[0], Mapping):
+        _check_format(text, values[0].values())
 
 
 class ThemeLoader(jinja2.FileSystemLoader):
