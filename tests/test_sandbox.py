@@ -141,3 +141,16 @@ def test_a_template_cannot_make_a_text_of_gigabytes(site: Path, expression: str)
                           capture_output=True, text=True, timeout=120, preexec_fn=_at_most_4_gib)
     assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
     assert f"templates/plain/email.txt.j2:{line}: error: template refused by the theme sandbox" in done.stderr
+
+
+def test_a_template_that_runs_too_long_is_stopped_with_its_line(site: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loops in loops that write nothing (10^10 turns) would hang the build: the render stops at MAX_SECONDS."""
+    from pipeline.build import sandbox
+
+    monkeypatch.setattr(sandbox, "MAX_SECONDS", 0.5)
+    line = _add_line(site, "email.txt.j2", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                                           "{% endfor %}")
+    (problem,) = _render_problems(site)
+    assert problem.line == line and "ran for more than 0.5 s" in problem.message
+    assert str(problem.file).endswith("email.txt.j2")

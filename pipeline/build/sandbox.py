@@ -18,8 +18,11 @@ template's file and line (pipeline.build.render).
 from __future__ import annotations
 
 import re
+import signal
 import string
-from collections.abc import Callable, Generator, Iterable, Mapping
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path, PurePath
 from typing import Any, cast
 
@@ -49,6 +52,8 @@ MAX_REPEAT = 1_000_000  # `'x' * n` or `[..] * n`: at most this many characters 
 # Characters a template may render. An email is well under 1 MB (Gmail clips it at 102 KB); loops are not bounded
 # by the checks below (Jinja caps a range at 100,000, and two nest to 10^10 turns).
 MAX_OUTPUT = 16_000_000
+# Seconds a template may run: a render takes milliseconds; a loop in a loop that writes nothing takes hours.
+MAX_SECONDS = 30.0
 # A printf width or precision (`%10d`, `%.*f`): the number, or the `*` that takes it from the arguments.
 _PRINTF = re.compile(r"%[-#0 +]*(\d+|\*)?(?:\.(\d+|\*))?")
 _NUMBER = re.compile(r"\d+")
@@ -189,13 +194,34 @@ class ThemeEnvironment(ImmutableSandboxedEnvironment):
 
 
 def render_bounded(template: jinja2.Template, values: Mapping[str, Any]) -> str:
-    """`template.render(values)`, stopped once the output passes MAX_OUTPUT characters."""
+    """`template.render(values)`, stopped once the output passes MAX_OUTPUT characters or the render MAX_SECONDS."""
     parts: list[str] = []
     size = 0
     output = cast(Generator[str, None, None], template.generate(values))  # typed as an Iterator; it is a generator
-    for part in output:
-        size += len(part)
-        if size > MAX_OUTPUT:  # raised where the template is, so that the error names its line
-            output.throw(SecurityError(f"the template renders more than {MAX_OUTPUT} characters"))
-        parts.append(part)
+    with _deadline(MAX_SECONDS):
+        for part in output:
+            size += len(part)
+            if size > MAX_OUTPUT:  # raised where the template is, so that the error names its line
+                output.throw(SecurityError(f"the template renders more than {MAX_OUTPUT} characters"))
+            parts.append(part)
     return "".join(parts)
+
+
+@contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """SecurityError after `seconds`, raised in whatever the thread runs then (the template: its line is named).
+    A timer signal: on Unix, in the main thread (the commands); `serve`'s pages render in worker threads, unbounded."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise SecurityError(f"the template ran for more than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
