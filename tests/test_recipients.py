@@ -15,6 +15,7 @@ from pipeline.errors import SubscriberError
 from pipeline.send import recipients
 from pipeline.send.batches import Mailing, Personalizer
 from pipeline.store import Store
+from pipeline.store._erasing import delivery_pseudonym
 
 LIST = ("email,name,city\n"
         "ada@example.org,Ada,London\n"
@@ -119,12 +120,8 @@ def test_a_reader_erased_while_the_list_is_recorded_is_erased_before_anything_is
     finally:
         other.close()
     assert recorded.erased == 1 and recorded.listed == 1
-    assert [row[0] for row in _rows(store, send_id)] == [delivery_pseudonym_of(store, send_id), "grace@example.org"]
+    (first,) = select(store, "SELECT min(id) FROM deliveries WHERE send_id = ?", (send_id,))[0]
+    assert [row[0] for row in _rows(store, send_id)] == [delivery_pseudonym(first), "grace@example.org"]
     counts = store.counts(send_id)
     assert (counts["pending"], counts["suppressed"]) == (1, 1)
     assert select(store, "SELECT count(*) FROM deliveries WHERE lower(email) = 'ada@example.org'") == [(0,)]
-
-
-def delivery_pseudonym_of(store: Store, send_id: int) -> str:
-    (first,) = select(store, "SELECT min(id) FROM deliveries WHERE send_id = ?", (send_id,))[0]
-    return f"erased-{first}@erased.invalid"

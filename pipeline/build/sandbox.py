@@ -64,6 +64,13 @@ def _refuse(size: int, what: str) -> None:
         raise SecurityError(f"{what} would make {size} characters (at most {MAX_REPEAT})")
 
 
+def _refuse_widths(args: Iterable[Any], fmt: str) -> None:
+    """The arguments a format takes its widths from (`%*d`, `{:{}}`): none past the limit."""
+    for arg in args:
+        if isinstance(arg, int):
+            _refuse(arg, f"the format {fmt[:40]!r}")
+
+
 def _check_printf(fmt: str, args: Iterable[Any]) -> None:
     """`fmt % args` and the `format` filter: no width or precision past the limit, given or taken from args."""
     for width, precision in _PRINTF.findall(fmt):
@@ -71,9 +78,7 @@ def _check_printf(fmt: str, args: Iterable[Any]) -> None:
             if number.isdigit():
                 _refuse(int(number), f"the format {fmt[:40]!r}")
     if "*" in fmt:
-        for arg in args:
-            if isinstance(arg, int):
-                _refuse(arg, f"the format {fmt[:40]!r}")
+        _refuse_widths(args, fmt)
 
 
 def _check_format(fmt: str, args: Iterable[Any]) -> None:
@@ -88,9 +93,7 @@ def _check_format(fmt: str, args: Iterable[Any]) -> None:
         for number in _NUMBER.findall(spec or ""):
             _refuse(int(number), f"the format {fmt[:40]!r}")
     if nested:
-        for arg in args:
-            if isinstance(arg, int):
-                _refuse(arg, f"the format {fmt[:40]!r}")
+        _refuse_widths(args, fmt)
 
 
 def _check_str_call(text: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -86,11 +86,11 @@ class EraseMixin:
         conn.execute("PRAGMA secure_delete = ON")  # as every connection of the store opens, whatever changed it
         with transaction(conn):
             found = self._find(address)
-            for (send_id,) in conn.execute("SELECT DISTINCT send_id FROM deliveries WHERE email = ?",
-                                           (address,)).fetchall():
-                settle_send(conn, send_id)
+            mine = conn.execute("SELECT id, send_id FROM deliveries WHERE email = ?", (address,)).fetchall()
+            for send_id in dict.fromkeys(send_id for _, send_id in mine):
+                settle_send(conn, send_id)  # state and batch only: the ids read above stay the rows of the address
             stamp, unsent = now(), ", ".join(f"'{s}'" for s in UNSENT)
-            for (delivery_id,) in conn.execute("SELECT id FROM deliveries WHERE email = ?", (address,)).fetchall():
+            for delivery_id, _ in mine:
                 conn.execute(f"UPDATE deliveries SET email = ?, name = '', fields = NULL, state = CASE WHEN state "
                              f"IN ({unsent}) THEN 'suppressed' ELSE state END, updated_at = CASE WHEN state IN "
                              f"({unsent}) THEN ? ELSE updated_at END WHERE id = ?",
