@@ -5,6 +5,7 @@ contrast, and speak the newsletter's language. The web version leaves out what o
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -200,6 +201,30 @@ def test_a_theme_brands_its_pages_and_its_page_errors_name_the_template(sample_r
         Archive(config).get("")
     [problem] = failed.value.problems
     assert problem.file == index and problem.line is not None and "sandbox" in problem.message
+
+
+def test_a_page_that_runs_on_is_stopped_in_serve_s_worker_thread_and_unsubscribing_still_works(
+        sample_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loops in loops that write nothing (10^10 turns) in the theme's pages: each request's render stops after
+    PAGE_SECONDS in the worker thread that runs it, the archive answers its error page and the unsubscribe
+    page falls back to the default theme's."""
+    from pipeline.web import pages
+
+    monkeypatch.setattr(pages, "PAGE_SECONDS", 0.3)
+    config = load_config(sample_root)
+    loops = "{%- block content %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    for name in ("index.html.j2", "unsubscribe.html.j2"):
+        page = config.theme_dir / "pages" / name
+        page.write_text(page.read_text("utf-8").replace("{%- block content %}", loops), "utf-8")
+    with _default_unsubscribe_page(config) as (url, _):
+        started = time.monotonic()
+        status, _, body = request("GET", f"{url}/archive/")
+        assert status == 500 and b"cannot be shown" in body and time.monotonic() - started < 10
+    with pytest.raises(IssueError) as failed:
+        Archive(config).get("")
+    [problem] = failed.value.problems
+    assert problem.file == config.theme_dir / "pages" / "index.html.j2" and problem.line is not None
+    assert "ran for more than 0.3 s" in problem.message
 
 
 @contextmanager

@@ -154,3 +154,43 @@ def test_a_template_that_runs_too_long_is_stopped_with_its_line(site: Path,
     (problem,) = _render_problems(site)
     assert problem.line == line and "ran for more than 0.5 s" in problem.message
     assert str(problem.file).endswith("email.txt.j2")
+
+
+def test_a_render_in_another_thread_is_stopped_and_a_late_stop_never_escapes_the_render() -> None:
+    """The limit holds in any thread (serve renders in workers). Over 100 renders with limits around their own
+    time, each either ends or raises the limit's error, and no stop is raised later in the code after it."""
+    import threading
+
+    from jinja2.exceptions import SecurityError
+
+    from pipeline.build.sandbox import ThemeEnvironment, render_bounded
+
+    env = ThemeEnvironment()
+    endless = env.from_string("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}")
+    short = env.from_string("{% for i in range(40) %}{% for j in range(10000) %}{% endfor %}{% endfor %}done")
+    outcomes: list[str] = []
+    stray: list[BaseException] = []
+
+    def renders() -> None:
+        try:
+            render_bounded(endless, {}, seconds=0.2)
+        except SecurityError as exc:
+            outcomes.append(str(exc))
+        for i in range(100):  # limits around the render's own time (~15 ms): some stop it, some come too late
+            try:
+                outcomes.append(render_bounded(short, {}, seconds=0.003 * (i % 10 + 1)))
+            except SecurityError as exc:
+                outcomes.append(str(exc))
+            try:
+                sum(j for j in range(20000))  # a stop that escaped the render would be raised in here
+            except BaseException as exc:  # noqa: BLE001 - what the test looks for
+                stray.append(exc)
+
+    thread = threading.Thread(target=renders, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and not stray
+    assert outcomes[0] == "the template ran for more than 0.2 s"
+    assert set(outcomes[1:]) <= {"done"} | {f"the template ran for more than {0.003 * k:g} s" for k in range(1, 11)}
+    assert "done" in outcomes and any(o.startswith("the template ran") for o in outcomes[1:])
+

@@ -17,8 +17,9 @@ template's file and line (pipeline.build.render).
 
 from __future__ import annotations
 
+import ctypes
+import inspect
 import re
-import signal
 import string
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -196,35 +197,68 @@ class ThemeEnvironment(ImmutableSandboxedEnvironment):
         return allowed is None or attr in allowed
 
 
-def render_bounded(template: jinja2.Template, values: Mapping[str, Any]) -> str:
-    """`template.render(values)`, stopped once the output passes MAX_OUTPUT characters or the render MAX_SECONDS."""
+def render_bounded(template: jinja2.Template, values: Mapping[str, Any], *, seconds: float | None = None) -> str:
+    """`template.render(values)`, stopped once the output passes MAX_OUTPUT characters or the render `seconds`
+    (MAX_SECONDS unless given), in any thread."""
     parts: list[str] = []
     size = 0
     output = cast(Generator[str, None, None], template.generate(values))  # typed as an Iterator; it is a generator
-    with _deadline(MAX_SECONDS):
-        for part in output:
-            size += len(part)
-            if size > MAX_OUTPUT:  # raised where the template is, so that the error names its line
-                output.throw(SecurityError(f"the template renders more than {MAX_OUTPUT} characters"))
-            parts.append(part)
+    with _deadline(MAX_SECONDS if seconds is None else seconds):
+        try:
+            for part in output:
+                size += len(part)
+                if size > MAX_OUTPUT:  # raised where the template is, so that the error names its line
+                    output.throw(SecurityError(f"the template renders more than {MAX_OUTPUT} characters"))
+                parts.append(part)
+        except RenderTimeout as exc:
+            # it came here, between two parts: raised again where the template is, so that its line is named
+            if inspect.getgeneratorstate(output) == inspect.GEN_SUSPENDED:
+                output.throw(exc)
+            raise
     return "".join(parts)
+
+
+class RenderTimeout(SecurityError):
+    """A render ran past its time. `_deadline` raises it in the rendering thread, which takes only a class: a
+    subclass per render carries that render's limit."""
+
+    seconds = MAX_SECONDS
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or f"the template ran for more than {self.seconds:g} s")
+
+
+# CPython's asynchronous exception: raised in another thread between two of its bytecodes. Unlike a timer signal
+# (main thread only), it stops a template in any thread, serve's workers included.
+_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
 
 @contextmanager
 def _deadline(seconds: float) -> Iterator[None]:
-    """SecurityError after `seconds`, raised in whatever the thread runs then (the template: its line is named).
-    A timer signal: on Unix, in the main thread (the commands); `serve`'s pages render in worker threads, unbounded."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        yield
-        return
+    """RenderTimeout raised in this thread after `seconds`, in whatever it runs then (the template: its line is
+    named). A timer thread raises it, under a lock, only while the block runs; one raised but not yet delivered
+    when the block ends is withdrawn, and the block's end raises it instead."""
+    thread = threading.get_ident()
+    timeout = type("RenderTimeout", (RenderTimeout,), {"seconds": seconds})
+    lock = threading.Lock()
+    state = {"running": True, "fired": False}
 
-    def expire(signum: int, frame: object) -> None:
-        raise SecurityError(f"the template ran for more than {seconds:g} s")
+    def expire() -> None:
+        with lock:
+            if state["running"]:
+                _set_async_exc(ctypes.c_ulong(thread), ctypes.py_object(timeout))
+                state["fired"] = True
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        timer.cancel()
+        with lock:
+            state["running"] = False
+            if state["fired"]:
+                _set_async_exc(ctypes.c_ulong(thread), None)  # withdrawn if not delivered yet
+    if state["fired"]:
+        raise timeout

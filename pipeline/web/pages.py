@@ -24,6 +24,8 @@ from pipeline.scaffold import BUNDLED_THEME
 
 log = logging.getLogger("pipeline.web.pages")
 BASE = "pages/base.html.j2"
+# A page renders in milliseconds; a theme's loop that runs on would hold one of serve's worker threads.
+PAGE_SECONDS = 5.0
 
 
 def pages_theme(config: Config) -> Path:
@@ -49,7 +51,7 @@ def render_page(config: Config, name: str, *, language: str | None = None, archi
     for theme in themes:
         env = environment(theme, None, language)  # no bytecode cache: a page never creates .newsletter/
         try:
-            return render_bounded(env.get_template(f"pages/{name}"), values)
+            return render_bounded(env.get_template(f"pages/{name}"), values, seconds=PAGE_SECONDS)
         except jinja2.TemplateNotFound as exc:
             problem = Problem(message=f"template {exc.name} not found", file=theme / "pages",
                               fix="a theme's pages/ needs base, index, issue, message and unsubscribe "
