@@ -18,7 +18,16 @@ import yaml
 from pipeline.config import CONFIG_NAME, Config
 from pipeline.errors import ConfigError, IssueError, Problem
 
-BUNDLED_THEME = Path(__file__).resolve().parent / "themes" / "default"
+
+def bundled_theme(link: Path) -> Path:
+    """The default theme's folder from its link. A checkout made without symbolic links (Windows, or git's
+    `core.symlinks` false) holds the link as a small file whose text is the target: followed by hand."""
+    if link.is_file() and link.stat().st_size < 256:
+        return (link.parent / link.read_text("utf-8").strip()).resolve()
+    return link
+
+
+BUNDLED_THEME = bundled_theme(Path(__file__).resolve().parent / "themes" / "default")
 
 CONFIG = """\
 # Newsletter-wide settings (README: Configuration). Secrets never go here:

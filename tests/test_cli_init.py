@@ -75,3 +75,16 @@ def test_new_makes_the_next_issue_ready_to_edit(sample_root: Path) -> None:
     assert checked.returncode == 0, checked.stderr
     again = run_cli(sample_root, "new")
     assert again.returncode == 0 and f"issues/029-{dt.date.today().isoformat()}" in again.stdout
+
+
+def test_the_default_theme_is_found_in_a_checkout_made_without_symbolic_links(tmp_path: Path) -> None:
+    """There git writes the link `pipeline/themes/default` as a file holding its target's path."""
+    from pipeline.scaffold import BUNDLED_THEME, bundled_theme
+
+    (tmp_path / "templates" / "default").mkdir(parents=True)
+    link = tmp_path / "pipeline" / "themes" / "default"
+    link.parent.mkdir(parents=True)
+    link.write_text("../../templates/default", "utf-8")
+    assert bundled_theme(link) == (tmp_path / "templates" / "default").resolve()
+    assert bundled_theme(BUNDLED_THEME) == BUNDLED_THEME and (BUNDLED_THEME / "pages" / "base.html.j2").is_file()
+
