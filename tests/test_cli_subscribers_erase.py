@@ -19,7 +19,8 @@ from tests.standin import StandIn
 from tests.storekit import select, site_store
 
 ADA = "ada@example.org"
-TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
+TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased",
+          "readmitted")
 
 
 def _status(site: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -107,8 +108,39 @@ def test_erase_after_a_real_send(site: Path, env: dict[str, str], standin: Stand
     added = cli(site, "suppressions", "add", ADA, env=env)
     assert added.returncode == 0 and "erased on request" in added.stdout
     removed = cli(site, "suppressions", "remove", ADA, env=env)
-    assert removed.returncode == 1 and "no undo" in removed.stderr
+    assert removed.returncode == 1 and "subscribers readmit" in removed.stderr
     assert not _held_by_store(site, env)
+
+
+def test_a_readmitted_reader_is_mailed_by_sends_created_after_only(site: Path, env: dict[str, str],
+                                                                    standin: StandIn) -> None:
+    """A reader who asks to be mailed again after an erase: the sends created before (which may have mailed
+    them) still skip the address, a new send mails it, and it can be suppressed again."""
+    listed = site / "subscribers" / "sample.csv"
+    original = listed.read_bytes()
+    assert cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env).returncode == 0
+    assert cli(site, "subscribers", "erase", ADA, "--yes", env=env).returncode == 0
+
+    never = cli(site, "subscribers", "readmit", "grace@example.org", ADA, "--yes", env=env)
+    assert never.returncode == 1 and "grace@example.org: not erased" in never.stderr
+    refused = cli(site, "subscribers", "readmit", ADA, env=env)  # no terminal, no --yes
+    assert refused.returncode == 2 and "add --yes" in refused.stderr and "nothing was changed" in refused.stderr
+    store = site_store(site, env)
+    assert store.is_erased(ADA)  # neither changed anything
+    store.close()
+    done = cli(site, "subscribers", "readmit", "Ada@Example.org", "--yes", env=env)
+    assert done.returncode == 0 and "readmitted Ada@example.org" in done.stdout, done.stderr
+
+    listed.write_bytes(original)  # the reader signed up again
+    (site / "subscribers" / "later.csv").write_bytes(original)
+    rerun = cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env)
+    assert rerun.returncode == 0 and "1 row(s) of readers erased on request skipped" in rerun.stdout + rerun.stderr
+    assert standin.recipients()[ADA] == 1
+    new = cli(site, "send", ISSUE, "--list", "later", "--yes", env=env)
+    assert new.returncode == 0, new.stderr
+    assert standin.recipients()[ADA] == 2 and standin.recipients()["grace@example.org"] == 2
+    added = cli(site, "suppressions", "add", ADA, env=env)
+    assert added.returncode == 0 and f"suppressed {ADA}" in added.stdout
 
 
 def test_an_invalid_address_erases_nothing(site: Path) -> None:

@@ -4,6 +4,7 @@ sends' counts kept, a marker that keeps the address from coming back (suppressio
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from pipeline.store._types import EventRecord
 from pipeline.web.webhook import process_events
 
 ADA = "ada@example.org"
-TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
+TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased",
+          "readmitted")
 
 
 def _events(send_id: int, email: str = "Ada@Example.org") -> list[dict[str, Any]]:
@@ -109,6 +111,23 @@ def test_unsent_deliveries_of_an_erased_reader_are_never_sent(store: Store) -> N
     assert rest is not None and [row[1] for row in rest.rows] == ["r3@example.org"]
 
 
+def test_a_readmitted_reader_is_still_skipped_by_sends_created_before(store: Store) -> None:
+    before = seed_send(store, issue="001-hello")
+    store.erase_address(ADA)
+    assert not store.readmit("grace@example.org")  # never erased: nothing to lift
+    time.sleep(0.002)  # timestamps are to the millisecond
+    assert store.readmit("Ada@Example.org") and not store.is_erased(ADA) and not store.readmit(ADA)
+    time.sleep(0.002)
+    after = seed_send(store, issue="002-next", recipients=(ADA,))
+    assert store.erased_markers() == set() == store.erased_markers(after)
+    assert store.erased_markers(before) == {erased_marker(ADA)}
+    assert store.add_suppression(ADA, reason="manual", source="cli")  # the address may be stored again
+
+    store.erase_address(ADA)  # erased again: skipped by every send, its readmission forgotten
+    assert store.erased_markers() == {erased_marker(ADA)} == store.erased_markers(after)
+    assert select(store, "SELECT * FROM readmitted") == []
+
+
 def test_a_marker_is_kept_for_an_address_found_nowhere(store: Store) -> None:
     found = store.find_address("nobody@example.org")
     assert found.total == 0 and not found.marked
@@ -155,9 +174,13 @@ def test_db_copy_carries_the_markers(tmp_path: Path, pg_database: str) -> None:
     source = SQLiteStore(tmp_path / "sendlog.sqlite3", state_dir=tmp_path)
     seed_send(source, issue="001-hello")
     source.erase_address(ADA)
+    source.erase_address("grace@example.org")
+    source.readmit("grace@example.org")
     target = PostgresStore(pg_database, migrate=True)
     counts = copy_store(source, target)
-    assert counts["erased"] == 1 and target.erased_markers() == {erased_marker(ADA)}
+    assert counts["erased"] == counts["readmitted"] == 1 and target.erased_markers() == {erased_marker(ADA)}
+    assert target.erased_markers(target.sends_of_issue("001-hello")[0].id) == {erased_marker(a) for a in (
+        ADA, "grace@example.org")}
     assert not target.add_suppression(ADA, reason="manual", source="cli")
     target.close()
     source.close()

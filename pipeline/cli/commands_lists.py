@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError, PipelineError
 
 @main.group(examples=("newsletter subscribers check sample",))
 def subscribers() -> None:
-    """Check and import subscriber lists (subscribers/NAME.csv, personal data kept out of git)."""
+    """Check and import subscriber lists (subscribers/NAME.csv, personal data kept out of git); erase a reader."""
 
 
 @subscribers.command("check", examples=("newsletter subscribers check sample",
@@ -116,6 +116,40 @@ def subscribers_erase(addresses: tuple[str, ...], yes: bool, outboxes: tuple[Pat
         emit_json(erased_json(done))
 
 
+@subscribers.command("readmit", examples=("newsletter subscribers readmit ada@example.org --yes",))
+@click.argument("addresses", metavar="ADDRESS...", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Readmit without asking (required without a terminal).")
+@report_errors
+def subscribers_readmit(addresses: tuple[str, ...], yes: bool) -> None:
+    """Lift the erase of ADDRESS, on the reader's new request to be mailed: sends created from now on mail it."""
+    from pipeline.config import load_config
+    from pipeline.lists import erasure
+    from pipeline.store import open_store
+
+    wanted = list({a.lower(): a for a in (erasure.checked_address(a, unchanged="nothing was changed")
+                                          for a in addresses)}.values())
+    store = open_store(load_config())
+    try:
+        unknown = [a for a in wanted if not store.is_erased(a)]
+        if unknown:
+            raise PipelineError(f"{', '.join(unknown)}: not erased (the send log has no erase marker of it); nothing "
+                                "was changed — check the spelling, or leave it out")
+        if not yes:
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                raise ConfigError("there is no terminal to confirm on; nothing was changed — add --yes to readmit "
+                                  "without asking")
+            if not click.confirm(f"Readmit {len(wanted)} address(es)? Only on the reader's own new request to be "
+                                 "mailed", default=False):
+                click.echo("nothing changed")
+                return
+        for address in wanted:
+            store.readmit(address)
+            click.echo(f"readmitted {address}: sends created from now on mail it once a list has it again; sends "
+                       "created before (which may have mailed it) still skip it")
+    finally:
+        store.close()
+
+
 @main.group(examples=("newsletter suppressions list --reason bounced",))
 def suppressions() -> None:
     """Addresses never mailed again, on any list: sync from SendGrid, list, add, remove."""
@@ -189,8 +223,9 @@ def suppressions_remove(address: str) -> None:
     store = open_store(load_config())
     before = next((s for s in store.list_suppressions() if s.email.lower() == email.lower()), None)
     if before is None and store.is_erased(email):
-        raise PipelineError(f"{email} was erased on request: the marker that keeps it from being mailed cannot be "
-                            f"removed, and there is no undo — nothing to do (see the README, Erasing a reader)")
+        raise PipelineError(f"{email} was erased on request: its erase marker, not a suppression, keeps it from being "
+                            f"mailed — if the reader asked to be mailed again, run `newsletter subscribers readmit "
+                            f"{email}`")
     if before is None or not store.remove_suppression(email):
         raise PipelineError(f"{email} is not suppressed — check the spelling with `newsletter suppressions list`")
     click.echo(f"removed {email} (was {before.reason}, from {before.source})")

@@ -52,12 +52,12 @@ class Traces:
         return sum(len(found.lines) for found in self.lists)
 
 
-def checked_address(text: str) -> str:
+def checked_address(text: str, *, unchanged: str = "nothing was erased") -> str:
     """The address as lists hold it (email-validator's normal form), or ConfigError (exit 2) naming it."""
     try:
         return normalise(text)
     except ValueError as exc:
-        raise ConfigError(f"{text.strip()[:80]!r} is not an email address ({exc}); nothing was erased — pass one "
+        raise ConfigError(f"{text.strip()[:80]!r} is not an email address ({exc}); {unchanged} — pass one "
                           f"address per argument, e.g. ada@example.org") from None
 
 

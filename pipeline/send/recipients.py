@@ -49,10 +49,11 @@ class Skip:
         return False
 
 
-def reader(store: Store, path: Path, base_url: str) -> tuple[ListReader, Skip | None]:
-    """A reader of the list that skips everyone the store's suppression list holds, and erased readers. While
-    nobody was erased no row is hashed: the membership test is the one it always was."""
-    suppressed, markers = store.suppressed_set(), store.erased_markers()
+def reader(store: Store, path: Path, base_url: str, send_id: int | None = None) -> tuple[ListReader, Skip | None]:
+    """A reader of the list that skips everyone the store's suppression list holds, and erased readers (for a
+    send, also those readmitted since it was created: it may have mailed them). While nobody was erased no row
+    is hashed: the membership test is the one it always was."""
+    suppressed, markers = store.suppressed_set(), store.erased_markers(send_id)
     if markers:
         skip = Skip(suppressed, markers)
         return ListReader(path, suppressed=skip, base_url=base_url), skip
@@ -79,7 +80,7 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     resumed one. Raises SubscriberError (nothing recorded) on bad rows unless `skip_invalid`.
     `edition_of` gives a row's edition from its `language` cell (called once per distinct cell)."""
     started = time.perf_counter()
-    source, skip = reader(store, path, personalizer.mailing.base_url)
+    source, skip = reader(store, path, personalizer.mailing.base_url, send_id)
     listed = 0
 
     editions: dict[str, str] = {}
@@ -118,7 +119,8 @@ def record_list(store: Store, send_id: int, path: Path, personalizer: Personaliz
     if erased:
         skipped += (Problem(message=f"{erased} row(s) of readers erased on request skipped: they are not mailed",
                             file=path, blocking=False, fix="delete them from the list (`newsletter subscribers "
-                            "erase ADDRESS` does)"),)
+                            "erase ADDRESS` does); a reader who asked to be mailed again: `newsletter subscribers "
+                            "readmit ADDRESS`, then a send created after that mails them"),)
     log.info("list %s: %d recipients (%d invalid, %d duplicates, %d suppressed skipped%s), read and recorded in %.1f s",
              list_name, listed, source.invalid, duplicates, source.suppressed,
              f", {erased} of them erased" if erased else "", time.perf_counter() - started)

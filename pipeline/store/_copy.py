@@ -17,7 +17,8 @@ from pipeline.store._sqlite import SQLiteStore
 from pipeline.store._types import Store
 
 # Parents before children, so that every foreign key finds its row.
-ORDER = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
+ORDER = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased",
+         "readmitted")
 
 
 def copy_store(source: SQLiteStore, target: Store) -> dict[str, int]:

@@ -32,6 +32,9 @@ _ADDRESS = f"{key('email')} = {key('%s::text')}"
 _EVENTS = (f"SELECT id, email, delivery_id, event, occurred_at, url FROM events WHERE {_ADDRESS} "
            f'OR strpos(lower(payload COLLATE "C"), %s) > 0 OR strpos(lower(url COLLATE "C"), %s) > 0')
 _ERRORS = 'SELECT id, error FROM batches WHERE strpos(lower(error COLLATE "C"), %s) > 0'
+# As in _sqlite_erase: readers readmitted after the send was created, which it still skips.
+_READMITTED_SINCE = ('SELECT r.marker FROM readmitted r JOIN sends s ON s.id = %s '
+                     'WHERE r.readmitted_at COLLATE "C" > s.created_at COLLATE "C"')
 TOUCHED = ("deliveries", "events", "batches", "suppressions", "webhook_rejects")
 # Advisory lock key ("nl_erase"): an erase takes it alone, every transaction that may write an address shares it.
 # READ COMMITTED lets an erase miss rows that a webhook post or a recording list commits after the erase read
@@ -54,9 +57,22 @@ class PgEraseMixin:
             conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ERASE_LOCK,))
             yield conn
 
-    def erased_markers(self) -> set[str]:
+    def erased_markers(self, send_id: int | None = None) -> set[str]:
+        """The markers of erased readers; for a send, also of those readmitted since it was created."""
         with self._tx() as conn:
-            return {str(row[0]) for row in conn.execute("SELECT marker FROM erased")}
+            markers = {str(row[0]) for row in conn.execute("SELECT marker FROM erased")}
+            if send_id is not None:
+                markers.update(str(row[0]) for row in conn.execute(_READMITTED_SINCE, (send_id,)))
+            return markers
+
+    def readmit(self, email: str) -> bool:
+        """Lift the erase of `email` (the reader asked to be mailed again); False if it was not erased."""
+        marker = erased_marker(email)
+        with self._tx() as conn:
+            conn.execute("INSERT INTO readmitted (marker, erased_at, readmitted_at) SELECT marker, erased_at, %s FROM "
+                         "erased WHERE marker = %s ON CONFLICT (marker) DO UPDATE SET erased_at = excluded.erased_at, "
+                         "readmitted_at = excluded.readmitted_at", (now(), marker))
+            return conn.execute("DELETE FROM erased WHERE marker = %s", (marker,)).rowcount == 1
 
     def recorded_erased(self, send_id: int, markers: set[str]) -> list[str]:
         with self._tx() as conn, conn.cursor(name="recorded_erased") as cursor:  # on the server: a few rows at a time
@@ -133,6 +149,7 @@ class PgEraseMixin:
                 conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = %s", (digest,))
             conn.execute("INSERT INTO erased (marker, erased_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (erased_marker(address), stamp))
+            conn.execute("DELETE FROM readmitted WHERE marker = %s", (erased_marker(address),))
         if leave_no_copy:
             self.leave_no_copy()
         return found

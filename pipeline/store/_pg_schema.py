@@ -154,9 +154,18 @@ MIGRATIONS += [
             erased_at text NOT NULL
         );
     """),
+    # As SQLite's erase_002_readmitted.
+    ("pg_erase_002_readmitted", """
+        CREATE TABLE readmitted (
+            marker text COLLATE "C" PRIMARY KEY,
+            erased_at text NOT NULL,
+            readmitted_at text NOT NULL
+        );
+    """),
 ]
 
 # Tables `newsletter db copy` moves, in an order that keeps references valid, with the column that orders them.
 TABLES = {"sends": "id", "batches": "id", "deliveries": "id", "suppressions": "email", "events": "id",
-          "delivery_status": "delivery_id", "webhook_rejects": "body_sha256", "erased": "marker"}
+          "delivery_status": "delivery_id", "webhook_rejects": "body_sha256", "erased": "marker",
+          "readmitted": "marker"}
 IDENTITY_TABLES = ("sends", "batches", "deliveries", "events")

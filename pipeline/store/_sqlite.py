@@ -36,7 +36,8 @@ from pipeline.store._sqlite_tx import snapshot, transaction
 from pipeline.store._types import STATES, ListRow, Send, Suppression, erased_marker, now
 
 WAL_KEPT_BYTES = 64 * 1024 * 1024
-TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased")
+TABLES = ("sends", "batches", "deliveries", "suppressions", "events", "delivery_status", "webhook_rejects", "erased",
+          "readmitted")
 
 
 def _statements(script: str) -> list[str]:

@@ -27,6 +27,8 @@ from pipeline.store._types import Erased, EventRecord, erased_marker, now
 # Deliveries that could still be mailed (a resumed send, --resend-in-doubt) become `suppressed` when erased:
 # their address is a pseudonym that must never be sent to. Accepted, suppressed and removed rows keep their state.
 UNSENT = ("pending", "failed", "in_doubt", "in_flight")
+# Readers readmitted after a send was created: it may have mailed them before their erase, so it still skips them.
+_READMITTED_SINCE = "SELECT r.marker FROM readmitted r JOIN sends s ON s.id = ? WHERE r.readmitted_at > s.created_at"
 _EVENTS = ("SELECT id, email, delivery_id, event, occurred_at, url FROM events WHERE email = ? "
            "OR instr(lower(payload), ?) > 0 OR instr(lower(coalesce(url, '')), ?) > 0")
 
@@ -35,8 +37,21 @@ class EraseMixin:
     conn: sqlite3.Connection
     _rebuilt = False  # VACUUM ran once for this store: what is freed since was zeroed (secure_delete)
 
-    def erased_markers(self) -> set[str]:
-        return {str(row[0]) for row in self.conn.execute("SELECT marker FROM erased")}
+    def erased_markers(self, send_id: int | None = None) -> set[str]:
+        """The markers of erased readers; for a send, also of those readmitted since it was created."""
+        markers = {str(row[0]) for row in self.conn.execute("SELECT marker FROM erased")}
+        if send_id is not None:
+            markers.update(str(row[0]) for row in self.conn.execute(_READMITTED_SINCE, (send_id,)))
+        return markers
+
+    def readmit(self, email: str) -> bool:
+        """Lift the erase of `email` (the reader asked to be mailed again); False if it was not erased."""
+        marker = erased_marker(email)
+        with transaction(self.conn) as conn:
+            conn.execute("INSERT INTO readmitted (marker, erased_at, readmitted_at) SELECT marker, erased_at, ? FROM "
+                         "erased WHERE marker = ? ON CONFLICT (marker) DO UPDATE SET erased_at = excluded.erased_at, "
+                         "readmitted_at = excluded.readmitted_at", (now(), marker))
+            return conn.execute("DELETE FROM erased WHERE marker = ?", (marker,)).rowcount == 1
 
     def recorded_erased(self, send_id: int, markers: set[str]) -> list[str]:
         """The addresses of the send's deliveries whose erased marker is in `markers` (each row hashed: rare)."""
@@ -104,6 +119,7 @@ class EraseMixin:
                 conn.execute("DELETE FROM webhook_rejects WHERE body_sha256 = ?", (digest,))
             conn.execute("INSERT OR IGNORE INTO erased (marker, erased_at) VALUES (?, ?)",
                          (erased_marker(address), stamp))
+            conn.execute("DELETE FROM readmitted WHERE marker = ?", (erased_marker(address),))
         if leave_no_copy:
             self.leave_no_copy()
         return found

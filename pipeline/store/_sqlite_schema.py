@@ -18,6 +18,7 @@ Tables:
 - ``delivery_status``: per delivery that has heard back, the furthest outcome (processed < deferred <
   delivered < bounce/dropped); the ``deliveries.state`` column belongs to the send and is never touched.
 - ``webhook_rejects``: signed posts whose body was not an event array, kept once per distinct body.
+- ``readmitted``: erased readers readmitted since (`newsletter subscribers readmit`), by the same marker.
 - ``erased``: readers erased on request (`newsletter subscribers erase`), as the SHA-256 of the lower-cased
   address (`erased_marker`), never the address: a list row or an event of that address is known by it.
 """
@@ -192,6 +193,15 @@ MIGRATIONS += [
         CREATE TABLE erased (
             marker TEXT PRIMARY KEY,
             erased_at TEXT NOT NULL
+        );
+    """),
+    # A reader readmitted after an erase (`subscribers readmit`): the marker moves here, so that sends created
+    # before the readmission, which may have mailed the reader, still skip the address.
+    ("erase_002_readmitted", """
+        CREATE TABLE readmitted (
+            marker TEXT PRIMARY KEY,
+            erased_at TEXT NOT NULL,
+            readmitted_at TEXT NOT NULL
         );
     """),
 ]
