@@ -220,7 +220,7 @@ def render_bounded(template: jinja2.Template, values: Mapping[str, Any], *, seco
 
 class RenderTimeout(SecurityError):
     """A render ran past its time. `_deadline` raises it in the rendering thread, which takes only a class: a
-    subclass per render carries that render's limit."""
+    subclass made when it fires carries that render's limit."""
 
     seconds = MAX_SECONDS
 
@@ -239,15 +239,15 @@ def _deadline(seconds: float) -> Iterator[None]:
     named). A timer thread raises it, under a lock, only while the block runs; one raised but not yet delivered
     when the block ends is withdrawn, and the block's end raises it instead."""
     thread = threading.get_ident()
-    timeout = type("RenderTimeout", (RenderTimeout,), {"seconds": seconds})
     lock = threading.Lock()
-    state = {"running": True, "fired": False}
+    running = True
+    fired: list[type[RenderTimeout]] = []
 
     def expire() -> None:
         with lock:
-            if state["running"]:
-                _set_async_exc(ctypes.c_ulong(thread), ctypes.py_object(timeout))
-                state["fired"] = True
+            if running:
+                fired.append(type("RenderTimeout", (RenderTimeout,), {"seconds": seconds}))
+                _set_async_exc(ctypes.c_ulong(thread), ctypes.py_object(fired[0]))
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -257,8 +257,8 @@ def _deadline(seconds: float) -> Iterator[None]:
     finally:
         timer.cancel()
         with lock:
-            state["running"] = False
-            if state["fired"]:
+            running = False
+            if fired:
                 _set_async_exc(ctypes.c_ulong(thread), None)  # withdrawn if not delivered yet
-    if state["fired"]:
-        raise timeout
+    if fired:
+        raise fired[0]
