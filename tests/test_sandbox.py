@@ -156,7 +156,7 @@ def test_a_template_that_runs_too_long_is_stopped_with_its_line(site: Path,
     assert str(problem.file).endswith("email.txt.j2")
 
 
-def test_a_render_in_another_thread_is_stopped_and_a_late_stop_never_escapes_the_render() -> None:
+def test_a_render_in_another_thread_is_stopped_and_no_stop_is_raised_after_it() -> None:
     """The limit holds in any thread (serve renders in workers). Over 100 renders with limits around their own
     time, each either ends or raises the limit's error, and no stop is raised later in the code after it."""
     import threading
