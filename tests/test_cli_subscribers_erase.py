@@ -152,6 +152,13 @@ def test_an_invalid_address_erases_nothing(site: Path) -> None:
     assert not (site / ".newsletter").exists()  # refused before the send log was opened
 
 
+def test_readmit_of_an_invalid_address_changes_nothing(site: Path) -> None:
+    done = cli(site, "subscribers", "readmit", "not-an-address", "--yes", env=environ(None))
+    assert done.returncode == 2
+    assert "'not-an-address' is not an email address" in done.stderr and "nothing was changed" in done.stderr
+    assert not (site / ".newsletter").exists()  # refused before the send log was opened
+
+
 def test_a_running_send_refuses_the_erase(site: Path, env: dict[str, str], standin: StandIn) -> None:
     assert cli(site, "send", ISSUE, "--list", "sample", "--yes", env=env).returncode == 0
     store = site_store(site, env)

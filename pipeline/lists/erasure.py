@@ -160,9 +160,7 @@ def _records(path: Path, address: str) -> Iterator[tuple[int, bytes, bool]]:
 
 def _rewrite(path: Path, address: str) -> tuple[int, ...]:
     """The list without the rows of `address`, through a temporary file moved over it (mode kept); the lines of
-    the rows left out. Nothing is written when none holds it."""
-    if not any(mine for _, _, mine in _records(path, address)):
-        return ()
+    the rows left out. The file is left as it is when none holds it (any more)."""
     dropped: list[int] = []
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
     try:
@@ -173,7 +171,11 @@ def _rewrite(path: Path, address: str) -> tuple[int, ...]:
                 else:
                     out.write(record)
             out.flush()
-            os.fsync(out.fileno())
+            if dropped:
+                os.fsync(out.fileno())
+        if not dropped:
+            Path(temp).unlink()
+            return ()
         shutil.copymode(path, temp)
         os.replace(temp, path)
     except BaseException:

@@ -165,9 +165,9 @@ class PgClaimsMixin:
                 f"{_SUPPRESSED} RETURNING d.id", (now(), claim.id, claim.first, claim.last, claim.id)).fetchall()}
             if not gone:
                 return claim
-            rows = [row for row in claim.rows if row[0] not in gone]
-            if rows:
-                conn.execute("UPDATE batches SET size = %s WHERE id = %s", (len(rows), claim.id))
+            rest = claim.without(gone)
+            if rest.rows:
+                conn.execute("UPDATE batches SET size = %s WHERE id = %s", (len(rest.rows), claim.id))
             else:
                 conn.execute("DELETE FROM batches WHERE id = %s", (claim.id,))
-        return Claim(id=claim.id, request_id=claim.request_id, rows=rows)
+        return rest

@@ -199,12 +199,12 @@ class ClaimsMixin:
                 "UPDATE deliveries SET state = 'suppressed', batch_id = NULL, updated_at = ? WHERE id BETWEEN ? "
                 "AND ? AND batch_id = ? AND email IN (SELECT email FROM suppressions) RETURNING id",
                 (now(), claim.first, claim.last, claim.id))}
-            rows = [row for row in claim.rows if row[0] not in gone]
-            if rows:
-                conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rows), claim.id))
+            rest = claim.without(gone)
+            if rest.rows:
+                conn.execute("UPDATE batches SET size = ? WHERE id = ?", (len(rest.rows), claim.id))
             else:
                 conn.execute("DELETE FROM batches WHERE id = ?", (claim.id,))
-        return Claim(id=claim.id, request_id=claim.request_id, rows=rows)
+        return rest
 
     def _one(self, sql: str, params: tuple[object, ...]) -> None:
         with transaction(self.conn):

@@ -71,6 +71,10 @@ class Claim:
     def last(self) -> int:
         return self.rows[-1][0]
 
+    def without(self, ids: set[int]) -> Claim:
+        """The same batch without the deliveries `ids` (readers suppressed while it waited for a retry)."""
+        return Claim(id=self.id, request_id=self.request_id, rows=[row for row in self.rows if row[0] not in ids])
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Finish:
